@@ -1,0 +1,188 @@
+"""
+Settings for AgentIdP.
+
+This is the only module that reads the environment (through django-environ). Every
+variable is documented in docs/devops/environment-variables.md; application code reads
+django.conf.settings only.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEBUG = env.bool("DEBUG", default=False)
+
+# Production must set its own key; the fallback exists so that a development checkout runs
+# without configuration, and carries the prefix that `check --deploy` flags.
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("Set SECRET_KEY (or DEBUG=true for local development).")
+    SECRET_KEY = "django-insecure-agentidp-development-only"
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "vaultstore",
+    "credentials",
+    "oauth",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "agentidp.middleware.ApiRequestMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "agentidp.urls"
+WSGI_APPLICATION = "agentidp.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite file by default (the demo); PostgreSQL through psycopg 3 in production,
+# e.g. DATABASE_URL=postgres://agentidp@db.internal:5432/agentidp
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'agentidp.sqlite3'}"),
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
+
+# --- HTTP and TLS -------------------------------------------------------------------------
+# AgentIdP speaks plain HTTP; TLS ends in front of it. It redirects to HTTPS only when asked.
+SECURE_SSL_REDIRECT = env.bool("AGENTIDP_SECURE_SSL_REDIRECT", default=False)
+if env.bool("AGENTIDP_TRUST_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env.int("AGENTIDP_HSTS_SECONDS", default=0)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("AGENTIDP_SECURE_COOKIES", default=SECURE_SSL_REDIRECT)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# Request bodies: one limit for the whole service (the API answers 413 above it).
+AGENTIDP_MAX_BODY_SIZE = env.int("AGENTIDP_MAX_BODY_SIZE", default=1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = AGENTIDP_MAX_BODY_SIZE
+DATA_UPLOAD_MAX_NUMBER_FIELDS = env.int("AGENTIDP_MAX_FORM_FIELDS", default=1000)
+
+# --- Tokens ---------------------------------------------------------------------------------
+AGENTIDP_ISSUER = env.str("AGENTIDP_ISSUER", default="http://localhost:8000").rstrip("/")
+AGENTIDP_AUDIENCE = env.str("AGENTIDP_AUDIENCE", default="") or AGENTIDP_ISSUER
+AGENTIDP_ACCESS_TOKEN_TTL = env.int("AGENTIDP_ACCESS_TOKEN_TTL", default=3600)
+# The private key that signs access tokens: a PEM in AGENTIDP_SIGNING_KEY, or a PEM file.
+# `python manage.py create_signing_key` makes the file.
+AGENTIDP_SIGNING_KEY = env.str("AGENTIDP_SIGNING_KEY", default="")
+AGENTIDP_SIGNING_KEY_FILE = env.path("AGENTIDP_SIGNING_KEY_FILE", default=BASE_DIR / "var" / "signing-key.pem")
+
+# --- Agents and credentials ---------------------------------------------------------------
+AGENTIDP_MAX_ACTIVE_CREDENTIALS = env.int("AGENTIDP_MAX_ACTIVE_CREDENTIALS", default=10)
+AGENTIDP_ADMIN_SCOPE = "agentidp:admin"
+
+# --- Secret stores ------------------------------------------------------------------------
+# Shaped like Django's STORAGES: each backend by the name the API reports as `storage`, and
+# DEFAULT names the one that keeps new secrets. The others keep verifying what they hold.
+AGENTIDP_BCRYPT_ROUNDS = env.int("AGENTIDP_BCRYPT_ROUNDS", default=12)
+VAULTSTORE = {
+    "DEFAULT": "bcrypt",
+    "BACKENDS": {
+        "bcrypt": {
+            "BACKEND": "vaultstore.backends.bcrypt.BcryptSecretBackend",
+            "OPTIONS": {"rounds": AGENTIDP_BCRYPT_ROUNDS},
+        },
+    },
+}
+
+# --- REST framework and OpenAPI -------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "oauth.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["credentials.api.permissions.IsAgentIdPAdmin"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "agentidp.api.Pagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "agentidp.api.exception_handler",
+    "NON_FIELD_ERRORS_KEY": "nonFieldErrors",
+    "DATETIME_FORMAT": "%Y-%m-%dT%H:%M:%SZ",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AgentIdP management API",
+    "DESCRIPTION": (
+        "Register AI agents and manage their OAuth 2.0 client credentials. "
+        "Authenticate with a bearer access token holding the `agentidp:admin` scope, "
+        "obtained from `POST /api/v1/token` (client credentials grant)."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+}
+
+# --- Logging --------------------------------------------------------------------------------
+# Log lines carry ids and paths only; secrets, hashes and tokens never reach a logger.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}
