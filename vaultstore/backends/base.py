@@ -1,0 +1,76 @@
+"""
+The secret-store interface.
+
+A backend keeps client secrets for credentials and checks presented secrets against what
+it keeps. Which backend holds a given secret is recorded next to it (`storage`), so a
+credential made under one configuration keeps verifying after the default changes, the
+way Django's password hashers keep old hashes working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Protocol
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredSecret:
+    """What the database records about one stored secret: which backend keeps it, and how to find it."""
+
+    storage: str
+    # A bcrypt hash; never shown in a repr, a log line or an error.
+    secret_hash: str = dataclasses.field(default="", repr=False)
+
+
+class SecretOwner(Protocol):
+    """The credential a secret belongs to, as a backend sees it."""
+
+    id: uuid.UUID
+    agent_id: uuid.UUID
+
+
+class BaseSecretBackend:
+    """Keep and verify client secrets; subclasses set `name` and implement `store` and `verify`."""
+
+    #: The contract's `storage` value for secrets this backend keeps.
+    name: ClassVar[str] = ""
+    #: Every option a backend accepts, with its default; anything else is a configuration error.
+    default_options: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.default_options))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"VAULTSTORE backend {self.name!r} does not accept the option {unknown[0]!r}."
+            )
+        self.options = {**self.default_options, **options}
+        self.validate_options()
+
+    def validate_options(self) -> None:
+        """Raise ImproperlyConfigured naming the first bad option."""
+
+    def store(self, *, owner: SecretOwner, secret: str) -> StoredSecret:
+        """Keep `secret` as the owner's newest secret and return what the database must record."""
+        raise NotImplementedError
+
+    def verify(self, *, stored: StoredSecret, secret: str) -> bool:
+        """Return whether `secret` is the one kept as `stored`, in time independent of where they differ."""
+        raise NotImplementedError
+
+    def verify_dummy(self, *, secret: str) -> None:
+        """Spend the time of one failed verification, so an unknown client costs what a known one does."""
+        raise NotImplementedError
+
+    def delete(self, *, owner: SecretOwner, stored: Iterable[StoredSecret]) -> None:
+        """Remove whatever this backend keeps outside the database for these secrets of the owner."""
+
+    def check(self) -> list[str]:
+        """Return the problems that stop this backend from working now (empty when healthy)."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"
