@@ -1,0 +1,157 @@
+"""
+Agents, their credentials and the audit trail.
+
+Models hold state only: every write goes through credentials.services, every read that
+callers share through credentials.selectors.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from vaultstore.backends import StoredSecret
+
+
+class Agent(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=128)
+    description = models.TextField(blank=True, default="")
+    owner = models.CharField(max_length=256, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    scopes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            # Names are unique regardless of case: "CI-bot" and "ci-bot" are one agent to a person.
+            models.UniqueConstraint(Lower("name"), name="credentials_agent_name_ci_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class Credential(models.Model):
+    """One OAuth client of an agent. Its secret lives in the store named by `storage`."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # PROTECT: an agent is deleted through agent_delete, which deletes its credentials first.
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="credentials")
+    client_id = models.CharField(max_length=64, unique=True, editable=False)
+    description = models.TextField(blank=True, default="")
+    storage = models.CharField(max_length=16, editable=False)
+    secret_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.client_id
+
+    def __repr__(self) -> str:
+        return f"<Credential {self.client_id}>"
+
+    @property
+    def status(self) -> str:
+        return "expired" if self.is_expired() else "active"
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    @property
+    def stored_secret(self) -> StoredSecret:
+        return StoredSecret(storage=self.storage, secret_hash=self.secret_hash)
+
+    def set_stored_secret(self, stored: StoredSecret) -> None:
+        self.storage = stored.storage
+        self.secret_hash = stored.secret_hash
+
+
+class GraceSecret(models.Model):
+    """A credential's previous secret, still accepted until `valid_until` after a rotation."""
+
+    credential = models.ForeignKey(Credential, on_delete=models.CASCADE, related_name="grace_secrets")
+    storage = models.CharField(max_length=16, editable=False)
+    secret_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    valid_until = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-valid_until", "-id"]
+
+    def __repr__(self) -> str:
+        return f"<GraceSecret of {self.credential_id} until {self.valid_until:%Y-%m-%dT%H:%M:%SZ}>"
+
+    @property
+    def stored_secret(self) -> StoredSecret:
+        return StoredSecret(storage=self.storage, secret_hash=self.secret_hash)
+
+    def set_stored_secret(self, stored: StoredSecret) -> None:
+        self.storage = stored.storage
+        self.secret_hash = stored.secret_hash
+
+
+class AuditEvent(models.Model):
+    """
+    One lifecycle change: who did what, when, to which agent and credential.
+
+    Append-only: rows are never updated or deleted (the model refuses, and on PostgreSQL a
+    trigger refuses too). Ids are plain values, not foreign keys, so the trail outlives
+    the agents and credentials it describes.
+    """
+
+    class Action(models.TextChoices):
+        AGENT_CREATED = "agent.created"
+        AGENT_UPDATED = "agent.updated"
+        AGENT_DELETED = "agent.deleted"
+        CREDENTIAL_CREATED = "credential.created"
+        CREDENTIAL_ROTATED = "credential.rotated"
+        CREDENTIAL_DELETED = "credential.deleted"
+        TOKEN_REVOKED = "token.revoked"
+
+    class ActorType(models.TextChoices):
+        USER = "user", "Staff user"
+        AGENT = "agent", "Agent"
+        SYSTEM = "system", "System"
+
+    id = models.BigAutoField(primary_key=True)
+    occurred_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    action = models.CharField(max_length=32, choices=Action.choices, editable=False)
+    actor_type = models.CharField(max_length=16, choices=ActorType.choices, editable=False)
+    actor_id = models.CharField(max_length=64, blank=True, default="", editable=False)
+    actor_label = models.CharField(max_length=256, blank=True, default="", editable=False)
+    agent_id = models.UUIDField(null=True, blank=True, db_index=True, editable=False)
+    credential_id = models.UUIDField(null=True, blank=True, db_index=True, editable=False)
+    details = models.JSONField(default=dict, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.occurred_at:%Y-%m-%dT%H:%M:%SZ} {self.action} by {self.actor_label or self.actor_type}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValidationError("Audit events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValidationError("Audit events are append-only.")

@@ -1,0 +1,79 @@
+"""Reads of agents and credentials that views, commands and the token endpoint share."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from agentidp.errors import AgentNotFound, CredentialNotFound
+
+from .models import Agent, Credential, GraceSecret
+
+# Longer than any client id AgentIdP makes; anything longer is not worth a query.
+MAX_CLIENT_ID_LENGTH = 64
+
+
+def _as_uuid(value: object) -> uuid.UUID | None:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def agent_list(*, status: str | None = None, search: str | None = None) -> QuerySet[Agent]:
+    agents = Agent.objects.all()
+    if status:
+        agents = agents.filter(status=status)
+    if search:
+        agents = agents.filter(Q(name__icontains=search) | Q(description__icontains=search) | Q(owner__icontains=search))
+    return agents
+
+
+def agent_get(*, agent_id: object) -> Agent:
+    """Return the agent, or raise AgentNotFound (also for an id that is not a UUID)."""
+    pk = _as_uuid(agent_id)
+    if pk is None:
+        raise AgentNotFound()
+    try:
+        return Agent.objects.get(pk=pk)
+    except Agent.DoesNotExist:
+        raise AgentNotFound() from None
+
+
+def credential_list(*, agent: Agent) -> QuerySet[Credential]:
+    return Credential.objects.filter(agent=agent).select_related("agent")
+
+
+def credential_get(*, agent: Agent, credential_id: object) -> Credential:
+    """Return the agent's credential, or raise CredentialNotFound (also for another agent's)."""
+    pk = _as_uuid(credential_id)
+    if pk is None:
+        raise CredentialNotFound()
+    try:
+        return Credential.objects.select_related("agent").get(pk=pk, agent=agent)
+    except Credential.DoesNotExist:
+        raise CredentialNotFound() from None
+
+
+def credential_find_by_client_id(*, client_id: str) -> Credential | None:
+    """Return the credential with this clientId and its agent in one query, or None."""
+    if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH or not client_id.isprintable():
+        return None
+    try:
+        return Credential.objects.select_related("agent").get(client_id=client_id)
+    except Credential.DoesNotExist:
+        return None
+
+
+def credential_active_count(*, agent: Agent) -> int:
+    now = timezone.now()
+    return Credential.objects.filter(agent=agent).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).count()
+
+
+def grace_secrets_live(*, credential: Credential) -> list[GraceSecret]:
+    """Return the credential's previous secrets whose grace period has not ended."""
+    return list(credential.grace_secrets.filter(valid_until__gt=timezone.now()))
