@@ -1,0 +1,200 @@
+"""
+The OAuth 2.0 wire format shared by the token, introspection and revocation endpoints:
+request parameters, client authentication (RFC 6749 section 2.3.1) and error responses
+(section 5.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import logging
+from typing import Any
+from urllib.parse import unquote_plus
+
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.http import HttpRequest, JsonResponse
+
+from credentials.models import Credential
+from credentials.services import InvalidClient, credential_authenticate
+from vaultstore.exceptions import SecretStoreError
+
+logger = logging.getLogger(__name__)
+
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+JSON_MEDIA_TYPE = "application/json"
+BASIC_CHALLENGE = 'Basic realm="agentidp", charset="UTF-8"'
+
+
+def oauth_response(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None):
+    """A JSON response that no cache may keep (RFC 6749 section 5.1)."""
+    response = JsonResponse(body, status=status)
+    response["Cache-Control"] = "no-store"
+    response["Pragma"] = "no-cache"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+class OAuthError(Exception):
+    """An RFC 6749 section 5.2 error: `error`, `error_description`, its status and headers."""
+
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        *,
+        status: int = 400,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.status = status
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def response(self):
+        body = {"error": self.error, "error_description": self.description, **self.extra}
+        return oauth_response(body, status=self.status, headers=self.headers)
+
+
+def invalid_request(description: str) -> OAuthError:
+    return OAuthError("invalid_request", description)
+
+
+def parse_parameters(request: HttpRequest) -> dict[str, str]:
+    """
+    Return the request's body parameters, with empty ones dropped (RFC 6749 section 3.1).
+
+    Raises invalid_request for a parameter sent twice, a body that is neither a form nor a
+    JSON object of strings, or a client secret in the URL (section 2.3.1); 413 for a body
+    over the size limit.
+    """
+    if "client_secret" in request.GET:
+        raise invalid_request("Send client_secret in the request body or the Authorization header, never in the URL.")
+    media_type = (request.content_type or "").lower()
+    try:
+        if media_type == FORM_MEDIA_TYPE:
+            params = _form_parameters(request)
+        elif media_type == JSON_MEDIA_TYPE:
+            params = _json_parameters(request.body)
+        elif not request.body:
+            params = {}
+        else:
+            raise invalid_request(f"Send the parameters as {FORM_MEDIA_TYPE} (or {JSON_MEDIA_TYPE}).")
+    except RequestDataTooBig:
+        raise OAuthError("invalid_request", "The request body is larger than this server accepts.", status=413) from None
+    except SuspiciousOperation:  # too many fields, and the like
+        raise invalid_request("The request body could not be read.") from None
+    return {name: value for name, value in params.items() if value != ""}
+
+
+def _form_parameters(request: HttpRequest) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, values in request.POST.lists():
+        if len(values) > 1:
+            raise invalid_request(f"The parameter {_safe_name(name)} is sent more than once.")
+        params[name] = values[0]
+    return params
+
+
+def _json_parameters(body: bytes) -> dict[str, str]:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for name, value in pairs:
+            if name in result:
+                raise invalid_request(f"The parameter {_safe_name(name)} is sent more than once.")
+            result[name] = value
+        return result
+
+    try:
+        data = json.loads(body, object_pairs_hook=no_duplicates)
+    except (ValueError, RecursionError):
+        raise invalid_request("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise invalid_request("The JSON request body must be an object.")
+    for name, value in data.items():
+        if not isinstance(value, str):
+            raise invalid_request(f"The parameter {_safe_name(name)} must be a string.")
+    return data
+
+
+def _safe_name(name: str) -> str:
+    """Quote a client-supplied parameter name for an error message, short and printable."""
+    return repr(name[:40])
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientCredentials:
+    client_id: str
+    client_secret: str = dataclasses.field(repr=False)
+    method: str  # "client_secret_basic" or "client_secret_post"
+
+    @property
+    def used_basic(self) -> bool:
+        return self.method == "client_secret_basic"
+
+
+def _invalid_client(description: str, *, basic: bool) -> OAuthError:
+    return OAuthError(
+        "invalid_client", description, status=401, headers={"WWW-Authenticate": BASIC_CHALLENGE} if basic else None
+    )
+
+
+def client_credentials_from(request: HttpRequest, params: dict[str, str]) -> ClientCredentials:
+    """
+    Read the client's id and secret from HTTP Basic or from the body, not both.
+
+    Basic's user and password are form-urlencoded before base64 (RFC 6749 section 2.3.1).
+    A malformed Basic header is invalid_client; no credentials at all is invalid_client too.
+    """
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    in_body = "client_id" in params or "client_secret" in params
+    if header:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise _invalid_client("Authenticate the client with HTTP Basic or client_secret_post.", basic=True)
+        if in_body:
+            raise invalid_request("Authenticate the client one way only: HTTP Basic or the request body.")
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise _invalid_client("The Basic authorization header is malformed.", basic=True) from None
+        user, colon, password = decoded.partition(":")
+        if not colon or not user or not password:
+            raise _invalid_client("The Basic authorization header is malformed.", basic=True)
+        return ClientCredentials(unquote_plus(user), unquote_plus(password), "client_secret_basic")
+    if "client_id" in params and "client_secret" in params:
+        return ClientCredentials(params["client_id"], params["client_secret"], "client_secret_post")
+    if in_body:
+        raise invalid_request("Send both client_id and client_secret.")
+    raise _invalid_client("Client authentication is required.", basic=True)
+
+
+def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credential:
+    """
+    Return the authenticated client's credential, or raise the OAuthError to answer with.
+
+    Every failure is the same invalid_client, whatever the reason (logged, with ids only).
+    A store that cannot answer (Vault down) is temporarily_unavailable with Retry-After.
+    """
+    presented = client_credentials_from(request, params)
+    try:
+        credential = credential_authenticate(client_id=presented.client_id, client_secret=presented.client_secret)
+    except InvalidClient as exc:
+        logger.info("client authentication failed path=%s reason=%s", request.path, exc.reason)
+        raise _invalid_client("Client authentication failed.", basic=presented.used_basic) from None
+    except SecretStoreError as exc:
+        logger.warning("client authentication unavailable path=%s error=%s", request.path, type(exc).__name__)
+        raise OAuthError(
+            "temporarily_unavailable",
+            "The secret store is unavailable; try again shortly.",
+            status=503,
+            headers={"Retry-After": str(exc.retry_after or 5)},
+            extra={"code": "VAULT_READ_ERROR"},
+        ) from None
+    return credential

@@ -1,0 +1,212 @@
+"""
+Access tokens: RFC 9068 JWTs, issued, validated and revoked here.
+
+A token is active while its signature and claims hold, it has not been revoked, its
+credential still exists and has not expired, and its agent is active. Deleting a
+credential or suspending an agent therefore turns its tokens inactive at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwt import JWTClaimsRegistry
+
+from credentials import selectors
+from credentials.audit import Actor, audit_record
+from credentials.models import Agent, AuditEvent, Credential
+
+from .keys import get_signing_key
+from .models import RevokedToken
+
+logger = logging.getLogger(__name__)
+
+TOKEN_TYPE = "at+jwt"
+# Our tokens are well under this; anything longer is not worth parsing.
+MAX_TOKEN_LENGTH = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuedAccessToken:
+    access_token: str = dataclasses.field(repr=False)
+    expires_in: int
+    scope: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveToken:
+    """A validated, active access token with the credential and agent it speaks for."""
+
+    claims: dict[str, Any]
+    credential: Credential
+    scopes: tuple[str, ...]
+
+    @property
+    def agent(self) -> Agent:
+        return self.credential.agent
+
+    @property
+    def jti(self) -> str:
+        return self.claims["jti"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentPrincipal:
+    """The agent behind a bearer token, as request.user of the management API."""
+
+    token: ActiveToken
+    is_authenticated = True
+    is_anonymous = False
+    is_staff = False
+    is_active = True
+
+    @property
+    def agent(self) -> Agent:
+        return self.token.agent
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return self.token.scopes
+
+    def get_username(self) -> str:
+        return self.agent.name
+
+    def __str__(self) -> str:
+        return self.agent.name
+
+    def audit_actor(self) -> Actor:
+        return credential_actor(self.token.credential)
+
+
+def credential_actor(credential: Credential) -> Actor:
+    return Actor(
+        type=AuditEvent.ActorType.AGENT,
+        id=str(credential.agent_id),
+        label=f"{credential.agent.name} ({credential.client_id})",
+    )
+
+
+def access_token_issue(*, credential: Credential, scopes: list[str]) -> IssuedAccessToken:
+    """Sign an RFC 9068 access token for the credential's agent with the given scopes."""
+    key = get_signing_key()
+    now = int(time.time())
+    ttl = settings.AGENTIDP_ACCESS_TOKEN_TTL
+    scope = " ".join(scopes)
+    claims = {
+        "iss": settings.AGENTIDP_ISSUER,
+        "sub": str(credential.agent_id),
+        "aud": settings.AGENTIDP_AUDIENCE,
+        "exp": now + ttl,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+        "client_id": credential.client_id,
+        "scope": scope,
+    }
+    header = {"alg": key.algorithm, "typ": TOKEN_TYPE, "kid": key.kid}
+    token = jwt.encode(header, claims, key.key, algorithms=[key.algorithm])
+    return IssuedAccessToken(access_token=token, expires_in=ttl, scope=scope)
+
+
+def access_token_decode(token: str) -> dict[str, Any] | None:
+    """Return the claims of a token AgentIdP signed and that has not expired, or None."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    key = get_signing_key()
+    try:
+        decoded = jwt.decode(token, key.key, algorithms=[key.algorithm])
+        if decoded.header.get("typ") != TOKEN_TYPE or decoded.header.get("kid") != key.kid:
+            return None
+        registry = JWTClaimsRegistry(
+            iss={"essential": True, "value": settings.AGENTIDP_ISSUER},
+            aud={"essential": True, "value": settings.AGENTIDP_AUDIENCE},
+            exp={"essential": True},
+            sub={"essential": True},
+            jti={"essential": True},
+            client_id={"essential": True},
+        )
+        registry.validate(decoded.claims)
+    except (JoseError, ValueError, TypeError, KeyError):
+        return None
+    claims = decoded.claims
+    if not isinstance(claims.get("scope", ""), str) or not isinstance(claims["client_id"], str):
+        return None
+    if not isinstance(claims["jti"], str) or len(claims["jti"]) > 64:
+        return None
+    return claims
+
+
+def access_token_validate(token: str) -> ActiveToken | None:
+    """Return the active token, or None if it is invalid, expired, revoked, or its credential or agent is not."""
+    claims = access_token_decode(token)
+    if claims is None:
+        return None
+    if RevokedToken.objects.filter(jti=claims["jti"]).exists():
+        return None
+    credential = selectors.credential_find_by_client_id(client_id=claims["client_id"])
+    if credential is None or str(credential.agent_id) != claims["sub"]:
+        return None
+    if credential.is_expired() or not credential.agent.is_active:
+        return None
+    # What an agent may do can only shrink after its token was issued, never grow.
+    granted = claims.get("scope", "").split()
+    allowed = set(credential.agent.scopes)
+    return ActiveToken(claims=claims, credential=credential, scopes=tuple(s for s in granted if s in allowed))
+
+
+class RevocationRefused(Exception):
+    """The requesting client may not revoke this token."""
+
+
+def access_token_revoke(*, requester: Credential, token: str) -> bool:
+    """
+    Revoke `token` on behalf of the authenticated client `requester` (RFC 7009).
+
+    The token's own client may revoke it, and so may an agent holding the admin scope.
+    Returns whether a token was revoked now; an unknown, invalid or expired token is
+    nothing to revoke (False). Raises RevocationRefused for another client's token.
+    """
+    claims = access_token_decode(token)
+    if claims is None:
+        return False
+    is_admin = settings.AGENTIDP_ADMIN_SCOPE in requester.agent.scopes
+    if claims["client_id"] != requester.client_id and not is_admin:
+        raise RevocationRefused()
+    now = timezone.now()
+    with transaction.atomic():
+        _, created = RevokedToken.objects.get_or_create(
+            jti=claims["jti"],
+            defaults={
+                "client_id": claims["client_id"],
+                "expires_at": datetime.datetime.fromtimestamp(claims["exp"], tz=datetime.UTC),
+            },
+        )
+        if created:
+            audit_record(
+                acting=credential_actor(requester),
+                action=AuditEvent.Action.TOKEN_REVOKED,
+                agent_id=uuid.UUID(claims["sub"]) if _is_uuid(claims["sub"]) else None,
+                details={"jti": claims["jti"], "clientId": claims["client_id"]},
+            )
+        # Entries for tokens past their expiry protect nothing any more.
+        RevokedToken.objects.filter(expires_at__lt=now).delete()
+    if created:
+        logger.info("access token revoked jti=%s by credential_id=%s", claims["jti"], requester.id)
+    return created
+
+
+def _is_uuid(value: object) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,181 @@
+"""
+The OAuth 2.0 endpoints: token (RFC 6749 section 4.4), introspection (RFC 7662),
+revocation (RFC 7009), server metadata (RFC 8414) and the JWK Set (RFC 7517).
+
+Plain Django views, not DRF: their bodies and headers are the RFCs', untouched by a
+framework's renderers or error handler.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_post_parameters
+
+from credentials.scopes import parse_scope_parameter
+
+from .keys import jwks
+from .protocol import OAuthError, authenticate_client, invalid_request, oauth_response, parse_parameters
+from .tokens import RevocationRefused, access_token_issue, access_token_revoke, access_token_validate
+
+logger = logging.getLogger(__name__)
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+@method_decorator(sensitive_post_parameters("client_secret", "token"), name="dispatch")
+class OAuthEndpoint(View):
+    """A POST-only endpoint that answers every failure in the RFC 6749 section 5.2 shape."""
+
+    http_method_names = ["post", "options"]
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        try:
+            return self.handle(request, parse_parameters(request))
+        except OAuthError as exc:
+            return exc.response()
+
+    def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+        raise NotImplementedError
+
+    def http_method_not_allowed(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = OAuthError("invalid_request", f"Use POST, not {request.method}.", status=405).response()
+        response["Allow"] = "POST"
+        return response
+
+    def options(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = HttpResponse(status=204)
+        response["Allow"] = "POST"
+        return response
+
+
+class TokenView(OAuthEndpoint):
+    """Exchange a client's id and secret for an access token (client credentials grant, RFC 6749 section 4.4)."""
+
+    def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+        grant_type = params.get("grant_type")
+        if grant_type is None:
+            raise invalid_request("grant_type is required.")
+        if grant_type != "client_credentials":
+            raise OAuthError("unsupported_grant_type", "This server supports only the client_credentials grant.")
+        credential = authenticate_client(request, params)
+        scopes = self.granted_scopes(credential.agent.scopes, params.get("scope"))
+        issued = access_token_issue(credential=credential, scopes=scopes)
+        logger.info("access token issued credential_id=%s agent_id=%s", credential.id, credential.agent_id)
+        return oauth_response(
+            {
+                "access_token": issued.access_token,
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+                "scope": issued.scope,
+            }
+        )
+
+    @staticmethod
+    def granted_scopes(allowed: list[str], requested: str | None) -> list[str]:
+        """Grant what was asked for if the agent may have all of it (section 3.3); without `scope`, all it may have."""
+        if requested is None:
+            return list(allowed)
+        try:
+            scopes = parse_scope_parameter(requested)
+        except ValueError as exc:
+            raise OAuthError("invalid_scope", str(exc)) from None
+        refused = [scope for scope in scopes if scope not in allowed]
+        if refused:
+            raise OAuthError("invalid_scope", "The agent may not have the scope " + repr(refused[0][:128]) + ".")
+        return scopes
+
+
+class IntrospectionView(OAuthEndpoint):
+    """Tell an authenticated client whether a token is active, and what it allows (RFC 7662)."""
+
+    def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+        token = params.get("token")
+        authenticate_client(request, params)
+        if token is None:
+            raise invalid_request("token is required.")
+        active = access_token_validate(token)
+        if active is None:
+            return oauth_response({"active": False})
+        claims = active.claims
+        return oauth_response(
+            {
+                "active": True,
+                "scope": " ".join(active.scopes),
+                "client_id": claims["client_id"],
+                "token_type": "Bearer",
+                "exp": claims["exp"],
+                "iat": claims.get("iat"),
+                "sub": claims["sub"],
+                "aud": claims["aud"],
+                "iss": claims["iss"],
+                "jti": claims["jti"],
+            }
+        )
+
+
+class RevocationView(OAuthEndpoint):
+    """Revoke an access token (RFC 7009): the token's own client, or an admin, may."""
+
+    def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+        token = params.get("token")
+        credential = authenticate_client(request, params)
+        if token is None:
+            raise invalid_request("token is required.")
+        try:
+            access_token_revoke(requester=credential, token=token)
+        except RevocationRefused:
+            raise OAuthError("unauthorized_client", "This client may not revoke a token issued to another client.")
+        # Section 2.2: 200 whether or not there was anything to revoke.
+        return oauth_response({})
+
+
+def _absolute(name: str) -> str:
+    return settings.AGENTIDP_ISSUER + reverse(name)
+
+
+def authorization_server_metadata(request: HttpRequest) -> HttpResponse:
+    """RFC 8414 metadata: where the endpoints are and what they support."""
+    if request.method not in ("GET", "HEAD"):
+        return _get_only(request)
+    auth_methods = ["client_secret_basic", "client_secret_post"]
+    response = JsonResponse(
+        {
+            "issuer": settings.AGENTIDP_ISSUER,
+            "token_endpoint": _absolute("oauth:token"),
+            "jwks_uri": _absolute("oauth:jwks"),
+            "introspection_endpoint": _absolute("oauth:introspect"),
+            "revocation_endpoint": _absolute("oauth:revoke"),
+            "grant_types_supported": ["client_credentials"],
+            "response_types_supported": [],
+            "scopes_supported": [settings.AGENTIDP_ADMIN_SCOPE],
+            "token_endpoint_auth_methods_supported": auth_methods,
+            "introspection_endpoint_auth_methods_supported": auth_methods,
+            "revocation_endpoint_auth_methods_supported": auth_methods,
+            "service_documentation": _absolute("api-docs"),
+        }
+    )
+    response["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+def jwks_document(request: HttpRequest) -> HttpResponse:
+    """The RFC 7517 JWK Set that verifies AgentIdP's access tokens."""
+    if request.method not in ("GET", "HEAD"):
+        return _get_only(request)
+    response = JsonResponse(jwks())
+    response["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+def _get_only(request: HttpRequest) -> HttpResponse:
+    response = JsonResponse(
+        {"error": "invalid_request", "error_description": f"Use GET, not {request.method}."}, status=405
+    )
+    response["Allow"] = "GET, HEAD"
+    return response
