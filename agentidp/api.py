@@ -1,0 +1,155 @@
+"""
+What every management endpoint shares: the one error body, pagination, and serializer
+fields that take JSON types as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, pagination, serializers
+from rest_framework.response import Response
+from rest_framework.views import set_rollback
+
+from vaultstore.exceptions import SecretStoreError
+
+from . import errors
+
+logger = logging.getLogger(__name__)
+
+_DRF_ERRORS: list[tuple[type[Exception], type[errors.ApiError]]] = [
+    (exceptions.ParseError, errors.ValidationFailed),
+    (exceptions.ValidationError, errors.ValidationFailed),
+    (exceptions.NotAuthenticated, errors.Unauthorized),
+    (exceptions.AuthenticationFailed, errors.Unauthorized),
+    (exceptions.PermissionDenied, errors.Forbidden),
+    (exceptions.NotFound, errors.NotFound),
+    (exceptions.MethodNotAllowed, errors.MethodNotAllowed),
+    (exceptions.NotAcceptable, errors.NotAcceptable),
+    (exceptions.UnsupportedMediaType, errors.UnsupportedMediaType),
+    (exceptions.Throttled, errors.RateLimited),
+]
+
+
+def _first_message(detail: Any, prefix: str = "") -> str:
+    """Flatten DRF's nested error detail to its first message, prefixed with the field path."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            path = key if not prefix else f"{prefix}.{key}"
+            return _first_message(value, path)
+    if isinstance(detail, list) and detail:
+        return _first_message(detail[0], prefix)
+    text = str(detail)
+    return f"{prefix}: {text}" if prefix and prefix != "nonFieldErrors" else text
+
+
+def as_api_error(exc: Exception) -> errors.ApiError | None:
+    """Translate an exception raised while serving the API into an ApiError, or None if it is a bug."""
+    if isinstance(exc, errors.ApiError):
+        return exc
+    if isinstance(exc, SecretStoreError):
+        return errors.ServiceUnavailable(
+            "The secret store is unavailable; try again shortly.",
+            headers={"Retry-After": str(exc.retry_after or 5)},
+            code=exc.code,
+        )
+    if isinstance(exc, Http404):
+        return errors.NotFound()
+    if isinstance(exc, PermissionDenied):
+        return errors.Forbidden()
+    if isinstance(exc, RequestDataTooBig):
+        return errors.PayloadTooLarge()
+    if isinstance(exc, SuspiciousOperation):
+        return errors.ValidationFailed("The request could not be read.")
+    for drf_class, api_class in _DRF_ERRORS:
+        if isinstance(exc, drf_class):
+            headers = {}
+            if getattr(exc, "auth_header", None):
+                headers["WWW-Authenticate"] = exc.auth_header
+            if getattr(exc, "wait", None):
+                headers["Retry-After"] = "%d" % exc.wait
+            details = None
+            message = str(exc.detail) if not isinstance(exc.detail, (list, dict)) else None
+            if isinstance(exc, exceptions.ValidationError):
+                details = exc.detail if isinstance(exc.detail, dict) else {"nonFieldErrors": exc.detail}
+                message = "Invalid request: " + _first_message(details)
+            elif isinstance(exc, exceptions.ParseError):
+                message = "The request body is not valid JSON."
+            return api_class(message, details=details, headers=headers)
+    return None
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: every API error as {"code", "message", "details"}."""
+    error = as_api_error(exc)
+    if error is None:
+        return None  # a bug: Django's 500 handler answers, with the same body shape
+    set_rollback()
+    return Response(error.as_body(), status=error.status, headers=error.headers)
+
+
+def error_response(error: errors.ApiError) -> JsonResponse:
+    response = JsonResponse(error.as_body(), status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def is_api_request(request: HttpRequest) -> bool:
+    return request.path_info.startswith("/api/")
+
+
+class Pagination(pagination.PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "pageSize"
+    max_page_size = 200
+
+
+# --- strict JSON fields ---------------------------------------------------------------------
+# DRF turns 12 into "12" for a CharField and "12" into 12 for an IntegerField. The contract
+# answers a wrong JSON type with VALIDATION_ERROR instead, so these accept only their own type.
+
+
+class StrictCharField(serializers.CharField):
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        if not data.isprintable() and any(ch not in "\n\r\t" and not ch.isprintable() for ch in data):
+            raise serializers.ValidationError("Must not contain control characters.")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "Must be an integer."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictSerializer(serializers.Serializer):
+    """A request body serializer that refuses keys it does not know, naming them."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+__all__ = [
+    "Pagination",
+    "StrictCharField",
+    "StrictIntegerField",
+    "StrictSerializer",
+    "error_response",
+    "exception_handler",
+    "is_api_request",
+]

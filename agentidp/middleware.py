@@ -1,0 +1,91 @@
+"""
+Keep every error under /api/ in the contract's JSON shape, including the ones Django
+raises before or around a view: an oversized body, a bad Host, an unhandled exception.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve
+
+from . import errors
+from .api import as_api_error, error_response, is_api_request
+
+logger = logging.getLogger(__name__)
+
+# The RFC 6749 error code that stands for each status on the OAuth endpoints.
+_OAUTH_ERROR_FOR_STATUS = {500: "server_error", 503: "temporarily_unavailable"}
+
+
+def is_oauth_request(request: HttpRequest) -> bool:
+    try:
+        return resolve(request.path_info).namespace == "oauth"
+    except Resolver404:
+        return False
+
+
+def api_error_response(request: HttpRequest, error: errors.ApiError) -> HttpResponse:
+    """Render `error` in the management shape, or the RFC 6749 shape on the OAuth endpoints."""
+    if not is_oauth_request(request):
+        return error_response(error)
+    response = JsonResponse(
+        {"error": _OAUTH_ERROR_FOR_STATUS.get(error.status, "invalid_request"), "error_description": error.message},
+        status=error.status,
+    )
+    response["Cache-Control"] = "no-store"
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+class ApiRequestMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if is_api_request(request) and self._declared_length(request) > settings.AGENTIDP_MAX_BODY_SIZE:
+            return api_error_response(request, errors.PayloadTooLarge())
+        return self.get_response(request)
+
+    @staticmethod
+    def _declared_length(request: HttpRequest) -> int:
+        try:
+            return int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return 0
+
+    def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
+        if not is_api_request(request):
+            return None
+        error = as_api_error(exc)
+        if error is None:
+            logger.exception("unhandled error path=%s", request.path)
+            error = errors.ApiError()
+        return api_error_response(request, error)
+
+
+def _handler(error_class: type[errors.ApiError]):
+    def handler(request: HttpRequest, exception: Exception | None = None, **kwargs) -> HttpResponse:
+        if is_api_request(request):
+            return api_error_response(request, error_class())
+        from django.views import defaults
+
+        fallback = {
+            400: defaults.bad_request,
+            403: defaults.permission_denied,
+            404: defaults.page_not_found,
+        }.get(error_class.status)
+        if fallback is None:
+            return defaults.server_error(request)
+        return fallback(request, exception)
+
+    return handler
+
+
+bad_request = _handler(errors.ValidationFailed)
+permission_denied = _handler(errors.Forbidden)
+page_not_found = _handler(errors.NotFound)
+server_error = _handler(errors.ApiError)

@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from .middleware import page_not_found
+
+urlpatterns = [
+    path("", include("oauth.urls")),
+    path("api/v1/", include("credentials.api.urls")),
+    re_path(r"^api/v1/schema/?$", SpectacularAPIView.as_view(), name="api-schema"),
+    re_path(r"^api/v1/docs/?$", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # Anything else under /api/ is the contract's 404, in JSON, whatever DEBUG says.
+    re_path(r"^api/", page_not_found),
+    path("admin/", admin.site.urls),
+]
+
+handler400 = "agentidp.middleware.bad_request"
+handler403 = "agentidp.middleware.permission_denied"
+handler404 = "agentidp.middleware.page_not_found"
+handler500 = "agentidp.middleware.server_error"

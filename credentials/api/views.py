@@ -1,0 +1,172 @@
+"""The management API: thin views that validate input and call the services and selectors."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from credentials import selectors, services
+from credentials.models import Agent, Credential
+
+from .serializers import (
+    AgentCreateInput,
+    AgentListQuery,
+    AgentOutput,
+    AgentUpdateInput,
+    CredentialCreateInput,
+    CredentialOutput,
+    CredentialRotateInput,
+    ErrorOutput,
+    IssuedCredentialOutput,
+)
+
+
+def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    descriptions = {
+        400: "VALIDATION_ERROR",
+        401: "UNAUTHORIZED",
+        403: "FORBIDDEN",
+        404: "AGENT_NOT_FOUND or CREDENTIAL_NOT_FOUND",
+        409: "CONFLICT",
+        415: "UNSUPPORTED_MEDIA_TYPE",
+        503: "VAULT_WRITE_ERROR or VAULT_UNAVAILABLE, with Retry-After",
+    }
+    return {code: OpenApiResponse(ErrorOutput, description=descriptions[code]) for code in (401, 403, *statuses)}
+
+
+AGENT_ID = OpenApiParameter("agent_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="agentId")
+CREDENTIAL_ID = OpenApiParameter(
+    "credential_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="credentialId"
+)
+
+
+def _validated(serializer_class, data):
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List agents",
+        parameters=[
+            OpenApiParameter("status", str, enum=Agent.Status.values),
+            OpenApiParameter("search", str, description="Part of the name, description or owner."),
+        ],
+        responses={200: AgentOutput(many=True), **_errors(400)},
+    ),
+    create=extend_schema(summary="Register an agent", request=AgentCreateInput, responses={201: AgentOutput, **_errors(400, 409, 415)}),
+    retrieve=extend_schema(summary="Get an agent", parameters=[AGENT_ID], responses={200: AgentOutput, **_errors(404)}),
+    partial_update=extend_schema(
+        summary="Change an agent",
+        parameters=[AGENT_ID],
+        request=AgentUpdateInput,
+        responses={200: AgentOutput, **_errors(400, 404, 415)},
+    ),
+    destroy=extend_schema(
+        summary="Delete an agent and its credentials", parameters=[AGENT_ID], responses={204: None, **_errors(404)}
+    ),
+)
+class AgentViewSet(viewsets.GenericViewSet):
+    def list(self, request: Request) -> Response:
+        query = _validated(AgentListQuery, request.query_params.dict())
+        agents = selectors.agent_list(status=query.get("status"), search=query.get("search"))
+        page = self.paginate_queryset(agents)
+        return self.get_paginated_response(AgentOutput(page, many=True).data)
+
+    def create(self, request: Request) -> Response:
+        data = _validated(AgentCreateInput, request.data)
+        agent = services.agent_create(acting=request.user, **data)
+        return Response(
+            AgentOutput(agent).data,
+            status=status.HTTP_201_CREATED,
+            headers={"Location": reverse("agent-detail", kwargs={"agent_id": agent.id})},
+        )
+
+    def retrieve(self, request: Request, agent_id: str) -> Response:
+        return Response(AgentOutput(selectors.agent_get(agent_id=agent_id)).data)
+
+    def partial_update(self, request: Request, agent_id: str) -> Response:
+        agent = selectors.agent_get(agent_id=agent_id)
+        changes = _validated(AgentUpdateInput, request.data)
+        agent = services.agent_update(acting=request.user, agent=agent, **changes)
+        return Response(AgentOutput(agent).data)
+
+    def destroy(self, request: Request, agent_id: str) -> Response:
+        services.agent_delete(acting=request.user, agent=selectors.agent_get(agent_id=agent_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List an agent's credentials (never their secrets)",
+        parameters=[AGENT_ID],
+        responses={200: CredentialOutput(many=True), **_errors(404)},
+    ),
+    create=extend_schema(
+        summary="Give an agent a new credential; the response holds its secret, once",
+        parameters=[AGENT_ID],
+        request=CredentialCreateInput,
+        responses={201: IssuedCredentialOutput, **_errors(400, 404, 409, 415, 503)},
+    ),
+    retrieve=extend_schema(
+        summary="Get a credential (never its secret)",
+        parameters=[AGENT_ID, CREDENTIAL_ID],
+        responses={200: CredentialOutput, **_errors(404)},
+    ),
+    rotate=extend_schema(
+        summary="Give a credential a new secret; the response holds it, once",
+        parameters=[AGENT_ID, CREDENTIAL_ID],
+        request=CredentialRotateInput,
+        responses={200: IssuedCredentialOutput, **_errors(400, 404, 409, 415, 503)},
+    ),
+    destroy=extend_schema(
+        summary="Delete a credential: its secret and tokens stop working at once",
+        parameters=[AGENT_ID, CREDENTIAL_ID],
+        responses={204: None, **_errors(404)},
+    ),
+)
+class CredentialViewSet(viewsets.GenericViewSet):
+    def _agent(self) -> Agent:
+        return selectors.agent_get(agent_id=self.kwargs["agent_id"])
+
+    def _credential(self) -> Credential:
+        return selectors.credential_get(agent=self._agent(), credential_id=self.kwargs["credential_id"])
+
+    def list(self, request: Request, agent_id: str) -> Response:
+        page = self.paginate_queryset(selectors.credential_list(agent=self._agent()))
+        return self.get_paginated_response(CredentialOutput(page, many=True).data)
+
+    def create(self, request: Request, agent_id: str) -> Response:
+        agent = self._agent()
+        data = _validated(CredentialCreateInput, request.data)
+        issued = services.credential_create(
+            acting=request.user, agent=agent, description=data["description"], expires_at=data["expiresAt"]
+        )
+        location = reverse("credential-detail", kwargs={"agent_id": agent.id, "credential_id": issued.credential.id})
+        return Response(IssuedCredentialOutput(issued).data, status=status.HTTP_201_CREATED, headers={"Location": location})
+
+    def retrieve(self, request: Request, agent_id: str, credential_id: str) -> Response:
+        return Response(CredentialOutput(self._credential()).data)
+
+    def rotate(self, request: Request, agent_id: str, credential_id: str) -> Response:
+        credential = self._credential()
+        data = _validated(CredentialRotateInput, request.data)
+        issued = services.credential_rotate(
+            acting=request.user, credential=credential, grace_period_seconds=data["gracePeriodSeconds"]
+        )
+        return Response(IssuedCredentialOutput(issued).data)
+
+    def destroy(self, request: Request, agent_id: str, credential_id: str) -> Response:
+        services.credential_delete(acting=request.user, credential=self._credential())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # Create and rotate answer with a secret; nothing on the way may keep a copy.
+        response["Cache-Control"] = "no-store"
+        return response
