@@ -1,0 +1,54 @@
+import base64
+from urllib.parse import urlencode
+
+import pytest
+from rest_framework.test import APIClient
+
+from credentials.services import IssuedCredential
+from tests.factories import AgentFactory, make_credential
+
+
+@pytest.fixture
+def agent(db):
+    return AgentFactory()
+
+
+@pytest.fixture
+def issued(agent) -> IssuedCredential:
+    """A credential of `agent` with its plaintext secret."""
+    return make_credential(agent)
+
+
+@pytest.fixture
+def admin_issued(db) -> IssuedCredential:
+    """A credential of an agent holding the admin scope."""
+    return make_credential(AgentFactory(name="admin", scopes=["agentidp:admin"]))
+
+
+def basic_auth(client_id: str, client_secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+
+
+def form_post(client, path: str, params: dict, **extra):
+    """POST `params` as application/x-www-form-urlencoded, as OAuth clients do."""
+    return client.post(path, urlencode(params), content_type="application/x-www-form-urlencoded", **extra)
+
+
+def token_for(client, issued: IssuedCredential, **params) -> str:
+    """Get an access token for `issued` from the token endpoint."""
+    response = form_post(
+        client,
+        "/api/v1/token",
+        {"grant_type": "client_credentials", **params},
+        HTTP_AUTHORIZATION=basic_auth(issued.credential.client_id, issued.client_secret),
+    )
+    assert response.status_code == 200, response.content
+    return response.json()["access_token"]
+
+
+@pytest.fixture
+def api(admin_issued, client) -> APIClient:
+    """An API client authenticated with an admin agent's bearer token."""
+    api_client = APIClient()
+    api_client.credentials(HTTP_AUTHORIZATION="Bearer " + token_for(client, admin_issued))
+    return api_client

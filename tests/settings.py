@@ -1,0 +1,24 @@
+"""Settings for the test suite: the project's, with a throwaway signing key and fast bcrypt."""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "agentidp-tests-only")
+
+from agentidp.settings import *  # noqa: E402,F403
+from oauth.keys import generate_signing_key_pem  # noqa: E402
+
+DEBUG = False
+# bcrypt's lowest cost: tests check behaviour, bench/ measures cost.
+AGENTIDP_BCRYPT_ROUNDS = 4
+VAULTSTORE["BACKENDS"]["bcrypt"]["OPTIONS"]["rounds"] = AGENTIDP_BCRYPT_ROUNDS  # noqa: F405
+AGENTIDP_SIGNING_KEY = generate_signing_key_pem("RS256").decode()
+AGENTIDP_ISSUER = "http://testserver"
+AGENTIDP_AUDIENCE = AGENTIDP_ISSUER
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Static files are not what these tests are about (and STATIC_ROOT is empty before collectstatic).
+MIDDLEWARE = [m for m in MIDDLEWARE if m != "whitenoise.middleware.WhiteNoiseMiddleware"]  # noqa: F405
