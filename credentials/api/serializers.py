@@ -87,9 +87,7 @@ class IssuedCredentialOutput(CredentialOutput):
     clientSecret = serializers.CharField()  # noqa: N815
 
     def to_representation(self, issued):
-        data = super().to_representation(issued.credential)
-        data["clientSecret"] = issued.client_secret
-        return data
+        return {**CredentialOutput(issued.credential).data, "clientSecret": issued.client_secret}
 
 
 class ErrorOutput(serializers.Serializer):
