@@ -46,7 +46,29 @@ class Agent(models.Model):
         return self.status == self.Status.ACTIVE
 
 
-class Credential(models.Model):
+class SecretLocation(models.Model):
+    """The columns that say where one secret is kept: the store's name and what it needs to find it."""
+
+    storage = models.CharField(max_length=16, editable=False)
+    # bcrypt only; never shown in the admin, an API response or a log line.
+    secret_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
+
+    #: The fields set_stored_secret() writes, for save(update_fields=...).
+    LOCATION_FIELDS = ("storage", "secret_hash")
+
+    class Meta:
+        abstract = True
+
+    @property
+    def stored_secret(self) -> StoredSecret:
+        return StoredSecret(storage=self.storage, secret_hash=self.secret_hash)
+
+    def set_stored_secret(self, stored: StoredSecret) -> None:
+        self.storage = stored.storage
+        self.secret_hash = stored.secret_hash
+
+
+class Credential(SecretLocation):
     """One OAuth client of an agent. Its secret lives in the store named by `storage`."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -54,8 +76,6 @@ class Credential(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="credentials")
     client_id = models.CharField(max_length=64, unique=True, editable=False)
     description = models.TextField(blank=True, default="")
-    storage = models.CharField(max_length=16, editable=False)
-    secret_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -76,21 +96,11 @@ class Credential(models.Model):
     def is_expired(self, now=None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
 
-    @property
-    def stored_secret(self) -> StoredSecret:
-        return StoredSecret(storage=self.storage, secret_hash=self.secret_hash)
 
-    def set_stored_secret(self, stored: StoredSecret) -> None:
-        self.storage = stored.storage
-        self.secret_hash = stored.secret_hash
-
-
-class GraceSecret(models.Model):
+class GraceSecret(SecretLocation):
     """A credential's previous secret, still accepted until `valid_until` after a rotation."""
 
     credential = models.ForeignKey(Credential, on_delete=models.CASCADE, related_name="grace_secrets")
-    storage = models.CharField(max_length=16, editable=False)
-    secret_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     valid_until = models.DateTimeField(db_index=True)
 
@@ -99,14 +109,6 @@ class GraceSecret(models.Model):
 
     def __repr__(self) -> str:
         return f"<GraceSecret of {self.credential_id} until {self.valid_until:%Y-%m-%dT%H:%M:%SZ}>"
-
-    @property
-    def stored_secret(self) -> StoredSecret:
-        return StoredSecret(storage=self.storage, secret_hash=self.secret_hash)
-
-    def set_stored_secret(self, stored: StoredSecret) -> None:
-        self.storage = stored.storage
-        self.secret_hash = stored.secret_hash
 
 
 class AuditEvent(models.Model):

@@ -287,7 +287,7 @@ def credential_rotate(*, acting: Any, credential: Credential, grace_period_secon
         locked.grace_secrets.filter(valid_until__lte=now).delete()
         locked.set_stored_secret(new)
         locked.rotated_at = now
-        locked.save(update_fields=["storage", "secret_hash", "rotated_at"])
+        locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at"])
         audit_record(
             acting=acting,
             action=AuditEvent.Action.CREDENTIAL_ROTATED,
