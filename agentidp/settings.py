@@ -175,6 +175,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "PREPROCESSING_HOOKS": ["agentidp.schema.strip_optional_trailing_slash"],
+    "ENUM_NAME_OVERRIDES": {
+        "AgentStatusEnum": ["active", "suspended"],
+        "CredentialStatusEnum": ["active", "expired"],
+    },
 }
 
 # --- Logging --------------------------------------------------------------------------------

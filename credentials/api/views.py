@@ -118,12 +118,6 @@ class AgentViewSet(viewsets.GenericViewSet):
         parameters=[AGENT_ID, CREDENTIAL_ID],
         responses={200: CredentialOutput, **_errors(404)},
     ),
-    rotate=extend_schema(
-        summary="Give a credential a new secret; the response holds it, once",
-        parameters=[AGENT_ID, CREDENTIAL_ID],
-        request=CredentialRotateInput,
-        responses={200: IssuedCredentialOutput, **_errors(400, 404, 409, 415, 503)},
-    ),
     destroy=extend_schema(
         summary="Delete a credential: its secret and tokens stop working at once",
         parameters=[AGENT_ID, CREDENTIAL_ID],
@@ -153,6 +147,12 @@ class CredentialViewSet(viewsets.GenericViewSet):
     def retrieve(self, request: Request, agent_id: str, credential_id: str) -> Response:
         return Response(CredentialOutput(self._credential()).data)
 
+    @extend_schema(
+        summary="Give a credential a new secret; the response holds it, once",
+        parameters=[AGENT_ID, CREDENTIAL_ID],
+        request=CredentialRotateInput,
+        responses={200: IssuedCredentialOutput, **_errors(400, 404, 409, 415, 503)},
+    )
     def rotate(self, request: Request, agent_id: str, credential_id: str) -> Response:
         credential = self._credential()
         data = _validated(CredentialRotateInput, request.data)

@@ -1,0 +1,19 @@
+import io
+
+from django.core.management import call_command
+
+
+def test_openapi_schema_is_valid_and_warning_free():
+    out = io.StringIO()
+    # --fail-on-warn raises on any warning or error of drf-spectacular; --validate checks OpenAPI 3.
+    call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
+    schema = out.getvalue()
+    for path in (
+        "/api/v1/agents:",
+        "/api/v1/agents/{agent_id}:",
+        "/api/v1/agents/{agent_id}/credentials:",
+        "/api/v1/agents/{agent_id}/credentials/{credential_id}:",
+        "/api/v1/agents/{agent_id}/credentials/{credential_id}/rotate:",
+    ):
+        assert f"\n  {path}\n" in schema
+    assert "bearerAuth" in schema
