@@ -56,6 +56,7 @@ def serve(args: list[str]) -> None:
     env.setdefault("DEBUG", "true")
     env.setdefault("DJANGO_SETTINGS_MODULE", "agentidp.settings")
     addrport = args[0] if args else "127.0.0.1:8000"
+    (ROOT / "var").mkdir(exist_ok=True)  # the SQLite database and the signing key live here
     say("Preparing the signing key and the database")
     run(PYTHON, "manage.py", "create_signing_key", "--exist-ok", env=env)
     run(PYTHON, "manage.py", "migrate", "--noinput", "--verbosity", "0", env=env)
