@@ -6,5 +6,5 @@ from .backends import reset_backends
 
 @receiver(setting_changed)
 def reset_backends_on_setting_change(*, setting: str, **kwargs: object) -> None:
-    if setting in {"VAULTSTORE", "AGENTIDP_BCRYPT_ROUNDS"}:
+    if setting == "VAULTSTORE":
         reset_backends()

@@ -33,7 +33,10 @@ class BcryptSecretBackend(BaseSecretBackend):
     def verify(self, *, stored: StoredSecret, secret: str) -> bool:
         if stored.storage != self.name or not stored.secret_hash:
             return False
-        encoded = secret.encode()
+        try:
+            encoded = secret.encode()
+        except UnicodeEncodeError:  # a lone surrogate (JSON allows them) is not a secret anyone was given
+            return False
         if len(encoded) > MAX_SECRET_BYTES:
             return False
         try:
