@@ -120,7 +120,18 @@ def _json_parameters(body: bytes) -> dict[str, str]:
     for name, value in data.items():
         if not isinstance(value, str):
             raise invalid_request(f"The parameter {_safe_name(name)} must be a string.")
+        if not _is_unicode_text(value):
+            raise invalid_request(f"The parameter {_safe_name(name)} is not valid Unicode text.")
     return data
+
+
+def _is_unicode_text(value: str) -> bool:
+    """Return whether `value` encodes as UTF-8: JSON's \\ud800 escape makes a lone surrogate, which does not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _safe_name(name: str) -> str:
