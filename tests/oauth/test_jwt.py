@@ -1,0 +1,229 @@
+"""Access tokens are RFC 9068 JWTs that anyone can verify with the published JWK Set alone."""
+
+import base64
+import hashlib
+import hmac
+import json
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from django.conf import settings
+from django.core.checks import Error
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+from joserfc import jwt
+from joserfc.errors import BadSignatureError
+from joserfc.jwk import KeySet, RSAKey
+
+from oauth.checks import check_signing_key
+from oauth.keys import generate_signing_key_pem, get_signing_key, load_signing_key
+from tests.conftest import token_for
+from tests.oauth.conftest import forge_token, is_active, unverified_header
+
+JWKS_URL = "/.well-known/jwks.json"
+PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
+
+
+def public_keyset(client) -> KeySet:
+    response = client.get(JWKS_URL)
+    assert response.status_code == 200
+    return KeySet.import_key_set(response.json())
+
+
+def pem_of(private) -> str:
+    return private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def b64url(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def test_access_token_header_is_at_jwt_signed_rs256_with_a_kid(client, issued):
+    header = unverified_header(token_for(client, issued))
+
+    assert header["typ"] == "at+jwt"
+    assert header["alg"] == "RS256"
+    assert header["kid"] == get_signing_key().kid
+
+
+def test_access_token_verifies_with_only_the_public_jwks_and_carries_the_rfc_9068_claims(client, issued):
+    token = token_for(client, issued)
+
+    decoded = jwt.decode(token, public_keyset(client), algorithms=["RS256"])
+
+    claims = decoded.claims
+    assert set(claims) == {"iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope"}
+    assert claims["iss"] == settings.AGENTIDP_ISSUER
+    assert claims["sub"] == str(issued.credential.agent_id)
+    assert claims["aud"] == settings.AGENTIDP_AUDIENCE
+    assert claims["client_id"] == issued.credential.client_id
+    assert claims["scope"] == "reports:read reports:write"
+    assert claims["exp"] - claims["iat"] == settings.AGENTIDP_ACCESS_TOKEN_TTL
+    assert isinstance(claims["jti"], str) and claims["jti"]
+
+
+def test_each_access_token_has_its_own_jti(client, issued):
+    first = jwt.decode(token_for(client, issued), public_keyset(client), algorithms=["RS256"])
+    second = jwt.decode(token_for(client, issued), public_keyset(client), algorithms=["RS256"])
+
+    assert first.claims["jti"] != second.claims["jti"]
+
+
+def test_access_token_does_not_verify_with_another_keys_jwks(client, issued, foreign_key):
+    token = token_for(client, issued)
+    kid = unverified_header(token)["kid"]
+    impostor = KeySet.import_key_set({"keys": [{**foreign_key.as_dict(private=False), "kid": kid}]})
+
+    with pytest.raises(BadSignatureError):
+        jwt.decode(token, impostor, algorithms=["RS256"])
+
+
+def test_token_kid_names_a_key_in_the_jwks(client, issued):
+    kid = unverified_header(token_for(client, issued))["kid"]
+
+    keys = client.get(JWKS_URL).json()["keys"]
+
+    assert kid in {key["kid"] for key in keys}
+
+
+def test_jwks_publishes_public_signing_keys_without_private_members(client, db):
+    response = client.get(JWKS_URL)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    keys = response.json()["keys"]
+    assert keys
+    for key in keys:
+        assert not PRIVATE_MEMBERS & set(key), key
+        assert key["kty"] == "RSA"
+        assert key["use"] == "sig"
+        assert key["alg"] == "RS256"
+        assert {"n", "e", "kid"} <= set(key)
+
+
+def test_jwks_rejects_post_with_405(client, db):
+    response = client.post(JWKS_URL)
+
+    assert response.status_code == 405
+    assert "GET" in response["Allow"]
+    assert set(response.json()) == {"error", "error_description"}
+
+
+def test_token_signed_by_another_key_is_refused_by_the_management_api(client, admin_issued, foreign_key):
+    genuine = token_for(client, admin_issued)
+    forged = forge_token(genuine, foreign_key)
+
+    accepted = client.get("/api/v1/agents", HTTP_AUTHORIZATION="Bearer " + genuine)
+    refused = client.get("/api/v1/agents", HTTP_AUTHORIZATION="Bearer " + forged)
+
+    assert accepted.status_code == 200
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "UNAUTHORIZED"
+    assert refused["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_token_signed_by_another_key_is_inactive_at_introspection(client, issued, admin_issued, foreign_key):
+    genuine = token_for(client, issued)
+
+    assert is_active(client, admin_issued, genuine) is True
+    assert is_active(client, admin_issued, forge_token(genuine, foreign_key)) is False
+
+
+def test_unsigned_token_with_alg_none_is_refused(client, admin_issued):
+    genuine = token_for(client, admin_issued)
+    header = {**unverified_header(genuine), "alg": "none"}
+    unsigned = f"{b64url(header)}.{genuine.split('.')[1]}."
+
+    response = client.get("/api/v1/agents", HTTP_AUTHORIZATION="Bearer " + unsigned)
+
+    assert response.status_code == 401
+    assert is_active(client, admin_issued, unsigned) is False
+
+
+def test_token_signed_hs256_with_the_public_key_as_secret_is_refused(client, admin_issued):
+    genuine = token_for(client, admin_issued)
+    header = {**unverified_header(genuine), "alg": "HS256"}
+    public_pem = RSAKey.import_key(settings.AGENTIDP_SIGNING_KEY).as_pem(private=False)
+    signing_input = f"{b64url(header)}.{genuine.split('.')[1]}"
+    signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    confused = signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+    response = client.get("/api/v1/agents", HTTP_AUTHORIZATION="Bearer " + confused)
+
+    assert response.status_code == 401
+
+
+def test_es256_signing_key_issues_tokens_that_verify_with_the_jwks(client, admin_issued):
+    with override_settings(AGENTIDP_SIGNING_KEY=generate_signing_key_pem("ES256").decode()):
+        token = token_for(client, admin_issued)
+        keys = client.get(JWKS_URL).json()["keys"]
+        decoded = jwt.decode(token, KeySet.import_key_set({"keys": keys}), algorithms=["ES256"])
+        api_response = client.get("/api/v1/agents", HTTP_AUTHORIZATION="Bearer " + token)
+
+    assert unverified_header(token)["alg"] == "ES256"
+    assert decoded.claims["client_id"] == admin_issued.credential.client_id
+    assert [(key["kty"], key["crv"], key["alg"]) for key in keys] == [("EC", "P-256", "ES256")]
+    assert not PRIVATE_MEMBERS & set(keys[0])
+    assert api_response.status_code == 200
+    # Back on the original key, the ES256 token no longer verifies.
+    assert client.get("/api/v1/agents", HTTP_AUTHORIZATION="Bearer " + token).status_code == 401
+
+
+def test_signing_key_is_read_from_the_key_file_when_no_pem_is_set(client, admin_issued, tmp_path):
+    path = tmp_path / "signing-key.pem"
+    path.write_bytes(generate_signing_key_pem("ES256"))
+
+    with override_settings(AGENTIDP_SIGNING_KEY="", AGENTIDP_SIGNING_KEY_FILE=path):
+        token = token_for(client, admin_issued)
+        kid = get_signing_key().kid
+
+    assert unverified_header(token)["kid"] == kid == load_signing_key(path.read_bytes()).kid
+
+
+def test_system_check_passes_with_a_usable_signing_key():
+    assert check_signing_key() == []
+
+
+def test_system_check_reports_a_missing_signing_key_file(tmp_path):
+    with override_settings(AGENTIDP_SIGNING_KEY="", AGENTIDP_SIGNING_KEY_FILE=tmp_path / "missing.pem"):
+        with pytest.raises(SystemCheckError, match="oauth.E001"):
+            call_command("check")
+        problems = check_signing_key()
+
+    assert [problem.id for problem in problems] == ["oauth.E001"]
+    assert isinstance(problems[0], Error)
+    assert "missing.pem" in problems[0].msg
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        pytest.param("not a key", id="garbage"),
+        pytest.param("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", id="truncated-pem"),
+        pytest.param(pem_of(rsa.generate_private_key(public_exponent=65537, key_size=1024)), id="rsa-1024"),
+        pytest.param(pem_of(ec.generate_private_key(ec.SECP384R1())), id="ec-p384"),
+    ],
+)
+def test_system_check_reports_an_unusable_signing_key(pem):
+    with override_settings(AGENTIDP_SIGNING_KEY=pem):
+        problems = check_signing_key()
+
+    assert [problem.id for problem in problems] == ["oauth.E001"]
+
+
+def test_rsa_key_below_2048_bits_is_refused():
+    small = pem_of(rsa.generate_private_key(public_exponent=65537, key_size=1024)).encode()
+
+    with pytest.raises(ImproperlyConfigured, match="2048"):
+        load_signing_key(small)
+
+
+def test_rsa_key_of_2048_bits_is_accepted():
+    key = load_signing_key(pem_of(rsa.generate_private_key(public_exponent=65537, key_size=2048)).encode())
+
+    assert key.algorithm == "RS256"
