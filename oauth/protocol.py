@@ -161,7 +161,7 @@ def client_credentials_from(request: HttpRequest, params: dict[str, str]) -> Cli
     Read the client's id and secret from HTTP Basic or from the body, not both.
 
     Basic's user and password are form-urlencoded before base64 (RFC 6749 section 2.3.1).
-    A malformed Basic header is invalid_client; no credentials at all is invalid_client too.
+    A malformed Basic header, half of the body pair, or no credentials at all is invalid_client.
     """
     header = request.META.get("HTTP_AUTHORIZATION", "")
     in_body = "client_id" in params or "client_secret" in params
@@ -182,7 +182,8 @@ def client_credentials_from(request: HttpRequest, params: dict[str, str]) -> Cli
     if "client_id" in params and "client_secret" in params:
         return ClientCredentials(params["client_id"], params["client_secret"], "client_secret_post")
     if in_body:
-        raise invalid_request("Send both client_id and client_secret.")
+        # An id without a secret is a client that failed to authenticate (AgentIdP has no public clients).
+        raise _invalid_client("Send both client_id and client_secret.", basic=False)
     raise _invalid_client("Client authentication is required.", basic=True)
 
 

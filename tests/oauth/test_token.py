@@ -323,6 +323,16 @@ def test_no_client_authentication_is_invalid_client(client, db):
     assert_oauth_error(response, 401, "invalid_client")
 
 
+@pytest.mark.parametrize("half", ["client_id", "client_secret"])
+def test_half_of_the_body_credentials_is_invalid_client(client, issued, half):
+    params = {**GRANT, half: issued.credential.client_id if half == "client_id" else issued.client_secret}
+
+    response = form_post(client, TOKEN_URL, params)
+
+    assert_oauth_error(response, 401, "invalid_client")
+    assert "WWW-Authenticate" not in response
+
+
 def test_failed_client_secret_post_has_no_basic_challenge(client, issued):
     params = {**GRANT, "client_id": issued.credential.client_id, "client_secret": "wrong"}
 
