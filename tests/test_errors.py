@@ -150,3 +150,14 @@ def test_missing_bearer_token_is_401_json_with_a_bearer_challenge(client, db):
     assert response.status_code == 401
     assert assert_json_without_traceback(response)["code"] == "UNAUTHORIZED"
     assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("path", ["/api/v1/agents", "/api/v1/token"])
+def test_json_nested_deeper_than_the_parser_allows_is_a_400_not_a_crash(api, path):
+    body = "[" * 100_000 + "]" * 100_000
+
+    response = api.post(path, body, content_type="application/json")
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body.get("code") == "VALIDATION_ERROR" or body.get("error") == "invalid_request"
