@@ -488,21 +488,11 @@ def test_hostile_client_ids_and_secrets_are_client_errors_never_500(issued, case
     assert "access_token" not in body
 
 
-@override_settings(AGENTIDP_MAX_BODY_SIZE=256)
+@pytest.mark.parametrize("limit", ["AGENTIDP_MAX_BODY_SIZE", "DATA_UPLOAD_MAX_MEMORY_SIZE"])
 @pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "application/json"])
-def test_body_over_the_size_limit_is_413_in_the_oauth_shape(client, issued, content_type):
-    body = "grant_type=client_credentials&pad=" + "x" * 300
-    if content_type == "application/json":
-        body = json.dumps({**GRANT, "pad": "x" * 300})
-
-    response = client.post(TOKEN_URL, body, content_type=content_type, **client_auth(issued))
-
-    assert_oauth_error(response, 413, "invalid_request")
-
-
-@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=256)
-@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "application/json"])
-def test_body_over_djangos_upload_limit_is_also_413_in_the_oauth_shape(client, issued, content_type):
+def test_body_over_the_size_limit_is_413_in_the_oauth_shape(client, issued, settings, limit, content_type):
+    # AgentIdP's own limit answers before the view; Django's is hit when the view reads the body.
+    setattr(settings, limit, 256)
     body = "grant_type=client_credentials&pad=" + "x" * 300
     if content_type == "application/json":
         body = json.dumps({**GRANT, "pad": "x" * 300})
