@@ -13,7 +13,7 @@ from .models import AuditEvent
 class AuditActor(Protocol):
     """Anything that can act on AgentIdP and say who it is (an authenticated agent, say)."""
 
-    def audit_actor(self) -> "Actor": ...
+    def audit_actor(self) -> Actor: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,7 +130,9 @@ class RevocationView(OAuthEndpoint):
         try:
             access_token_revoke(requester=credential, token=token)
         except RevocationRefused:
-            raise OAuthError("unauthorized_client", "This client may not revoke a token issued to another client.")
+            raise OAuthError(
+                "unauthorized_client", "This client may not revoke a token issued to another client."
+            ) from None
         # Section 2.2: 200 whether or not there was anything to revoke.
         return oauth_response({})
 

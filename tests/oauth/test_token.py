@@ -10,7 +10,7 @@ from urllib.parse import quote_plus
 
 import pytest
 from django.conf import settings
-from django.test import Client, override_settings
+from django.test import Client
 from django.utils import timezone
 
 from credentials import services
