@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
+
+from oauth.protocol import OAuthError
 
 from . import errors
 from .api import as_api_error, error_response, is_api_request
@@ -31,14 +33,8 @@ def api_error_response(request: HttpRequest, error: errors.ApiError) -> HttpResp
     """Render `error` in the management shape, or the RFC 6749 shape on the OAuth endpoints."""
     if not is_oauth_request(request):
         return error_response(error)
-    response = JsonResponse(
-        {"error": _OAUTH_ERROR_FOR_STATUS.get(error.status, "invalid_request"), "error_description": error.message},
-        status=error.status,
-    )
-    response["Cache-Control"] = "no-store"
-    for name, value in error.headers.items():
-        response[name] = value
-    return response
+    code = _OAUTH_ERROR_FOR_STATUS.get(error.status, "invalid_request")
+    return OAuthError(code, error.message, status=error.status, headers=error.headers).response()
 
 
 class ApiRequestMiddleware:

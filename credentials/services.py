@@ -74,11 +74,12 @@ def _clean_scopes(scopes: Iterable[str]) -> list[str]:
         raise ValidationFailed(str(exc), details={"scopes": [str(exc)]}) from None
 
 
-def _name_taken(name: str, *, exclude: Agent | None = None) -> bool:
-    agents = Agent.objects.filter(name__iexact=name)
-    if exclude is not None:
-        agents = agents.exclude(pk=exclude.pk)
-    return agents.exists()
+def _name_taken(name: str) -> bool:
+    return Agent.objects.filter(name__iexact=name).exists()
+
+
+def _name_conflict(name: str) -> Conflict:
+    return Conflict(f"An agent named {name!r} already exists.", details={"name": ["Already taken."]})
 
 
 def _lock_agent(agent: Agent) -> Agent:
@@ -100,7 +101,7 @@ def agent_create(
     """
     agent = Agent(name=name, description=description, owner=owner, scopes=_clean_scopes(scopes))
     if _name_taken(name):
-        raise Conflict(f"An agent named {name!r} already exists.", details={"name": ["Already taken."]})
+        raise _name_conflict(name)
     try:
         with transaction.atomic():
             agent.save(force_insert=True)
@@ -111,7 +112,7 @@ def agent_create(
                 details={"name": agent.name, "scopes": agent.scopes},
             )
     except IntegrityError:
-        raise Conflict(f"An agent named {name!r} already exists.", details={"name": ["Already taken."]}) from None
+        raise _name_conflict(name) from None
     logger.info("agent created agent_id=%s", agent.id)
     return agent
 

@@ -55,10 +55,6 @@ class ActiveToken:
     def agent(self) -> Agent:
         return self.credential.agent
 
-    @property
-    def jti(self) -> str:
-        return self.claims["jti"]
-
 
 @dataclasses.dataclass(frozen=True)
 class AgentPrincipal:
@@ -73,10 +69,6 @@ class AgentPrincipal:
     @property
     def agent(self) -> Agent:
         return self.token.agent
-
-    @property
-    def scopes(self) -> tuple[str, ...]:
-        return self.token.scopes
 
     def get_username(self) -> str:
         return self.agent.name
@@ -194,7 +186,7 @@ def access_token_revoke(*, requester: Credential, token: str) -> bool:
             audit_record(
                 acting=credential_actor(requester),
                 action=AuditEvent.Action.TOKEN_REVOKED,
-                agent_id=uuid.UUID(claims["sub"]) if _is_uuid(claims["sub"]) else None,
+                agent_id=uuid.UUID(claims["sub"]),  # signed by AgentIdP: always an agentId
                 details={"jti": claims["jti"], "clientId": claims["client_id"]},
             )
         # Entries for tokens past their expiry protect nothing any more.
@@ -203,10 +195,3 @@ def access_token_revoke(*, requester: Credential, token: str) -> bool:
         logger.info("access token revoked jti=%s by credential_id=%s", claims["jti"], requester.id)
     return created
 
-
-def _is_uuid(value: object) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        return False
-    return True
