@@ -52,20 +52,38 @@ class SecretLocation(models.Model):
     storage = models.CharField(max_length=16, editable=False)
     # bcrypt only; never shown in the admin, an API response or a log line.
     secret_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
+    # Vault only: the KV v2 path of the secret, and the version of it that is trusted.
+    vault_path = models.CharField(max_length=512, null=True, blank=True, editable=False)
+    vault_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
 
     #: The fields set_stored_secret() writes, for save(update_fields=...).
-    LOCATION_FIELDS = ("storage", "secret_hash")
+    LOCATION_FIELDS = ("storage", "secret_hash", "vault_path", "vault_version")
 
     class Meta:
         abstract = True
 
     @property
     def stored_secret(self) -> StoredSecret:
-        return StoredSecret(storage=self.storage, secret_hash=self.secret_hash)
+        return StoredSecret(
+            storage=self.storage,
+            secret_hash=self.secret_hash,
+            vault_path=self.vault_path or "",
+            vault_version=self.vault_version,
+        )
 
     def set_stored_secret(self, stored: StoredSecret) -> None:
         self.storage = stored.storage
         self.secret_hash = stored.secret_hash
+        self.vault_path = stored.vault_path or None
+        self.vault_version = stored.vault_version
+
+
+def _vault_location_complete(prefix: str) -> models.CheckConstraint:
+    # A Vault secret is trusted at one written version; the database never points at "some version".
+    return models.CheckConstraint(
+        condition=~models.Q(storage="vault") | models.Q(vault_path__isnull=False, vault_version__isnull=False),
+        name=f"{prefix}_vault_location_complete",
+    )
 
 
 class Credential(SecretLocation):
@@ -82,6 +100,7 @@ class Credential(SecretLocation):
 
     class Meta:
         ordering = ["created_at", "id"]
+        constraints = [_vault_location_complete("credentials_credential")]
 
     def __str__(self) -> str:
         return self.client_id
@@ -106,9 +125,47 @@ class GraceSecret(SecretLocation):
 
     class Meta:
         ordering = ["-valid_until", "-id"]
+        constraints = [_vault_location_complete("credentials_gracesecret")]
 
     def __repr__(self) -> str:
         return f"<GraceSecret of {self.credential_id} until {self.valid_until:%Y-%m-%dT%H:%M:%SZ}>"
+
+
+class SecretPurge(models.Model):
+    """
+    A secret kept outside the database that must be destroyed, every version of it.
+
+    Written in the same transaction that stops the database from referring to the secret
+    (a credential's deletion, say), so the job cannot be lost between the commit and the
+    store's answer; deleted once the store confirms. Until then it is retried with a
+    growing delay, automatically and by `manage.py purge_secrets`.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    storage = models.CharField(max_length=16, editable=False)
+    vault_path = models.CharField(max_length=512, editable=False)
+    # Plain values, not foreign keys: the credential is usually gone already.
+    agent_id = models.UUIDField(null=True, blank=True, editable=False)
+    credential_id = models.UUIDField(null=True, blank=True, editable=False)
+    reason = models.CharField(max_length=32, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    attempts = models.PositiveIntegerField(default=0, editable=False)
+    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    # The kind of the last failure (an exception class name), never its text.
+    last_error = models.CharField(max_length=64, blank=True, default="", editable=False)
+
+    class Meta:
+        ordering = ["next_attempt_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["storage", "vault_path"], name="credentials_secretpurge_unique_location"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.storage}:{self.vault_path}"
+
+    @property
+    def stored_secret(self) -> StoredSecret:
+        return StoredSecret(storage=self.storage, vault_path=self.vault_path)
 
 
 class AuditEvent(models.Model):

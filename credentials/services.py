@@ -22,11 +22,11 @@ from django.utils import timezone
 
 from agentidp.errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
 from vaultstore.backends import StoredSecret, get_backend, get_backend_for, get_default_backend
-from vaultstore.exceptions import SecretStoreError
+from vaultstore.exceptions import SecretStoreError, SecretWriteError
 
 from . import selectors
 from .audit import audit_record
-from .models import Agent, AuditEvent, Credential, GraceSecret
+from .models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from .scopes import normalize_scopes
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,13 @@ MAX_GRACE_PERIOD_SECONDS = 86400
 MAX_GRACE_SECRETS = 9
 
 AGENT_UPDATABLE_FIELDS = ("description", "owner", "scopes", "status")
+
+#: A purge that failed waits this long before its next automatic attempt, doubling each time...
+PURGE_FIRST_DELAY_SECONDS = 30
+#: ...up to this.
+PURGE_MAX_DELAY_SECONDS = 3600
+#: How many due purges a successful write to an outside store also works off.
+PURGE_BATCH_AFTER_WRITE = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +166,8 @@ def agent_delete(*, acting: Any, agent: Agent) -> None:
     """
     Delete an agent and, first, each of its credentials exactly as credential_delete does.
 
-    One transaction: if anything fails, the agent and all its credentials remain.
+    One transaction: if anything fails, the agent and all its credentials remain. The
+    destruction of their Vault entries is queued in it and attempted after the commit.
     """
     with transaction.atomic():
         agent = _lock_agent(agent)
@@ -185,21 +193,115 @@ def _check_capacity(agent: Agent) -> None:
         raise Conflict(f"This agent already has {limit} active credentials, the most allowed.")
 
 
-def _discard_stored(*, owner: Credential, stored: Iterable[StoredSecret]) -> None:
-    """Ask each store to remove what it keeps for these secrets; log what it could not."""
-    by_storage: dict[str, list[StoredSecret]] = {}
-    for item in stored:
-        by_storage.setdefault(item.storage, []).append(item)
-    for storage, items in by_storage.items():
+# --- destroying secrets kept outside the database ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PurgeReport:
+    """What a run of the purge queue did: jobs finished and jobs still pending after a failure."""
+
+    purged: int = 0
+    failed: int = 0
+
+
+def _purges_record(
+    *, stored: Iterable[StoredSecret], reason: str, agent_id: Any = None, credential_id: Any = None
+) -> list[int]:
+    """Queue the destruction of what a store keeps outside the database for these secrets; return the job ids."""
+    ids = []
+    for storage, vault_path in sorted({(s.storage, s.vault_path) for s in stored if s.kept_outside_database}):
+        purge, _ = SecretPurge.objects.get_or_create(
+            storage=storage,
+            vault_path=vault_path,
+            defaults={"reason": reason, "agent_id": agent_id, "credential_id": credential_id},
+        )
+        ids.append(purge.id)
+    return ids
+
+
+def secret_purge_attempt(*, purge_id: int) -> bool:
+    """
+    Ask the store to destroy one queued secret (every version); return whether the job is done.
+
+    The job row is locked while the store is asked, so two workers never run one job. On
+    success the row is deleted; on failure it records the attempt and waits twice as
+    long as last time (from PURGE_FIRST_DELAY_SECONDS to PURGE_MAX_DELAY_SECONDS) before
+    the automatic runs try again. A store that is not configured (Vault switched off)
+    counts as a failure: the job waits until it is.
+    """
+    with transaction.atomic():
+        purge = SecretPurge.objects.select_for_update(skip_locked=True).filter(pk=purge_id).first()
+        if purge is None:
+            return True  # finished meanwhile, or another worker holds it
         try:
-            get_backend(storage).delete(owner=owner, stored=items)
+            get_backend(purge.storage).delete(stored=[purge.stored_secret])
         except SecretStoreError as exc:
-            logger.error(
-                "could not remove stored secrets credential_id=%s storage=%s error=%s",
-                owner.id,
-                storage,
-                type(exc).__name__,
+            purge.attempts += 1
+            delay = min(PURGE_FIRST_DELAY_SECONDS * 2 ** (purge.attempts - 1), PURGE_MAX_DELAY_SECONDS)
+            purge.next_attempt_at = timezone.now() + datetime.timedelta(seconds=delay)
+            purge.last_error = type(exc).__name__
+            purge.save(update_fields=["attempts", "next_attempt_at", "last_error"])
+            logger.warning(
+                "secret purge failed, will retry path=%s attempts=%s error=%s",
+                purge.vault_path,
+                purge.attempts,
+                purge.last_error,
             )
+            return False
+        purge.delete()
+    logger.info("secret purged path=%s credential_id=%s reason=%s", purge.vault_path, purge.credential_id, purge.reason)
+    return True
+
+
+def secret_purges_run(*, purge_ids: Iterable[int]) -> PurgeReport:
+    """Attempt these queued purges now, whatever their schedule."""
+    results = [secret_purge_attempt(purge_id=purge_id) for purge_id in purge_ids]
+    return PurgeReport(purged=results.count(True), failed=results.count(False))
+
+
+def secret_purges_run_due(*, limit: int = PURGE_BATCH_AFTER_WRITE) -> PurgeReport:
+    """Attempt up to `limit` purges whose retry time has come, oldest first; stop at the first failure."""
+    due = SecretPurge.objects.filter(next_attempt_at__lte=timezone.now()).values_list("id", flat=True)[:limit]
+    purged = 0
+    for purge_id in list(due):
+        if not secret_purge_attempt(purge_id=purge_id):
+            return PurgeReport(purged=purged, failed=1)  # the store is likely down: leave the rest for later
+        purged += 1
+    return PurgeReport(purged=purged)
+
+
+def _purge_after_commit(purge_ids: list[int]) -> None:
+    """Once the transaction commits, destroy the secrets just queued, then a few that were due."""
+    if purge_ids:
+        transaction.on_commit(lambda: secret_purges_run(purge_ids=purge_ids), robust=True)
+
+
+def _discard_after_failed_create(*, credential: Credential, stored: StoredSecret) -> None:
+    """
+    Destroy what a store may have kept for a credential that was never created.
+
+    The credential's id is new, so everything at its location is an orphan. Tried at
+    once; if the store does not confirm, queued for the retries; if the database cannot
+    take the job either, the path is logged at ERROR for an operator.
+    """
+    if not stored.kept_outside_database:
+        return
+    try:
+        get_backend(stored.storage).delete(stored=[stored])
+        return
+    except SecretStoreError as exc:
+        failure = type(exc).__name__
+    try:
+        with transaction.atomic():
+            _purges_record(
+                stored=[stored], reason="create_failed", agent_id=credential.agent_id, credential_id=credential.id
+            )
+    except Exception:
+        logger.exception(
+            "could not queue the purge of an orphaned secret; destroy it by hand path=%s", stored.vault_path
+        )
+        return
+    logger.warning("orphaned secret queued for purge path=%s error=%s", stored.vault_path, failure)
 
 
 def credential_create(
@@ -208,11 +310,14 @@ def credential_create(
     """
     Give the agent a new credential in the default store and return it with its secret.
 
-    Failure order: the secret is stored first, then the row and its audit event are
-    written in one transaction. If the store fails, nothing was written and its
-    SecretStoreError reaches the caller. If the database fails after the store, whatever
-    the store kept outside the database is removed again before the error propagates:
-    no credential without a secret, no secret without a credential.
+    Failure order (no credential without a secret, no secret without a credential):
+    1. The secret is stored (Vault: a new KV entry, written create-only). If the store
+       fails, no row is written and SecretWriteError reaches the caller (the API's 503
+       VAULT_WRITE_ERROR). If the write may have been applied although Vault did not
+       confirm it (a timeout, a connection lost after sending), the entry is destroyed,
+       or queued for destruction when Vault does not answer that either.
+    2. The row and its audit event are written in one transaction. If the database fails,
+       the stored secret is destroyed (or queued) the same way before the error propagates.
     Raises Conflict when the agent already has the most active credentials allowed.
     """
     if expires_at is not None and expires_at <= timezone.now():
@@ -222,7 +327,12 @@ def credential_create(
     backend = get_default_backend()
     secret = generate_client_secret()
     credential = Credential(agent=agent, client_id=generate_client_id(), description=description, expires_at=expires_at)
-    stored = backend.store(owner=credential, secret=secret)
+    try:
+        stored = backend.store(owner=credential, secret=secret)
+    except SecretWriteError as exc:
+        if exc.maybe_written:
+            _discard_after_failed_create(credential=credential, stored=backend.location(owner=credential))
+        raise
     try:
         with transaction.atomic():
             # Lock the agent so that concurrent creates cannot overshoot the limit together.
@@ -237,8 +347,10 @@ def credential_create(
                 credential_id=credential.id,
                 details={"clientId": credential.client_id, "storage": stored.storage},
             )
+            if stored.kept_outside_database:
+                transaction.on_commit(secret_purges_run_due, robust=True)
     except BaseException:
-        _discard_stored(owner=credential, stored=[stored])
+        _discard_after_failed_create(credential=credential, stored=stored)
         raise
     logger.info("credential created credential_id=%s agent_id=%s storage=%s", credential.id, agent.id, stored.storage)
     return IssuedCredential(credential=credential, client_secret=secret)
@@ -249,14 +361,21 @@ def credential_rotate(*, acting: Any, credential: Credential, grace_period_secon
     Give the credential a new secret in the default store; keep clientId and credentialId.
 
     The old secret stops working when the transaction commits, or `grace_period_seconds`
-    later. A credential whose secret is in another store than the default moves to the
-    default one; a bcrypt hash left behind is cleared, at the end of the grace period if
-    one was asked for.
+    later. In Vault the new secret is a new KV version at the same path, and the grace
+    entry trusts the previous version. A credential whose secret is in another store
+    than the default moves to the default one: a bcrypt hash left behind is cleared (at
+    the end of the grace period if one was asked for), a Vault entry left behind is
+    queued for destruction.
 
-    Failure order: the row is locked, the new secret stored, then the row, the grace
-    entry and the audit event are written in one transaction. If the store fails, the row
-    is untouched and the old secret still works. If the database fails after the store,
-    the row still names the old secret, which still works.
+    Failure order (the old secret keeps working; the row never names an unwritten version):
+    1. The row is locked, so rotations of one credential run one at a time.
+    2. The new secret is stored (Vault: check-and-set on the version the row trusts). If
+       the store fails, the transaction rolls back, nothing changed, and SecretWriteError
+       reaches the caller (503 VAULT_WRITE_ERROR).
+    3. The row (path, version the store confirmed, or hash), the grace entry and the audit
+       event are written in one transaction. If the database fails, the row still trusts
+       the old version or hash, which still works; a Vault version written in step 2 is
+       never trusted, and the next rotation writes after it.
     Raises CredentialNotFound if the credential was deleted meanwhile, and Conflict when
     more previous secrets would be valid at once than MAX_GRACE_SECRETS.
     """
@@ -273,22 +392,31 @@ def credential_rotate(*, acting: Any, credential: Credential, grace_period_secon
         except Credential.DoesNotExist:
             raise CredentialNotFound() from None
         now = timezone.now()
-        live_grace = locked.grace_secrets.filter(valid_until__gt=now).count()
-        if grace_period_seconds and live_grace >= MAX_GRACE_SECRETS:
+        live_grace = list(locked.grace_secrets.filter(valid_until__gt=now))
+        if grace_period_seconds and len(live_grace) >= MAX_GRACE_SECRETS:
             raise Conflict(
                 f"{MAX_GRACE_SECRETS} previous secrets of this credential are still in their grace period; "
                 "wait for one to end, or rotate without a grace period."
             )
         old = locked.stored_secret
-        new = backend.store(owner=locked, secret=secret)
+        new = backend.store(owner=locked, secret=secret, replacing=old)
+        still_used = [new, *(grace.stored_secret for grace in live_grace)]
         if grace_period_seconds:
             grace = GraceSecret(credential=locked, valid_until=now + datetime.timedelta(seconds=grace_period_seconds))
             grace.set_stored_secret(old)
             grace.save(force_insert=True)
-        locked.grace_secrets.filter(valid_until__lte=now).delete()
+            still_used.append(old)
+        expired = list(locked.grace_secrets.filter(valid_until__lte=now))
+        locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
         locked.set_stored_secret(new)
         locked.rotated_at = now
         locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at"])
+        released = _released(dropped=[old, *(grace.stored_secret for grace in expired)], still_used=still_used)
+        _purge_after_commit(
+            _purges_record(stored=released, reason="moved", agent_id=locked.agent_id, credential_id=locked.id)
+        )
+        if new.kept_outside_database:
+            transaction.on_commit(secret_purges_run_due, robust=True)
         audit_record(
             acting=acting,
             action=AuditEvent.Action.CREDENTIAL_ROTATED,
@@ -306,13 +434,51 @@ def credential_rotate(*, acting: Any, credential: Credential, grace_period_secon
     return IssuedCredential(credential=locked, client_secret=secret)
 
 
+def _released(*, dropped: Iterable[StoredSecret], still_used: Iterable[StoredSecret]) -> list[StoredSecret]:
+    """Return the dropped secrets whose outside location nothing the database keeps refers to any more."""
+    used = {(item.storage, item.vault_path) for item in still_used if item.kept_outside_database}
+    return [item for item in dropped if item.kept_outside_database and (item.storage, item.vault_path) not in used]
+
+
+def grace_secrets_expire() -> int:
+    """
+    Delete the grace entries whose period has ended (with the bcrypt hashes they hold).
+
+    A Vault entry that only such a grace entry still referred to (a credential moved off
+    Vault) is queued for destruction in the same transaction. Returns how many entries
+    were deleted. Rotations and deletions do this for their own credential; this does it
+    for all of them, from `manage.py purge_secrets`.
+    """
+    deleted = 0
+    credential_ids = GraceSecret.objects.filter(valid_until__lte=timezone.now()).values_list("credential_id", flat=True)
+    for credential_id in sorted(set(credential_ids)):
+        with transaction.atomic():
+            locked = Credential.objects.select_for_update().filter(pk=credential_id).first()
+            if locked is None:
+                continue
+            now = timezone.now()
+            expired = list(locked.grace_secrets.filter(valid_until__lte=now))
+            live = [grace.stored_secret for grace in locked.grace_secrets.filter(valid_until__gt=now)]
+            released = _released(dropped=[g.stored_secret for g in expired], still_used=[locked.stored_secret, *live])
+            locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
+            deleted += len(expired)
+            _purge_after_commit(
+                _purges_record(stored=released, reason="moved", agent_id=locked.agent_id, credential_id=locked.id)
+            )
+    return deleted
+
+
 def credential_delete(*, acting: Any, credential: Credential) -> None:
     """
     Delete the credential: its secrets stop working and its tokens turn inactive at once.
 
-    Failure order: the row (with its grace secrets) and the audit event go in one
-    transaction; what a store keeps outside the database is removed after the commit, so
-    a store that fails cannot keep a deleted credential alive.
+    Failure order (takes effect at once, leaves nothing in Vault):
+    1. In one transaction: the row (with its grace entries) and the audit event are
+       deleted and written, and the destruction of its Vault entry (every version and the
+       metadata) is queued as a SecretPurge row. If the database fails, nothing changed.
+    2. After the commit the purge is attempted. If Vault does not confirm, the job stays
+       queued and is retried with a growing delay after later Vault writes and by
+       `manage.py purge_secrets`; the credential is gone either way.
     Raises CredentialNotFound if it was already deleted.
     """
     with transaction.atomic():
@@ -330,8 +496,11 @@ def credential_delete(*, acting: Any, credential: Credential) -> None:
             credential_id=credential_id,
             details={"clientId": locked.client_id},
         )
-        locked.id = credential_id  # Model.delete() clears the pk; the stores need it.
-        transaction.on_commit(lambda: _discard_stored(owner=locked, stored=stored))
+        _purge_after_commit(
+            _purges_record(
+                stored=stored, reason="credential_deleted", agent_id=locked.agent_id, credential_id=credential_id
+            )
+        )
     logger.info("credential deleted credential_id=%s agent_id=%s", credential_id, locked.agent_id)
 
 
@@ -339,11 +508,14 @@ def credential_authenticate(*, client_id: str, client_secret: str) -> Credential
     """
     Return the credential that this client id and secret authenticate, or raise InvalidClient.
 
-    An unknown client id pays one dummy verification, and a known one is verified before
-    its expiry or its agent's status is looked at, so the time taken tells an attacker
-    nothing about which case failed. The current secret is tried first, then previous
-    secrets still inside their grace period.
-    Raises SecretStoreError when the store that holds this credential's secret cannot answer.
+    An unknown client id pays one dummy verification in the default store (a bcrypt check,
+    or a Vault read), and a known one is verified before its expiry or its agent's status
+    is looked at, so the time taken tells an attacker nothing about which case failed.
+    The current secret is tried first, then previous secrets still inside their grace
+    period; each is verified by the store that holds it, so bcrypt credentials keep
+    working while Vault is down.
+    Raises SecretStoreError (SecretReadError) when the store that holds this credential's
+    secret cannot answer: the token endpoint's 503 temporarily_unavailable, not invalid_client.
     """
     credential = selectors.credential_find_by_client_id(client_id=client_id)
     if credential is None:

@@ -29,10 +29,20 @@ class SecretStoreUnavailable(SecretStoreError):
 
 
 class SecretWriteError(SecretStoreError):
-    """A secret could not be written; nothing was changed that the caller relies on."""
+    """
+    A secret could not be written; nothing was changed that the caller relies on.
+
+    `maybe_written` is True when the store may have applied the write although it did not
+    confirm it (a timeout or a connection lost after sending): a caller that made a new
+    location must then have it destroyed.
+    """
 
     code = "VAULT_WRITE_ERROR"
     retry_after = 5
+
+    def __init__(self, message: str, *, retry_after: int | None = None, maybe_written: bool = False) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.maybe_written = maybe_written
 
 
 class SecretReadError(SecretStoreError):

@@ -11,7 +11,7 @@ from django.utils import timezone
 from agentidp.errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
 from credentials import services
 from credentials.audit import Actor
-from credentials.models import Agent, AuditEvent, Credential, GraceSecret
+from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.services import (
     MAX_GRACE_SECRETS,
     InvalidClient,
@@ -423,7 +423,7 @@ def test_credential_create_is_allowed_again_after_a_delete(agent):
     assert Credential.objects.get(agent=agent) == second.credential
 
 
-def test_credential_create_removes_the_stored_secret_when_the_database_write_fails(agent):
+def test_credential_create_leaves_nothing_when_the_database_write_fails_on_bcrypt(agent):
     backend = get_default_backend()
 
     with mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")), mock.patch.object(
@@ -432,9 +432,9 @@ def test_credential_create_removes_the_stored_secret_when_the_database_write_fai
         credential_create(acting=None, agent=agent)
 
     assert not Credential.objects.exists()
-    delete.assert_called_once()
-    [stored] = delete.call_args.kwargs["stored"]
-    assert stored.storage == "bcrypt"
+    # A bcrypt hash lives only in the row that was never written: nothing to destroy, nothing queued.
+    delete.assert_not_called()
+    assert not SecretPurge.objects.exists()
 
 
 def test_credential_create_for_a_deleted_agent_is_agent_not_found(agent):
@@ -609,22 +609,16 @@ def test_delete_credential_removes_its_grace_secrets_too(issued):
     assert not authenticates(issued.credential.client_id, issued.client_secret)
 
 
-def test_delete_credential_asks_the_store_to_remove_every_secret_after_commit(
-    issued, django_capture_on_commit_callbacks
-):
+def test_delete_bcrypt_credential_takes_its_hashes_with_the_rows_and_queues_nothing(issued):
     credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=600)
     backend = get_default_backend()
 
     with mock.patch.object(backend, "delete") as delete:
-        with django_capture_on_commit_callbacks(execute=False) as callbacks:
-            credential_delete(acting=None, credential=issued.credential)
-        delete.assert_not_called()
-        for callback in callbacks:
-            callback()
+        credential_delete(acting=None, credential=issued.credential)
 
-    delete.assert_called_once()
-    assert delete.call_args.kwargs["owner"].id == issued.credential.id
-    assert len(delete.call_args.kwargs["stored"]) == 2
+    delete.assert_not_called()
+    assert not SecretPurge.objects.exists()
+    assert not GraceSecret.objects.filter(credential_id=issued.credential.id).exists()
 
 
 def test_delete_credential_twice_is_credential_not_found(issued):

@@ -24,6 +24,15 @@ class StoredSecret:
     storage: str
     # A bcrypt hash; never shown in a repr, a log line or an error.
     secret_hash: str = dataclasses.field(default="", repr=False)
+    #: Vault: the KV v2 API path, `{mount}/data/agentidp/agents/{agentId}/credentials/{credentialId}`.
+    vault_path: str = ""
+    #: Vault: the KV version the database trusts; None means "the location, any version".
+    vault_version: int | None = None
+
+    @property
+    def kept_outside_database(self) -> bool:
+        """Whether a store keeps something elsewhere that must be destroyed when this secret goes."""
+        return bool(self.vault_path)
 
 
 class SecretOwner(Protocol):
@@ -53,9 +62,19 @@ class BaseSecretBackend:
     def validate_options(self) -> None:
         """Raise ImproperlyConfigured naming the first bad option."""
 
-    def store(self, *, owner: SecretOwner, secret: str) -> StoredSecret:
-        """Keep `secret` as the owner's newest secret and return what the database must record."""
+    def store(self, *, owner: SecretOwner, secret: str, replacing: StoredSecret | None = None) -> StoredSecret:
+        """
+        Keep `secret` as the owner's newest secret and return what the database must record.
+
+        `replacing` is what the database records now (a rotation), or None (a new
+        credential). The secret it describes must keep working: a backend adds, it never
+        overwrites what the database still trusts.
+        """
         raise NotImplementedError
+
+    def location(self, *, owner: SecretOwner) -> StoredSecret:
+        """Return where this backend would keep the owner's secrets, any version (to clean up a failed store)."""
+        return StoredSecret(storage=self.name)
 
     def verify(self, *, stored: StoredSecret, secret: str) -> bool:
         """Return whether `secret` is the one kept as `stored`, in time independent of where they differ."""
@@ -65,8 +84,13 @@ class BaseSecretBackend:
         """Spend the time of one failed verification, so an unknown client costs what a known one does."""
         raise NotImplementedError
 
-    def delete(self, *, owner: SecretOwner, stored: Iterable[StoredSecret]) -> None:
-        """Remove whatever this backend keeps outside the database for these secrets of the owner."""
+    def delete(self, *, stored: Iterable[StoredSecret]) -> None:
+        """
+        Destroy whatever this backend keeps outside the database for these secrets, every version.
+
+        Idempotent: destroying what is already gone succeeds. Raises SecretStoreError when
+        the store does not confirm, so that the caller keeps the job and retries it.
+        """
 
     def check(self) -> list[str]:
         """Return the problems that stop this backend from working now (empty when healthy)."""

@@ -23,7 +23,7 @@ class BcryptSecretBackend(BaseSecretBackend):
         if not isinstance(rounds, int) or isinstance(rounds, bool) or not 4 <= rounds <= 31:
             raise ImproperlyConfigured("VAULTSTORE backend 'bcrypt': 'rounds' must be an integer from 4 to 31.")
 
-    def store(self, *, owner: SecretOwner, secret: str) -> StoredSecret:
+    def store(self, *, owner: SecretOwner, secret: str, replacing: StoredSecret | None = None) -> StoredSecret:
         encoded = secret.encode()
         if len(encoded) > MAX_SECRET_BYTES:
             raise ValueError("bcrypt keeps secrets of at most 72 bytes")
