@@ -138,6 +138,24 @@ VAULTSTORE = {
         },
     },
 }
+# HashiCorp Vault KV v2, on when VAULT_ADDR is set: new secrets go there, bcrypt ones keep working.
+# The variable names are Vault's own (VAULT_CACERT, VAULT_SKIP_VERIFY, VAULT_NAMESPACE).
+VAULT_ADDR = env.str("VAULT_ADDR", default="")
+if VAULT_ADDR:
+    VAULTSTORE["DEFAULT"] = "vault"
+    VAULTSTORE["BACKENDS"]["vault"] = {
+        "BACKEND": "vaultstore.backends.vault.VaultSecretBackend",
+        "OPTIONS": {
+            "url": VAULT_ADDR,
+            "token": env.str("VAULT_TOKEN", default=""),
+            "mount": env.str("VAULT_MOUNT", default="secret").strip("/"),
+            "namespace": env.str("VAULT_NAMESPACE", default=""),
+            # A CA bundle to trust, else the system's; VAULT_SKIP_VERIFY=true turns checking off (never in production).
+            "verify": env.str("VAULT_CACERT", default="") or not env.bool("VAULT_SKIP_VERIFY", default=False),
+            "connect_timeout": env.float("VAULT_CONNECT_TIMEOUT", default=1.0),
+            "read_timeout": env.float("VAULT_READ_TIMEOUT", default=3.0),
+        },
+    }
 
 # --- REST framework and OpenAPI -------------------------------------------------------------
 REST_FRAMEWORK = {

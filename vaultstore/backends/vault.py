@@ -1,0 +1,403 @@
+"""
+Client secrets in HashiCorp Vault's KV v2 secrets engine, through hvac.
+
+Each credential's secret lives at `{mount}/data/agentidp/agents/{agentId}/credentials/{credentialId}`
+under the key `clientSecret`; the database records only that path and the KV version it
+trusts. A rotation writes a new version at the same path with check-and-set, so the
+version the database trusts is never overwritten; a deletion destroys every version and
+the metadata. The token needs nothing beyond the contract's policy: create, read, update
+and delete on `{mount}/data/agentidp/*` and delete on `{mount}/metadata/agentidp/*` (no
+metadata reads), plus the `default` policy's token self-service for renewal.
+
+hvac and requests exceptions are translated into vaultstore's own at this module's edge.
+No message, log line or exception raised here carries a secret or the Vault token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import hvac
+import hvac.exceptions
+import requests
+import urllib3.exceptions
+from django.core.exceptions import ImproperlyConfigured
+from django.views.decorators.debug import sensitive_variables
+
+from ..exceptions import SecretReadError, SecretStoreError, SecretStoreUnavailable, SecretWriteError
+from .base import BaseSecretBackend, SecretOwner, StoredSecret
+
+logger = logging.getLogger(__name__)
+
+#: The data key that holds the plaintext secret in each KV entry.
+SECRET_KEY = "clientSecret"
+#: Every AgentIdP key lives under this prefix of the mount (the policy grants nothing else).
+KEY_PREFIX = "agentidp"
+#: A key no credential ever has: verify_dummy and the readiness check read it.
+DUMMY_KEY = f"{KEY_PREFIX}/agents/{uuid.UUID(int=0)}/credentials/{uuid.UUID(int=0)}"
+#: Renew a renewable token when this share of its lease has passed.
+RENEW_AT_FRACTION = 2 / 3
+#: After a failed look at the token, try again this many seconds later.
+TOKEN_RETRY_SECONDS = 10.0
+
+# Statuses with which Vault refused a request before applying it.
+_NOT_APPLIED_ERRORS = (
+    hvac.exceptions.InvalidRequest,  # 400: cas mismatch, no data, bad JSON
+    hvac.exceptions.Unauthorized,  # 401
+    hvac.exceptions.Forbidden,  # 403
+    hvac.exceptions.InvalidPath,  # 404
+    hvac.exceptions.RateLimitExceeded,  # 429
+    hvac.exceptions.VaultNotInitialized,  # 501
+    hvac.exceptions.VaultDown,  # 503: sealed, standby without an active node
+)
+
+
+def key_for(owner: SecretOwner) -> str:
+    """Return the KV key (without mount) of the owner's secret."""
+    return f"{KEY_PREFIX}/agents/{owner.agent_id}/credentials/{owner.id}"
+
+
+def _describe(exc: BaseException) -> str:
+    """Say what went wrong in words that carry no secret, token or response body."""
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "did not answer in time"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "could not be reached"
+    if isinstance(exc, requests.exceptions.RequestException):
+        return "sent an unreadable answer"
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return "is sealed or has no active node"
+    if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
+        return "refused the request (permission denied or invalid token)"
+    if isinstance(exc, hvac.exceptions.RateLimitExceeded):
+        return "is rate limiting requests"
+    if isinstance(exc, hvac.exceptions.InternalServerError | hvac.exceptions.BadGateway):
+        return "failed with a server error"
+    if isinstance(exc, hvac.exceptions.VaultNotInitialized):
+        return "is not initialised"
+    if isinstance(exc, hvac.exceptions.InvalidRequest):
+        return "rejected the request"
+    return "answered with an error"
+
+
+def _applied_possibly(exc: BaseException) -> bool:
+    """Return whether a write that failed with `exc` may nevertheless have been applied."""
+    if isinstance(exc, _NOT_APPLIED_ERRORS):
+        return False
+    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
+        return False
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        # Refused or unresolvable: the request never left. A reset after sending may have been applied.
+        reason = exc.args[0] if exc.args else None
+        reason = getattr(reason, "reason", reason)
+        return not isinstance(reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError)
+    return True
+
+
+def _mismatched_cas(exc: hvac.exceptions.VaultError) -> bool:
+    return isinstance(exc, hvac.exceptions.InvalidRequest) and any(
+        "check-and-set parameter did not match" in str(error) for error in exc.errors or ()
+    )
+
+
+def _upgrading(exc: hvac.exceptions.VaultError) -> bool:
+    # A KV v1 mount being upgraded to v2 answers 400 for a moment; Vault says to retry.
+    return isinstance(exc, hvac.exceptions.InvalidRequest) and any(
+        "Upgrading from non-versioned to versioned data" in str(error) for error in exc.errors or ()
+    )
+
+
+def _data(response: Any) -> dict[str, Any]:
+    """Return the `data` object of a Vault answer, or raise ValueError for anything else (garbled 200s)."""
+    # hvac returns a dict only for a 200 with a JSON body; otherwise the raw requests.Response.
+    if not isinstance(response, dict) or not isinstance(response.get("data"), dict):
+        raise ValueError("not a Vault data envelope")
+    return response["data"]
+
+
+def _positive_int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError("not a KV version")
+    return value
+
+
+class VaultSecretBackend(BaseSecretBackend):
+    """Keep each secret as a KV v2 entry; verify by reading the trusted version and comparing in constant time."""
+
+    name = "vault"
+    default_options = {
+        "url": "",
+        "token": "",
+        "mount": "secret",
+        "namespace": "",
+        # True, False, or the path of a CA bundle (requests' `verify`).
+        "verify": True,
+        "connect_timeout": 1.0,
+        "read_timeout": 3.0,
+    }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._local = threading.local()
+        self._token_lock = threading.Lock()
+        self._next_token_check = 0.0
+        self._token_renewable: bool | None = None
+        self._clock: Callable[[], float] = time.monotonic
+
+    def validate_options(self) -> None:
+        options = self.options
+        url = options["url"]
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'url' must be an http:// or https:// URL.")
+        if not isinstance(options["token"], str) or not options["token"]:
+            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'token' must be set.")
+        mount = options["mount"]
+        if not isinstance(mount, str) or not mount.strip("/") or mount != mount.strip("/"):
+            raise ImproperlyConfigured(
+                "VAULTSTORE backend 'vault': 'mount' must be a path without leading or trailing '/'."
+            )
+        if not isinstance(options["namespace"], str):
+            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'namespace' must be a string.")
+        if not isinstance(options["verify"], bool | str) or options["verify"] == "":
+            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'verify' must be true, false or a CA bundle path.")
+        for option in ("connect_timeout", "read_timeout"):
+            value = options[option]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 60:
+                raise ImproperlyConfigured(
+                    f"VAULTSTORE backend 'vault': {option!r} must be a number of seconds from 0 to 60."
+                )
+
+    @property
+    def mount(self) -> str:
+        return self.options["mount"]
+
+    # --- the client ---------------------------------------------------------------------------
+
+    def _client(self) -> hvac.Client:
+        """Return this thread's client, built on first use, after renewing the token if that is due."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = hvac.Client(
+                url=self.options["url"],
+                token=self.options["token"],
+                namespace=self.options["namespace"] or None,
+                verify=self.options["verify"],
+                timeout=(self.options["connect_timeout"], self.options["read_timeout"]),
+            )
+            self._local.client = client
+        self._renew_token_if_due(client)
+        return client
+
+    def _renew_token_if_due(self, client: hvac.Client) -> None:
+        # One thread looks after the token; the others go on with it meanwhile.
+        if self._clock() < self._next_token_check or not self._token_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_token_check = self._look_after_token(client)
+        finally:
+            self._token_lock.release()
+
+    def _look_after_token(self, client: hvac.Client) -> float:
+        """Renew the token if it is renewable; return when to look at it again."""
+        now = self._clock()
+        try:
+            if self._token_renewable is None:
+                data = _data(client.auth.token.lookup_self())
+                ttl = int(data.get("ttl") or 0)
+                if ttl <= 0:
+                    return math.inf  # a token without expiry (root, or a periodic token with no TTL)
+                self._token_renewable = bool(data.get("renewable"))
+                if not self._token_renewable:
+                    logger.warning("the Vault token is not renewable and expires in %s s", ttl)
+                    return math.inf
+            auth = client.auth.token.renew_self()
+            lease = auth.get("auth", {}).get("lease_duration") if isinstance(auth, dict) else None
+            lease = int(lease or 0)
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError, TypeError) as exc:
+            logger.warning("could not renew the Vault token: Vault %s (%s)", _describe(exc), type(exc).__name__)
+            return now + TOKEN_RETRY_SECONDS
+        if isinstance(auth, dict) and auth.get("warnings"):
+            logger.warning("the Vault token reaches its maximum TTL in %s s and cannot be renewed past it", lease)
+        logger.info("renewed the Vault token lease_seconds=%s", lease)
+        if lease <= 0:
+            return math.inf
+        return now + max(lease * RENEW_AT_FRACTION, 1.0)
+
+    def _call(self, operation: Callable[..., Any], **kwargs: Any) -> Any:
+        """Run one hvac operation, once more if Vault asks for a retry while a KV mount upgrades."""
+        try:
+            return operation(mount_point=self.mount, **kwargs)
+        except hvac.exceptions.InvalidRequest as exc:
+            if not _upgrading(exc):
+                raise
+        return operation(mount_point=self.mount, **kwargs)
+
+    # --- paths --------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> str:
+        return f"{self.mount}/data/{key}"
+
+    def _key(self, stored: StoredSecret, error: type[SecretStoreError]) -> str:
+        """Return the KV key of a recorded path, refusing paths outside this backend's mount and prefix."""
+        prefix = f"{self.mount}/data/"
+        path = stored.vault_path
+        if stored.storage != self.name or not path.startswith(prefix + KEY_PREFIX + "/"):
+            raise error(f"The Vault path {path!r} is not under {prefix}{KEY_PREFIX}/ of this configuration.")
+        return path.removeprefix(prefix)
+
+    def location(self, *, owner: SecretOwner) -> StoredSecret:
+        return StoredSecret(storage=self.name, vault_path=self._path(key_for(owner)))
+
+    # --- the backend interface ----------------------------------------------------------------
+
+    @sensitive_variables("secret")
+    def store(self, *, owner: SecretOwner, secret: str, replacing: StoredSecret | None = None) -> StoredSecret:
+        """
+        Write the secret as a new KV version at the owner's path, with check-and-set.
+
+        A new entry is written with cas=0 (create only). A rotation of a Vault secret at the
+        same path passes the version the database trusts, so a concurrent or lost write can
+        never be mistaken for it. If the key holds versions the database never recorded (a
+        write whose answer was lost, or an earlier attempt whose transaction rolled back),
+        the current version is read and the write retried once after it: those versions
+        were never trusted by anyone.
+        Raises SecretWriteError; `maybe_written` says whether Vault may have applied it.
+        """
+        key = key_for(owner)
+        path = self._path(key)
+        expected = 0
+        if replacing is not None and replacing.storage == self.name and replacing.vault_path == path:
+            expected = replacing.vault_version or 0
+        try:
+            client = self._client()
+            try:
+                version = self._write(client, key, secret, cas=expected)
+            except hvac.exceptions.InvalidRequest as exc:
+                if not _mismatched_cas(exc):
+                    raise
+                current = self._current_version(client, key)
+                if current <= expected:
+                    raise
+                logger.warning(
+                    "Vault holds versions the database never recorded; writing after them path=%s trusted=%s current=%s",
+                    path,
+                    expected,
+                    current,
+                )
+                version = self._write(client, key, secret, cas=current)
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
+            maybe_written = _applied_possibly(exc)
+            logger.warning(
+                "Vault write failed path=%s error=%s maybe_written=%s", path, type(exc).__name__, maybe_written
+            )
+            raise SecretWriteError(
+                f"Vault {_describe(exc)} while storing a client secret.", maybe_written=maybe_written
+            ) from None
+        return StoredSecret(storage=self.name, vault_path=path, vault_version=version)
+
+    @sensitive_variables("secret")
+    def _write(self, client: hvac.Client, key: str, secret: str, *, cas: int) -> int:
+        response = self._call(
+            client.secrets.kv.v2.create_or_update_secret, path=key, secret={SECRET_KEY: secret}, cas=cas
+        )
+        return _positive_int(_data(response).get("version"))
+
+    def _current_version(self, client: hvac.Client, key: str) -> int:
+        """Return the newest version of the key from a data read (the policy grants no metadata reads)."""
+        try:
+            # With raise_on_deleted_version=False a soft-deleted newest version still reports its number.
+            response = self._call(client.secrets.kv.v2.read_secret_version, path=key, raise_on_deleted_version=False)
+        except hvac.exceptions.InvalidPath:
+            return 0
+        metadata = response.get("data", {}).get("metadata") if isinstance(response, dict) else None
+        return _positive_int(metadata.get("version") if isinstance(metadata, dict) else None)
+
+    @sensitive_variables("secret", "kept", "response", "entry", "values")
+    def verify(self, *, stored: StoredSecret, secret: str) -> bool:
+        """
+        Read the version the database trusts and compare it with `secret` in constant time.
+
+        A version that Vault no longer has (destroyed, or pruned past max_versions) matches
+        nothing. Vault being unreachable, sealed, slow or refusing raises SecretReadError,
+        so that the caller answers "try again" rather than "wrong secret".
+        """
+        if stored.storage != self.name or not stored.vault_version:
+            return False
+        key = self._key(stored, SecretReadError)
+        try:
+            response = self._call(
+                self._client().secrets.kv.v2.read_secret_version,
+                path=key,
+                version=stored.vault_version,
+                raise_on_deleted_version=True,
+            )
+            entry = _data(response)  # {"data": {"clientSecret": ...}, "metadata": {...}}
+            values = entry.get("data")
+            kept = values.get(SECRET_KEY) if isinstance(values, dict) else None
+            if not isinstance(kept, str):
+                raise ValueError("no client secret in the entry")
+        except hvac.exceptions.InvalidPath:
+            logger.warning(
+                "Vault has no secret at the trusted version path=%s version=%s", stored.vault_path, stored.vault_version
+            )
+            return False
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
+            logger.warning("Vault read failed path=%s error=%s", stored.vault_path, type(exc).__name__)
+            raise SecretReadError(f"Vault {_describe(exc)} while reading a client secret.") from None
+        return hmac.compare_digest(kept.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
+
+    def verify_dummy(self, *, secret: str) -> None:
+        """Pay one Vault read of a key no credential has, as a known client's verification does."""
+        try:
+            self._call(
+                self._client().secrets.kv.v2.read_secret_version,
+                path=DUMMY_KEY,
+                version=1,
+                raise_on_deleted_version=True,
+            )
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException):
+            pass
+
+    def delete(self, *, stored: Iterable[StoredSecret]) -> None:
+        """Destroy every version and the metadata of each path (idempotent: a missing key is fine)."""
+        paths = sorted({item.vault_path for item in stored if item.storage == self.name and item.vault_path})
+        for path in paths:
+            key = self._key(StoredSecret(storage=self.name, vault_path=path), SecretWriteError)
+            try:
+                self._call(self._client().secrets.kv.v2.delete_metadata_and_all_versions, path=key)
+            except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+                logger.warning("Vault delete failed path=%s error=%s", path, type(exc).__name__)
+                if isinstance(exc, hvac.exceptions.VaultDown | requests.exceptions.ConnectionError):
+                    raise SecretStoreUnavailable(f"Vault {_describe(exc)} while destroying a client secret.") from None
+                raise SecretWriteError(f"Vault {_describe(exc)} while destroying a client secret.") from None
+            logger.info("Vault secret destroyed path=%s", path)
+
+    def check(self) -> list[str]:
+        """Ask Vault whether it is unsealed and active, then whether the token may read AgentIdP's keys."""
+        try:
+            client = self._client()
+            health = client.sys.read_health_status(method="GET")
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            return [f"Vault {_describe(exc)}."]
+        status = health.status_code if isinstance(health, requests.Response) else 200
+        if status == 503:
+            return ["Vault is sealed."]
+        if status == 501:
+            return ["Vault is not initialised."]
+        try:
+            self._call(
+                client.secrets.kv.v2.read_secret_version, path=DUMMY_KEY, version=1, raise_on_deleted_version=True
+            )
+        except hvac.exceptions.InvalidPath:
+            pass  # the token may read under agentidp/, and nothing is there: as expected
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            return [f"Vault {_describe(exc)}."]
+        return []
