@@ -3,6 +3,7 @@ from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from . import health
 from .middleware import page_not_found
 
 urlpatterns = [
@@ -13,6 +14,8 @@ urlpatterns = [
     # Anything else under /api/ is the contract's 404, in JSON, whatever DEBUG says.
     re_path(r"^api/", csrf_exempt(page_not_found)),
     path("admin/", admin.site.urls),
+    path("healthz", health.liveness, name="healthz"),
+    path("readyz", health.readiness, name="readyz"),
 ]
 
 handler400 = "agentidp.middleware.bad_request"
