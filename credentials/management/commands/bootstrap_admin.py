@@ -8,6 +8,7 @@ from agentidp.errors import ApiError
 from credentials import services
 from credentials.audit import Actor
 from credentials.models import Agent, AuditEvent, Credential
+from vaultstore.exceptions import SecretStoreError
 
 ACTOR = Actor(type=AuditEvent.ActorType.SYSTEM, label="manage.py bootstrap_admin")
 
@@ -21,7 +22,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--name", default="agentidp-admin", help="The admin agent's name (default: %(default)s).")
-        parser.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object: agentId, clientId, clientSecret.")
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            dest="as_json",
+            help="Print one JSON object: agentId, clientId, clientSecret.",
+        )
         parser.add_argument(
             "--replace",
             action="store_true",
@@ -47,18 +53,23 @@ class Command(BaseCommand):
                 if replace:
                     for credential in Credential.objects.filter(agent=agent):
                         services.credential_delete(acting=ACTOR, credential=credential)
-                issued = services.credential_create(acting=ACTOR, agent=agent, description="Created by bootstrap_admin.")
+                issued = services.credential_create(
+                    acting=ACTOR, agent=agent, description="Created by bootstrap_admin."
+                )
         except ApiError as exc:
             raise CommandError(exc.message) from None
+        except SecretStoreError as exc:
+            raise CommandError(f"{exc} Nothing was changed; try again when the secret store answers.") from None
 
         credential = issued.credential
         if as_json:
             self.stdout.write(
-                json.dumps({"agentId": str(agent.id), "clientId": credential.client_id, "clientSecret": issued.client_secret})
+                json.dumps(
+                    {"agentId": str(agent.id), "clientId": credential.client_id, "clientSecret": issued.client_secret}
+                )
             )
             return
         self.stdout.write(f"Admin agent:   {agent.name} ({agent.id})")
         self.stdout.write(f"clientId:      {credential.client_id}")
         self.stdout.write(f"clientSecret:  {issued.client_secret}")
         self.stdout.write(self.style.WARNING("The secret is shown this once: keep it somewhere safe now."))
-
