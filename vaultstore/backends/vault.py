@@ -60,6 +60,18 @@ _NOT_APPLIED_ERRORS = (
 )
 
 
+def policy(mount: str) -> str:
+    """Return the Vault policy (HCL) that AgentIdP's token needs on `mount`, and nothing more."""
+    return (
+        f'path "{mount}/data/{KEY_PREFIX}/*" {{\n'
+        '  capabilities = ["create", "read", "update", "delete"]\n'
+        "}\n"
+        f'path "{mount}/metadata/{KEY_PREFIX}/*" {{\n'
+        '  capabilities = ["delete"]\n'
+        "}\n"
+    )
+
+
 def key_for(owner: SecretOwner) -> str:
     """Return the KV key (without mount) of the owner's secret."""
     return f"{KEY_PREFIX}/agents/{owner.agent_id}/credentials/{owner.id}"
