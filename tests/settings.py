@@ -10,7 +10,17 @@ from oauth.keys import generate_signing_key_pem  # noqa: E402
 DEBUG = False
 # bcrypt's lowest cost: tests check behaviour, bench/ measures cost.
 AGENTIDP_BCRYPT_ROUNDS = 4
-VAULTSTORE["BACKENDS"]["bcrypt"]["OPTIONS"]["rounds"] = AGENTIDP_BCRYPT_ROUNDS  # noqa: F405
+# bcrypt only, even when VAULT_ADDR is set: that names a real Vault for the Vault tests
+# (tests/vault_fixtures.py), which switch Vault on for themselves.
+VAULTSTORE = {
+    "DEFAULT": "bcrypt",
+    "BACKENDS": {
+        "bcrypt": {
+            "BACKEND": "vaultstore.backends.bcrypt.BcryptSecretBackend",
+            "OPTIONS": {"rounds": AGENTIDP_BCRYPT_ROUNDS},
+        },
+    },
+}
 AGENTIDP_SIGNING_KEY = generate_signing_key_pem("RS256").decode()
 AGENTIDP_ISSUER = "http://testserver"
 AGENTIDP_AUDIENCE = AGENTIDP_ISSUER
