@@ -6,6 +6,7 @@ from rest_framework.test import APIClient
 
 from credentials.services import IssuedCredential
 from tests.factories import AgentFactory, make_credential
+from tests.vault_fixtures import _real_vault, owner, vault, vault_enabled  # noqa: F401  (shared fixtures)
 
 
 @pytest.fixture
