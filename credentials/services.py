@@ -276,32 +276,41 @@ def _purge_after_commit(purge_ids: list[int]) -> None:
         transaction.on_commit(lambda: secret_purges_run(purge_ids=purge_ids), robust=True)
 
 
-def _discard_after_failed_create(*, credential: Credential, stored: StoredSecret) -> None:
+def _discard_after_failed_create(*, credential: Credential, stored: StoredSecret, unconfirmed: bool) -> None:
     """
     Destroy what a store may have kept for a credential that was never created.
 
-    The credential's id is new, so everything at its location is an orphan. Tried at
-    once; if the store does not confirm, queued for the retries; if the database cannot
-    take the job either, the path is logged at ERROR for an operator.
+    The credential's id is new, so everything at its location is an orphan. The
+    destruction is tried at once. When the write was `unconfirmed` (a timeout, a
+    connection lost after sending), the store may still apply it after that first
+    attempt, so a purge job is queued as well, due once the write can no longer be in
+    flight; otherwise a job is queued only if the store does not confirm. If the
+    database cannot take the job either, the path is logged at ERROR for an operator.
     """
     if not stored.kept_outside_database:
         return
+    failure = ""
     try:
         get_backend(stored.storage).delete(stored=[stored])
-        return
     except SecretStoreError as exc:
         failure = type(exc).__name__
+    if not failure and not unconfirmed:
+        return
     try:
         with transaction.atomic():
-            _purges_record(
+            for purge_id in _purges_record(
                 stored=[stored], reason="create_failed", agent_id=credential.agent_id, credential_id=credential.id
-            )
+            ):
+                SecretPurge.objects.filter(pk=purge_id).update(
+                    next_attempt_at=timezone.now() + datetime.timedelta(seconds=PURGE_FIRST_DELAY_SECONDS),
+                    last_error=failure,
+                )
     except Exception:
         logger.exception(
             "could not queue the purge of an orphaned secret; destroy it by hand path=%s", stored.vault_path
         )
         return
-    logger.warning("orphaned secret queued for purge path=%s error=%s", stored.vault_path, failure)
+    logger.warning("orphaned secret queued for purge path=%s error=%s", stored.vault_path, failure or "unconfirmed")
 
 
 def credential_create(
@@ -314,8 +323,8 @@ def credential_create(
     1. The secret is stored (Vault: a new KV entry, written create-only). If the store
        fails, no row is written and SecretWriteError reaches the caller (the API's 503
        VAULT_WRITE_ERROR). If the write may have been applied although Vault did not
-       confirm it (a timeout, a connection lost after sending), the entry is destroyed,
-       or queued for destruction when Vault does not answer that either.
+       confirm it (a timeout, a connection lost after sending), the entry is destroyed at
+       once and a purge job is queued too, in case the write lands after that.
     2. The row and its audit event are written in one transaction. If the database fails,
        the stored secret is destroyed (or queued) the same way before the error propagates.
     Raises Conflict when the agent already has the most active credentials allowed.
@@ -331,7 +340,9 @@ def credential_create(
         stored = backend.store(owner=credential, secret=secret)
     except SecretWriteError as exc:
         if exc.maybe_written:
-            _discard_after_failed_create(credential=credential, stored=backend.location(owner=credential))
+            _discard_after_failed_create(
+                credential=credential, stored=backend.location(owner=credential), unconfirmed=True
+            )
         raise
     try:
         with transaction.atomic():
@@ -350,7 +361,8 @@ def credential_create(
             if stored.kept_outside_database:
                 transaction.on_commit(secret_purges_run_due, robust=True)
     except BaseException:
-        _discard_after_failed_create(credential=credential, stored=stored)
+        # Vault confirmed this write, so nothing of it can land later: one destruction suffices.
+        _discard_after_failed_create(credential=credential, stored=stored, unconfirmed=False)
         raise
     logger.info("credential created credential_id=%s agent_id=%s storage=%s", credential.id, agent.id, stored.storage)
     return IssuedCredential(credential=credential, client_secret=secret)
