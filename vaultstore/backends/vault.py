@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -41,6 +42,11 @@ logger = logging.getLogger(__name__)
 SECRET_KEY = "clientSecret"
 #: Every AgentIdP key lives under this prefix of the mount (the policy grants nothing else).
 KEY_PREFIX = "agentidp"
+#: The only keys AgentIdP ever asks Vault about (a recorded path is refused unless it has this form).
+KEY_PATTERN = re.compile(
+    rf"{KEY_PREFIX}/agents/[0-9a-f]{{8}}(?:-[0-9a-f]{{4}}){{3}}-[0-9a-f]{{12}}"
+    rf"/credentials/[0-9a-f]{{8}}(?:-[0-9a-f]{{4}}){{3}}-[0-9a-f]{{12}}"
+)
 #: A key no credential ever has: verify_dummy and the readiness check read it.
 DUMMY_KEY = f"{KEY_PREFIX}/agents/{uuid.UUID(int=0)}/credentials/{uuid.UUID(int=0)}"
 #: Renew a renewable token when this share of its lease has passed.
@@ -258,12 +264,18 @@ class VaultSecretBackend(BaseSecretBackend):
         return f"{self.mount}/data/{key}"
 
     def _key(self, stored: StoredSecret, error: type[SecretStoreError]) -> str:
-        """Return the KV key of a recorded path, refusing paths outside this backend's mount and prefix."""
+        """
+        Return the KV key of a recorded path, refusing anything but a credential's key under this mount.
+
+        The exact form (two UUIDs) also keeps `..` and other segments that an HTTP client
+        would resolve from ever reaching Vault as some other path.
+        """
         prefix = f"{self.mount}/data/"
         path = stored.vault_path
-        if stored.storage != self.name or not path.startswith(prefix + KEY_PREFIX + "/"):
-            raise error(f"The Vault path {path!r} is not under {prefix}{KEY_PREFIX}/ of this configuration.")
-        return path.removeprefix(prefix)
+        key = path.removeprefix(prefix)
+        if stored.storage != self.name or not path.startswith(prefix) or not KEY_PATTERN.fullmatch(key):
+            raise error(f"The Vault path {path!r} is not a credential's key under {prefix}{KEY_PREFIX}/.")
+        return key
 
     def location(self, *, owner: SecretOwner) -> StoredSecret:
         return StoredSecret(storage=self.name, vault_path=self._path(key_for(owner)))
@@ -327,9 +339,13 @@ class VaultSecretBackend(BaseSecretBackend):
         try:
             # With raise_on_deleted_version=False a soft-deleted newest version still reports its number.
             response = self._call(client.secrets.kv.v2.read_secret_version, path=key, raise_on_deleted_version=False)
-        except hvac.exceptions.InvalidPath:
-            return 0
-        metadata = response.get("data", {}).get("metadata") if isinstance(response, dict) else None
+        except hvac.exceptions.InvalidPath as exc:
+            # A destroyed newest version is a 404 that still carries the envelope; a missing key has none.
+            response = exc.json
+            if not isinstance(response, dict) or not isinstance(response.get("data"), dict):
+                return 0
+        data = response.get("data") if isinstance(response, dict) else None
+        metadata = data.get("metadata") if isinstance(data, dict) else None
         return _positive_int(metadata.get("version") if isinstance(metadata, dict) else None)
 
     @sensitive_variables("secret", "kept", "response", "entry", "values")
