@@ -543,10 +543,24 @@ def credential_authenticate(*, client_id: str, client_secret: str) -> Credential
 
 
 def _secret_matches(credential: Credential, secret: str) -> bool:
-    stored = credential.stored_secret
-    if get_backend_for(stored).verify(stored=stored, secret=secret):
-        return True
-    for grace in selectors.grace_secrets_live(credential=credential):
-        if get_backend_for(grace.stored_secret).verify(stored=grace.stored_secret, secret=secret):
-            return True
+    """
+    Return whether `secret` is the credential's current secret or a previous one in its grace period.
+
+    A store that cannot answer does not stop the others from being asked (a bcrypt secret
+    in its grace period still works while Vault is down); its error is raised only when
+    nothing else matched, since the secret might be the one it holds.
+    """
+    unavailable: SecretStoreError | None = None
+    candidates = [
+        credential.stored_secret,
+        *(g.stored_secret for g in selectors.grace_secrets_live(credential=credential)),
+    ]
+    for stored in candidates:
+        try:
+            if get_backend_for(stored).verify(stored=stored, secret=secret):
+                return True
+        except SecretStoreError as exc:
+            unavailable = unavailable or exc
+    if unavailable is not None:
+        raise unavailable
     return False
