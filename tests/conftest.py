@@ -26,6 +26,13 @@ def admin_issued(db) -> IssuedCredential:
     return make_credential(AgentFactory(name="admin", scopes=["agentidp:admin"]))
 
 
+def assert_logs_keep(caplog, *values: str) -> None:
+    """Assert that no captured log record, in its message or its arguments, carries any of these values."""
+    logged = caplog.text + "\n".join(repr(record.args) for record in caplog.records)
+    for value in values:
+        assert value and value not in logged
+
+
 def basic_auth(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
 

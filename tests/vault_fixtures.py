@@ -25,7 +25,7 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from tests.vaultserver import VaultTestServer
+from tests.vaultserver import SLOW_SECONDS, VaultTestServer  # noqa: F401  (SLOW_SECONDS: for the tests)
 from vaultstore.backends.vault import policy
 
 REAL_ADDR = os.environ.get("VAULT_ADDR", "")
@@ -33,17 +33,24 @@ REAL_TOKEN = os.environ.get("VAULT_TOKEN", "")
 REAL_MOUNT = os.environ.get("VAULT_MOUNT", "secret")
 REAL_NAMESPACE = os.environ.get("VAULT_NAMESPACE", "")
 
-#: Timeouts the app uses in tests: short, so that "slow" faults cost little.
+#: Timeouts the app uses in tests: short, so that "slow" faults (SLOW_SECONDS) cost little.
 TEST_TIMEOUTS = {"server": (0.5, 0.5), "real": (2.0, 5.0)}
-#: How long the test server's "slow" fault waits: longer than the read timeout above.
-SLOW_SECONDS = 1.2
 
 
 class VaultTarget:
     """One Vault for one test: its address, an app token with the contract's policy, and a root view."""
 
-    def __init__(self, *, kind: str, url: str, mount: str, app_token: str, root_token: str, namespace: str = "",
-                 server: VaultTestServer | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        kind: str,
+        url: str,
+        mount: str,
+        app_token: str,
+        root_token: str,
+        namespace: str = "",
+        server: VaultTestServer | None = None,
+    ) -> None:
         self.kind = kind
         self.url = url
         self.mount = mount
@@ -118,6 +125,16 @@ class VaultTarget:
             path=self.key_of(path), secret=data, mount_point=self.mount
         )
         return response["data"]["version"]
+
+    def keys_of_agent(self, agent_id: Any) -> list[str]:
+        """The credential keys Vault holds for an agent (root view), [] when there is none."""
+        try:
+            listed = self.root.secrets.kv.v2.list_secrets(
+                path=f"agentidp/agents/{agent_id}/credentials", mount_point=self.mount
+            )
+        except hvac.exceptions.InvalidPath:
+            return []
+        return listed["data"]["keys"]
 
     def destroy(self, path: str) -> None:
         self.root.secrets.kv.v2.delete_metadata_and_all_versions(path=self.key_of(path), mount_point=self.mount)

@@ -47,6 +47,9 @@ __all__ = ["RecordedRequest", "VaultTestServer"]
 JSON = "application/json"
 JSON_CHARSET = "application/json; charset=utf-8"
 
+#: How long the "slow" outage of `fail` waits: longer than the read timeout tests give the app.
+SLOW_SECONDS = 1.2
+
 PERMISSION_DENIED = "1 error occurred:\n\t* permission denied\n\n"
 INVALID_TOKEN = "2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n"
 UPGRADING = (
@@ -175,6 +178,7 @@ class RecordedRequest:
     json: object | None = None
     status: int | None = None  # the status answered; None while running or when the socket was dropped
     received_at: float = field(default_factory=time.time)
+    done: bool = False  # handled: answered, or dropped on purpose
 
 
 @dataclass
@@ -338,11 +342,14 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug in the double: say so instead of dropping the connection
             traceback.print_exc()
             reply = _error(500, f"VaultTestServer bug: {exc!r}")
-        if reply.drop:
-            self._drop()
-            return
-        req.status = reply.status
-        self._send(reply)
+        try:
+            if reply.drop:
+                self._drop()
+                return
+            req.status = reply.status
+            self._send(reply)
+        finally:
+            req.done = True
 
     do_GET = do_POST = do_PUT = do_DELETE = do_LIST = do_HEAD = do_PATCH = do_OPTIONS = _handle
 
@@ -665,6 +672,37 @@ class VaultTestServer:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+
+    #: The outages tests name: any `inject` kind, an HTTP status ("403", "500", ...), "down" and "sealed".
+    OUTAGES = ("down", "sealed", "slow", "403", "429", "500", "502", "reset", "applied_then_dropped", "garbled")
+
+    def fail(
+        self,
+        outage: str,
+        *,
+        path: str | None = None,
+        method: str | None = None,
+        times: int | None = None,
+        delay: float = 1.2,
+    ) -> None:
+        """Start one named outage; `path`, `method` and `times` narrow it as for `inject` (not "down"/"sealed")."""
+        if outage == "down":
+            self.go_down()
+        elif outage == "sealed":
+            self.seal()
+        elif outage.isdigit():
+            self.inject("status", status=int(outage), path=path, method=method, times=times)
+        else:
+            self.inject(outage, path=path, method=method, times=times, delay=delay if outage == "slow" else None)
+
+    def recover(self, *, timeout: float = 5.0) -> None:
+        """End every outage, then wait until the requests still in flight (a slow write) have been answered."""
+        self.clear_faults()
+        self.unseal()
+        self.come_up()
+        deadline = time.monotonic() + timeout
+        while not all(request.done for request in list(self.requests)) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _take_fault(self, req: RecordedRequest, kinds) -> _Fault | None:
         """The first active fault of one of `kinds` matching `req`, using up one of its times."""

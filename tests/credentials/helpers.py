@@ -2,9 +2,11 @@
 
 import datetime
 
+import pytest
 from django.utils import timezone
 
-from credentials.models import Credential, GraceSecret
+from credentials.models import AuditEvent, Credential, GraceSecret
+from credentials.services import InvalidClient, credential_authenticate
 
 
 def end_grace_periods(credential: Credential) -> int:
@@ -18,3 +20,22 @@ def expire(credential: Credential) -> None:
     past = timezone.now() - datetime.timedelta(seconds=1)
     Credential.objects.filter(pk=credential.pk).update(expires_at=past)
     credential.refresh_from_db()
+
+
+def authenticates(client_id: str, client_secret: str) -> bool:
+    try:
+        credential_authenticate(client_id=client_id, client_secret=client_secret)
+    except InvalidClient:
+        return False
+    return True
+
+
+def reason(client_id: str, client_secret: str) -> str:
+    """Why authentication fails (it must fail): the InvalidClient reason logged and audited."""
+    with pytest.raises(InvalidClient) as excinfo:
+        credential_authenticate(client_id=client_id, client_secret=client_secret)
+    return excinfo.value.reason
+
+
+def events(action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action).order_by("id"))

@@ -1,14 +1,12 @@
 """The management API with Vault in front of bcrypt: where secrets go, and what Vault failures look like."""
 
 import logging
-import time
 
-import hvac.exceptions
 import pytest
 from django.core.management import call_command
 
 from credentials.models import Credential, SecretPurge
-from tests.conftest import basic_auth, form_post
+from tests.conftest import assert_logs_keep, basic_auth, form_post
 from tests.oauth.conftest import INTROSPECT_URL, TOKEN_URL, assert_oauth_error
 from tests.vault_fixtures import SLOW_SECONDS
 
@@ -84,38 +82,6 @@ def introspection(client, caller, token: str) -> dict:
     return response.json()
 
 
-def vault_keys(vault, agent_id) -> list[str]:
-    """The credential keys Vault holds for an agent, read with the root token (empty when none)."""
-    try:
-        listed = vault.root.secrets.kv.v2.list_secrets(
-            path=f"agentidp/agents/{agent_id}/credentials", mount_point=vault.mount
-        )
-    except hvac.exceptions.InvalidPath:
-        return []
-    return listed["data"]["keys"]
-
-
-def break_vault(server, fault: str) -> None:
-    if fault == "down":
-        server.go_down()
-    elif fault == "sealed":
-        server.seal()
-    elif fault == "slow":
-        server.inject("slow", delay=SLOW_SECONDS)
-    else:
-        server.inject("status", status=int(fault))
-
-
-def mend_vault(server) -> None:
-    """End the outage and wait until the server has answered what it received (a slow write lands late)."""
-    server.clear_faults()
-    server.unseal()
-    server.come_up()
-    deadline = time.monotonic() + 5
-    while any(request.status is None for request in list(server.requests)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def secrets_sent_to(server) -> list[str]:
     """Every client secret the app sent to the test server (to check that none leaks into a response)."""
     return [
@@ -132,13 +98,6 @@ def assert_nothing_leaks(response, *values: str) -> None:
     )
     for value in values:
         assert value and value not in exposed
-
-
-def assert_logs_keep(caplog, *values: str) -> None:
-    """Assert that no log record, message or arguments, carries any of these values."""
-    logged = caplog.text + "\n".join(repr(record.args) for record in caplog.records)
-    for value in values:
-        assert value and value not in logged
 
 
 def assert_vault_write_error(response) -> dict:
@@ -223,7 +182,7 @@ def test_delete_answers_204_and_destroys_every_version_in_vault(
 
     assert response.status_code == 204
     assert vault.metadata(path) is None
-    assert vault_keys(vault, agent.id) == []
+    assert vault.keys_of_agent(agent.id) == []
     assert not SecretPurge.objects.exists()
     assert admin_api.get(credentials_url(agent.id, created["credentialId"])).status_code == 404
 
@@ -238,15 +197,15 @@ def test_create_is_503_and_leaves_no_credential_and_nothing_in_vault_when_vault_
     server = vault.require_server()
     caplog.set_level(logging.DEBUG)
     before = admin_api.get(credentials_url(agent.id)).json()
-    break_vault(server, fault)
+    server.fail(fault)
 
     response = admin_api.post(credentials_url(agent.id), {"description": "ci"}, format="json")
 
     assert_vault_write_error(response)
-    mend_vault(server)
+    server.recover()
     assert admin_api.get(credentials_url(agent.id)).json() == before
     assert not Credential.objects.filter(agent=agent).exists()
-    assert vault_keys(vault, agent.id) == []
+    assert vault.keys_of_agent(agent.id) == []
     assert_nothing_leaks(response, vault.app_token, *secrets_sent_to(server))
     assert_logs_keep(caplog, vault.app_token, *secrets_sent_to(server))
 
@@ -259,10 +218,10 @@ def test_create_leaves_nothing_in_vault_when_a_timed_out_write_lands_after_the_c
     response = admin_api.post(credentials_url(agent.id), {"description": "ci"}, format="json")
 
     assert_vault_write_error(response)
-    mend_vault(server)  # the late write has landed now
+    server.recover()  # the late write has landed now
     assert not Credential.objects.filter(agent=agent).exists()
     call_command("purge_secrets", verbosity=0)  # what an operator (or cron) runs to finish every clean-up
-    assert vault_keys(vault, agent.id) == []
+    assert vault.keys_of_agent(agent.id) == []
 
 
 @pytest.mark.parametrize("fault", VAULT_FAULTS)
@@ -274,12 +233,12 @@ def test_rotate_is_503_and_the_old_secret_keeps_working_when_vault_fails(
     created = create(admin_api, agent.id)
     path = documented_path(vault, agent.id, created["credentialId"])
     server.clear_requests()
-    break_vault(server, fault)
+    server.fail(fault)
 
     response = admin_api.post(rotate_url(agent.id, created["credentialId"]), {}, format="json")
 
     assert_vault_write_error(response)
-    mend_vault(server)
+    server.recover()
     attempted = secrets_sent_to(server)
     assert_nothing_leaks(response, created["clientSecret"], vault.app_token, *attempted)
     unchanged = admin_api.get(credentials_url(agent.id, created["credentialId"])).json()
@@ -338,9 +297,9 @@ def test_delete_agent_while_vault_is_down_answers_204_and_its_secrets_are_purged
     assert gone.json()["code"] == "AGENT_NOT_FOUND"
     assert not Credential.objects.filter(agent_id=agent.id).exists()
     server.come_up()
-    assert sorted(vault_keys(vault, agent.id)) == sorted([first["credentialId"], second["credentialId"]])
+    assert sorted(vault.keys_of_agent(agent.id)) == sorted([first["credentialId"], second["credentialId"]])
     call_command("purge_secrets", verbosity=0)
-    assert vault_keys(vault, agent.id) == []
+    assert vault.keys_of_agent(agent.id) == []
 
 
 # --- moving from bcrypt to Vault ------------------------------------------------------------------

@@ -14,7 +14,6 @@ from credentials.audit import Actor
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.services import (
     MAX_GRACE_SECRETS,
-    InvalidClient,
     agent_create,
     agent_delete,
     agent_update,
@@ -23,29 +22,11 @@ from credentials.services import (
     credential_delete,
     credential_rotate,
 )
-from tests.credentials.helpers import end_grace_periods, expire
+from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.factories import AgentFactory, make_credential
 from vaultstore.backends import get_default_backend
 
 SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
-
-
-def authenticates(client_id: str, client_secret: str) -> bool:
-    try:
-        credential_authenticate(client_id=client_id, client_secret=client_secret)
-    except InvalidClient:
-        return False
-    return True
-
-
-def reason(client_id: str, client_secret: str) -> str:
-    with pytest.raises(InvalidClient) as excinfo:
-        credential_authenticate(client_id=client_id, client_secret=client_secret)
-    return excinfo.value.reason
-
-
-def events(action: str) -> list[AuditEvent]:
-    return list(AuditEvent.objects.filter(action=action).order_by("id"))
 
 
 # --- agents ---------------------------------------------------------------------------------
@@ -205,8 +186,9 @@ def test_agent_delete_deletes_each_credential_through_credential_delete(agent):
 def test_agent_delete_keeps_everything_when_a_credential_cannot_be_deleted(agent):
     issued = make_credential(agent)
 
-    with mock.patch.object(services, "credential_delete", side_effect=DatabaseError("down")), pytest.raises(
-        DatabaseError
+    with (
+        mock.patch.object(services, "credential_delete", side_effect=DatabaseError("down")),
+        pytest.raises(DatabaseError),
     ):
         agent_delete(acting=None, agent=agent)
 
@@ -426,9 +408,11 @@ def test_credential_create_is_allowed_again_after_a_delete(agent):
 def test_credential_create_leaves_nothing_when_the_database_write_fails_on_bcrypt(agent):
     backend = get_default_backend()
 
-    with mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")), mock.patch.object(
-        backend, "delete", wraps=backend.delete
-    ) as delete, pytest.raises(DatabaseError):
+    with (
+        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        mock.patch.object(backend, "delete", wraps=backend.delete) as delete,
+        pytest.raises(DatabaseError),
+    ):
         credential_create(acting=None, agent=agent)
 
     assert not Credential.objects.exists()
@@ -487,8 +471,10 @@ def test_rotate_with_grace_keeps_old_secret_working_until_the_grace_period_ends(
     rotated = credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=300)
 
     grace = GraceSecret.objects.get(credential=issued.credential)
-    assert before + datetime.timedelta(seconds=300) <= grace.valid_until <= timezone.now() + datetime.timedelta(
-        seconds=300
+    assert (
+        before + datetime.timedelta(seconds=300)
+        <= grace.valid_until
+        <= timezone.now() + datetime.timedelta(seconds=300)
     )
     assert authenticates(client_id, issued.client_secret)
     assert authenticates(client_id, rotated.client_secret)
@@ -580,8 +566,9 @@ def test_rotate_of_a_deleted_credential_is_credential_not_found(issued):
 def test_rotate_keeps_old_secret_when_the_store_fails(issued):
     backend = get_default_backend()
 
-    with mock.patch.object(backend, "store", side_effect=services.SecretStoreError("down")), pytest.raises(
-        services.SecretStoreError
+    with (
+        mock.patch.object(backend, "store", side_effect=services.SecretStoreError("down")),
+        pytest.raises(services.SecretStoreError),
     ):
         credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=60)
 

@@ -11,12 +11,10 @@ secret stays in Vault without a credential (nor a queued purge that will destroy
 import contextlib
 import datetime
 import logging
-import time
 import types
 from io import StringIO
 from unittest import mock
 
-import hvac.exceptions
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError
@@ -41,9 +39,8 @@ from credentials.services import (
     secret_purge_attempt,
     secret_purges_run_due,
 )
-from tests.credentials.helpers import end_grace_periods, expire
+from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.factories import make_credential
-from tests.vault_fixtures import SLOW_SECONDS
 from vaultstore.backends import get_default_backend
 from vaultstore.backends.vault import DUMMY_KEY
 from vaultstore.exceptions import SecretReadError, SecretStoreError, SecretWriteError
@@ -55,51 +52,14 @@ DATA = "/data/agentidp/"
 # --- helpers --------------------------------------------------------------------------------
 
 
-def authenticates(client_id: str, client_secret: str) -> bool:
-    try:
-        credential_authenticate(client_id=client_id, client_secret=client_secret)
-    except InvalidClient:
-        return False
-    return True
-
-
-def reason(client_id: str, client_secret: str) -> str:
-    with pytest.raises(InvalidClient) as excinfo:
-        credential_authenticate(client_id=client_id, client_secret=client_secret)
-    return excinfo.value.reason
-
-
-def events(action: str) -> list[AuditEvent]:
-    return list(AuditEvent.objects.filter(action=action).order_by("id"))
-
-
 def path_for(vault, owner) -> str:
     """The vault_path the contract gives a credential: `{mount}/data/agentidp/agents/{agentId}/credentials/{id}`."""
     return f"{vault.mount}/data/agentidp/agents/{owner.agent_id}/credentials/{owner.id}"
 
 
-def keys_of_agent(vault, agent) -> list[str]:
-    """Every KV key Vault holds under the agent's prefix (root view), [] when there is none."""
-    try:
-        response = vault.root.secrets.kv.v2.list_secrets(
-            path=f"agentidp/agents/{agent.id}/credentials", mount_point=vault.mount
-        )
-    except hvac.exceptions.InvalidPath:
-        return []
-    return response["data"]["keys"]
-
-
 def versions_in_server(vault, path: str) -> dict | None:
     """The test server's own view of a key (also while it refuses connections)."""
     return vault.server.secret_versions(vault.key_of(path))
-
-
-def wait_until(predicate, *, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("the test server did not get there in time")
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -133,55 +93,18 @@ def secrets_spy():
         yield made
 
 
-def _down(server):
-    server.go_down()
+#: Ways a write to Vault fails, on AgentIdP's data writes only. "slow" answers after the client
+#: gave up and then applies the write; "applied_then_dropped" applies it and drops the connection.
+WRITE_FAULTS = ("down", "sealed", "slow", "403", "500", "reset", "applied_then_dropped")
 
 
-def _sealed(server):
-    server.seal()
+def break_writes(server, fault: str) -> None:
+    once = fault in ("slow", "reset", "applied_then_dropped")
+    server.fail(fault, path=DATA, method="POST", times=1 if once else None)
 
 
-def _slow(server):
-    server.inject("slow", path=DATA, method="POST", times=1, delay=SLOW_SECONDS)
-
-
-def _status(code):
-    def inject(server):
-        server.inject("status", status=code, path=DATA, method="POST")
-
-    return inject
-
-
-def _reset(server):
-    server.inject("reset", path=DATA, method="POST", times=1)
-
-
-def _applied_then_dropped(server):
-    server.inject("applied_then_dropped", path=DATA, method="POST", times=1)
-
-
-#: Ways a write to Vault fails. "slow" answers after the client gave up and then applies the
-#: write; "applied_then_dropped" applies it and drops the connection before answering.
-WRITE_FAULTS = {
-    "down": _down,
-    "sealed": _sealed,
-    "slow": _slow,
-    "status-403": _status(403),
-    "status-500": _status(500),
-    "reset": _reset,
-    "applied_then_dropped": _applied_then_dropped,
-}
 #: Faults after which Vault holds a version that AgentIdP never got an answer for.
 WRITE_LANDS = {"slow", "applied_then_dropped"}
-
-
-def heal(server, fault: str = "") -> None:
-    """End every fault; wait for a write that Vault is still slowly applying to land, as a real Vault would."""
-    server.clear_faults()
-    server.unseal()
-    server.come_up()
-    if fault == "slow":
-        wait_until(lambda: all(r.status is not None for r in server.requests if r.method == "POST" and DATA in r.path))
 
 
 def delete_while_down(vault, issued, capture) -> str:
@@ -221,10 +144,10 @@ def test_create_stores_the_secret_in_vault_at_the_credentials_own_path(vault_ena
     assert authenticates(row.client_id, issued.client_secret)
 
 
-@pytest.mark.parametrize("fault", ["down", "sealed", "slow", "status-403", "status-500", "reset"])
+@pytest.mark.parametrize("fault", ["down", "sealed", "slow", "403", "500", "reset"])
 def test_create_leaves_no_row_no_event_and_no_vault_entry_when_the_vault_write_fails(vault_enabled, agent, fault):
     server = vault_enabled.require_server()
-    WRITE_FAULTS[fault](server)
+    break_writes(server, fault)
     before = timezone.now()
 
     with store_spy() as spy, pytest.raises(SecretWriteError) as excinfo:
@@ -245,21 +168,21 @@ def test_create_leaves_no_row_no_event_and_no_vault_entry_when_the_vault_write_f
         assert_next_attempt_in(purge, PURGE_FIRST_DELAY_SECONDS, before, after)
     else:
         assert purges == []
-    assert excinfo.value.maybe_written == (fault in ("slow", "status-500", "reset"))
-    heal(server, fault)
+    assert excinfo.value.maybe_written == (fault in ("slow", "500", "reset"))
+    server.recover()
     if fault == "slow":
         assert versions_in_server(vault_enabled, path) is not None  # it landed after the immediate clean-up
 
     run_every_queued_purge()
 
     assert vault_enabled.metadata(path) is None
-    assert keys_of_agent(vault_enabled, agent) == []
+    assert vault_enabled.keys_of_agent(agent.id) == []
     assert not SecretPurge.objects.exists()
 
 
 def test_create_destroys_the_entry_when_the_write_lands_but_its_answer_is_lost(vault_enabled, agent):
     server = vault_enabled.require_server()
-    _applied_then_dropped(server)
+    break_writes(server, "applied_then_dropped")
 
     with store_spy() as spy, pytest.raises(SecretWriteError) as excinfo:
         credential_create(acting=None, agent=agent)
@@ -286,7 +209,7 @@ def test_create_destroys_the_entry_when_the_write_lands_but_its_answer_is_lost(v
 
 def test_create_queues_the_purge_when_vault_does_not_confirm_the_cleanup_either(vault_enabled, agent):
     server = vault_enabled.require_server()
-    _applied_then_dropped(server)
+    break_writes(server, "applied_then_dropped")
     server.inject("status", status=503, path="/metadata/agentidp/", method="DELETE")
 
     with store_spy() as spy, pytest.raises(SecretWriteError):
@@ -314,13 +237,15 @@ def test_create_logs_the_orphan_path_at_error_when_neither_vault_nor_the_databas
     vault_enabled, agent, caplog
 ):
     server = vault_enabled.require_server()
-    _applied_then_dropped(server)
+    break_writes(server, "applied_then_dropped")
     server.inject("status", status=503, path="/metadata/agentidp/", method="DELETE")
     caplog.set_level(logging.DEBUG)
 
-    with store_spy() as spy, mock.patch.object(
-        services, "_purges_record", side_effect=DatabaseError("database is gone")
-    ), pytest.raises(SecretWriteError):
+    with (
+        store_spy() as spy,
+        mock.patch.object(services, "_purges_record", side_effect=DatabaseError("database is gone")),
+        pytest.raises(SecretWriteError),
+    ):
         credential_create(acting=None, agent=agent)
 
     path = path_for(vault_enabled, spy.owners[0])
@@ -331,28 +256,30 @@ def test_create_logs_the_orphan_path_at_error_when_neither_vault_nor_the_databas
 
 
 def test_create_destroys_the_vault_entry_when_the_database_write_fails(vault_enabled, agent):
-    with store_spy() as spy, mock.patch.object(
-        services, "audit_record", side_effect=DatabaseError("disk full")
-    ), pytest.raises(DatabaseError):
+    with (
+        store_spy() as spy,
+        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        pytest.raises(DatabaseError),
+    ):
         credential_create(acting=None, agent=agent)
 
     [written] = spy.written  # Vault confirmed the write before the database failed
     assert written.vault_version == 1
     assert not Credential.objects.exists()
     assert vault_enabled.metadata(written.vault_path) is None
-    assert keys_of_agent(vault_enabled, agent) == []
+    assert vault_enabled.keys_of_agent(agent.id) == []
     assert not SecretPurge.objects.exists()
 
 
-def test_create_queues_the_vault_entry_when_the_database_fails_and_vault_then_refuses_the_cleanup(
-    vault_enabled, agent
-):
+def test_create_queues_the_vault_entry_when_the_database_fails_and_vault_then_refuses_the_cleanup(vault_enabled, agent):
     server = vault_enabled.require_server()
     server.inject("status", status=503, path="/metadata/agentidp/", method="DELETE")
 
-    with store_spy() as spy, mock.patch.object(
-        services, "audit_record", side_effect=DatabaseError("disk full")
-    ), pytest.raises(DatabaseError):
+    with (
+        store_spy() as spy,
+        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        pytest.raises(DatabaseError),
+    ):
         credential_create(acting=None, agent=agent)
 
     [written] = spy.written
@@ -422,7 +349,7 @@ def test_rotate_keeps_the_old_secret_when_the_vault_write_fails(vault_enabled, a
     issued = make_credential(agent)
     client_id = issued.credential.client_id
     before = Credential.objects.get(pk=issued.credential.pk)
-    WRITE_FAULTS[fault](server)
+    break_writes(server, fault)
 
     with pytest.raises(SecretWriteError) as excinfo:
         credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=60)
@@ -438,7 +365,7 @@ def test_rotate_keeps_the_old_secret_when_the_vault_write_fails(vault_enabled, a
     )
     assert not GraceSecret.objects.exists()
     assert not events(AuditEvent.Action.CREDENTIAL_ROTATED)
-    heal(server, fault)
+    server.recover()
     assert authenticates(client_id, issued.client_secret)
 
     rotated = credential_rotate(acting=None, credential=issued.credential)
@@ -457,8 +384,9 @@ def test_rotate_keeps_the_old_version_trusted_when_the_database_fails_after_the_
     client_id = issued.credential.client_id
     before = Credential.objects.get(pk=issued.credential.pk)
 
-    with mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")), pytest.raises(
-        DatabaseError
+    with (
+        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        pytest.raises(DatabaseError),
     ):
         credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=60)
 
@@ -570,7 +498,9 @@ def test_rotate_refuses_a_graceful_rotation_when_max_grace_secrets_are_live(vaul
     assert all(authenticates(client_id, secret) for secret in secrets)
 
 
-def test_rotate_off_vault_destroys_the_entry_left_behind(vault_enabled, settings, agent, django_capture_on_commit_callbacks):
+def test_rotate_off_vault_destroys_the_entry_left_behind(
+    vault_enabled, settings, agent, django_capture_on_commit_callbacks
+):
     issued = make_credential(agent)
     path = Credential.objects.get(pk=issued.credential.pk).vault_path
     settings.VAULTSTORE = vault_enabled.vaultstore_setting(default="bcrypt")
@@ -630,7 +560,7 @@ def test_while_vault_is_unavailable_bcrypt_credentials_work_and_vault_ones_are_a
     settings.VAULTSTORE = vault.vaultstore_setting()
     in_vault = make_credential(issued.credential.agent)
     vault_client_id = in_vault.credential.client_id
-    WRITE_FAULTS[outage](server)
+    break_writes(server, outage)
 
     assert authenticates(issued.credential.client_id, issued.client_secret)
     assert reason(issued.credential.client_id, "not-the-secret") == "wrong_secret"
@@ -642,7 +572,7 @@ def test_while_vault_is_unavailable_bcrypt_credentials_work_and_vault_ones_are_a
     # The dummy read for an unknown client fails too, and is swallowed: an unknown client is still just that.
     assert reason("no-such-client", "whatever") == "unknown_client"
 
-    heal(server)
+    server.recover()
 
     assert authenticates(vault_client_id, in_vault.client_secret)
 
@@ -703,9 +633,11 @@ def test_delete_changes_nothing_when_the_database_fails(vault_enabled, agent, dj
     issued = make_credential(agent)
     path = Credential.objects.get(pk=issued.credential.pk).vault_path
 
-    with django_capture_on_commit_callbacks(execute=True), mock.patch.object(
-        services, "audit_record", side_effect=DatabaseError("disk full")
-    ), pytest.raises(DatabaseError):
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        pytest.raises(DatabaseError),
+    ):
         credential_delete(acting=None, credential=issued.credential)
 
     assert Credential.objects.filter(pk=issued.credential.pk).exists()

@@ -1,16 +1,14 @@
 """POST /api/v1/token for credentials whose secrets Vault keeps, and while Vault is unavailable."""
 
 import logging
-import time
 
 import pytest
 
 from credentials import services
-from tests.conftest import basic_auth, form_post
+from tests.conftest import assert_logs_keep, basic_auth, form_post
 from tests.credentials.helpers import end_grace_periods
 from tests.factories import AgentFactory, make_credential
 from tests.oauth.conftest import TOKEN_URL, assert_oauth_error, client_auth, unverified_claims
-from tests.vault_fixtures import SLOW_SECONDS
 
 GRANT = {"grant_type": "client_credentials"}
 OUTAGES = ["down", "sealed", "slow", "403", "500", "garbled"]
@@ -33,36 +31,6 @@ def bcrypt_issued(issued, vault_enabled):
 
 def token_request(client, client_id: str, client_secret: str):
     return form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, client_secret))
-
-
-def break_vault(server, outage: str) -> None:
-    if outage == "down":
-        server.go_down()
-    elif outage == "sealed":
-        server.seal()
-    elif outage == "slow":
-        server.inject("slow", delay=SLOW_SECONDS)
-    elif outage == "garbled":
-        server.inject("garbled")
-    else:
-        server.inject("status", status=int(outage))
-
-
-def mend_vault(server) -> None:
-    """End the outage and wait until the server has answered what it received."""
-    server.clear_faults()
-    server.unseal()
-    server.come_up()
-    deadline = time.monotonic() + 5
-    while any(request.status is None for request in list(server.requests)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def assert_logs_keep(caplog, *values: str) -> None:
-    """Assert that no log record, message or arguments, carries any of these values."""
-    logged = caplog.text + "\n".join(repr(record.args) for record in caplog.records)
-    for value in values:
-        assert value and value not in logged
 
 
 def assert_temporarily_unavailable(response) -> None:
@@ -108,7 +76,7 @@ def test_vault_outage_is_503_for_vault_credentials_while_bcrypt_ones_get_tokens(
     server = vault.require_server()
     caplog.set_level(logging.DEBUG)
     unknown_secret = "unknown-client-secret-" + "x" * 21
-    break_vault(server, outage)
+    server.fail(outage)
 
     refused = form_post(client, TOKEN_URL, GRANT, **client_auth(vault_issued))
     bcrypt = form_post(client, TOKEN_URL, GRANT, **client_auth(bcrypt_issued))
@@ -121,11 +89,9 @@ def test_vault_outage_is_503_for_vault_credentials_while_bcrypt_ones_get_tokens(
     for response in (refused, unknown):
         assert vault.app_token not in response.content.decode()
         assert vault_issued.client_secret not in response.content.decode()
-    mend_vault(server)
+    server.recover()
     assert form_post(client, TOKEN_URL, GRANT, **client_auth(vault_issued)).status_code == 200
-    assert_logs_keep(
-        caplog, vault_issued.client_secret, bcrypt_issued.client_secret, unknown_secret, vault.app_token
-    )
+    assert_logs_keep(caplog, vault_issued.client_secret, bcrypt_issued.client_secret, unknown_secret, vault.app_token)
 
 
 def test_previous_vault_version_gets_tokens_during_its_grace_period_and_not_after(client, vault_issued, vault, caplog):

@@ -26,7 +26,6 @@ import pytest
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 
-from tests.vault_fixtures import SLOW_SECONDS
 from vaultstore.backends import StoredSecret, get_backend
 from vaultstore.backends.vault import (
     DUMMY_KEY,
@@ -113,25 +112,9 @@ class FakeClock:
 
 # --- faults -----------------------------------------------------------------------------------
 
-FAULTS = {
-    "down": lambda server: server.go_down(),
-    "slow": lambda server: server.inject("slow", path=AGENTIDP_KEYS, delay=SLOW_SECONDS),
-    "sealed": lambda server: server.seal(),
-    "403": lambda server: server.inject("status", path=AGENTIDP_KEYS, status=403),
-    "500": lambda server: server.inject("status", path=AGENTIDP_KEYS, status=500),
-    "502": lambda server: server.inject("status", path=AGENTIDP_KEYS, status=502),
-    "429": lambda server: server.inject("status", path=AGENTIDP_KEYS, status=429),
-    "garbled": lambda server: server.inject("garbled", path=AGENTIDP_KEYS),
-    "missing_key": lambda server: server.inject("missing_key", path=AGENTIDP_KEYS),
-    "reset": lambda server: server.inject("reset", path=AGENTIDP_KEYS),
-    "applied_then_dropped": lambda server: server.inject("applied_then_dropped", path=AGENTIDP_KEYS),
-}
 
-
-def heal(server) -> None:
-    server.come_up()
-    server.unseal()
-    server.clear_faults()
+def break_vault(server, fault: str) -> None:
+    server.fail(fault, path=AGENTIDP_KEYS)
 
 
 # --- store: where and how a secret is written -------------------------------------------------
@@ -426,7 +409,7 @@ def test_store_failure_is_a_write_error_saying_whether_vault_may_have_applied_it
     server, vault, backend, owner, caplog, fault, maybe_written, kept
 ):
     caplog.set_level(logging.DEBUG)
-    FAULTS[fault](server)
+    break_vault(server, fault)
 
     with pytest.raises(SecretWriteError) as excinfo:
         backend.store(owner=owner, secret=SECRET)
@@ -434,7 +417,7 @@ def test_store_failure_is_a_write_error_saying_whether_vault_may_have_applied_it
     error = excinfo.value
     assert (error.code, error.retry_after, error.maybe_written) == ("VAULT_WRITE_ERROR", 5, maybe_written)
     assert_nothing_leaks(error, caplog, SECRET, vault.app_token)
-    heal(server)
+    server.recover()
     assert vault.read(backend.location(owner=owner).vault_path) == kept
 
 
@@ -445,14 +428,14 @@ VERIFY_FAULTS = ["down", "slow", "sealed", "403", "500", "502", "429", "garbled"
 def test_verify_failure_is_a_read_error_not_a_mismatch(server, vault, backend, owner, caplog, fault):
     caplog.set_level(logging.DEBUG)
     stored = backend.store(owner=owner, secret=SECRET)
-    FAULTS[fault](server)
+    break_vault(server, fault)
 
     with pytest.raises(SecretReadError) as excinfo:
         backend.verify(stored=stored, secret=SECRET)
 
     assert (excinfo.value.code, excinfo.value.retry_after) == ("VAULT_READ_ERROR", 5)
     assert_nothing_leaks(excinfo.value, caplog, SECRET, vault.app_token)
-    heal(server)
+    server.recover()
     assert backend.verify(stored=stored, secret=SECRET) is True
 
 
@@ -472,7 +455,7 @@ DELETE_FAULTS = {
 def test_delete_failure_raises_so_that_the_caller_retries(server, vault, backend, owner, caplog, fault, raised):
     caplog.set_level(logging.DEBUG)
     stored = backend.store(owner=owner, secret=SECRET)
-    FAULTS[fault](server)
+    break_vault(server, fault)
 
     with pytest.raises(raised) as excinfo:
         backend.delete(stored=[stored])
@@ -480,7 +463,7 @@ def test_delete_failure_raises_so_that_the_caller_retries(server, vault, backend
     assert type(excinfo.value) is raised
     assert excinfo.value.retry_after == 5
     assert_nothing_leaks(excinfo.value, caplog, SECRET, vault.app_token)
-    heal(server)
+    server.recover()
     backend.delete(stored=[stored])
     assert vault.metadata(stored.vault_path) is None
 
@@ -532,7 +515,7 @@ def test_verify_dummy_reads_the_dummy_key(server, vault, backend):
 @pytest.mark.parametrize("fault", ["down", "sealed", "403", "500", "429", "reset", "garbled"])
 def test_verify_dummy_swallows_every_vault_failure(server, vault, backend, caplog, fault):
     caplog.set_level(logging.DEBUG)
-    FAULTS[fault](server)
+    break_vault(server, fault)
 
     assert backend.verify_dummy(secret=SECRET) is None
     assert SECRET not in caplog.text and vault.app_token not in caplog.text
