@@ -271,7 +271,7 @@ def secret_purges_run_due(*, limit: int = PURGE_BATCH_AFTER_WRITE) -> PurgeRepor
 
 
 def _purge_after_commit(purge_ids: list[int]) -> None:
-    """Once the transaction commits, destroy the secrets just queued, then a few that were due."""
+    """Once the transaction commits, destroy the secrets just queued (failures stay queued for the retries)."""
     if purge_ids:
         transaction.on_commit(lambda: secret_purges_run(purge_ids=purge_ids), robust=True)
 

@@ -237,8 +237,10 @@ class VaultSecretBackend(BaseSecretBackend):
                     logger.warning("the Vault token is not renewable and expires in %s s", ttl)
                     return math.inf
             auth = client.auth.token.renew_self()
-            lease = auth.get("auth", {}).get("lease_duration") if isinstance(auth, dict) else None
-            lease = int(lease or 0)
+            granted = auth.get("auth") if isinstance(auth, dict) else None
+            if not isinstance(granted, dict):
+                raise ValueError("no auth in the renewal answer")
+            lease = int(granted.get("lease_duration") or 0)
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError, TypeError) as exc:
             logger.warning("could not renew the Vault token: Vault %s (%s)", _describe(exc), type(exc).__name__)
             return now + TOKEN_RETRY_SECONDS
