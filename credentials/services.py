@@ -13,7 +13,7 @@ import dataclasses
 import datetime
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -551,11 +551,7 @@ def _secret_matches(credential: Credential, secret: str) -> bool:
     nothing else matched, since the secret might be the one it holds.
     """
     unavailable: SecretStoreError | None = None
-    candidates = [
-        credential.stored_secret,
-        *(g.stored_secret for g in selectors.grace_secrets_live(credential=credential)),
-    ]
-    for stored in candidates:
+    for stored in _candidate_secrets(credential):
         try:
             if get_backend_for(stored).verify(stored=stored, secret=secret):
                 return True
@@ -564,3 +560,10 @@ def _secret_matches(credential: Credential, secret: str) -> bool:
     if unavailable is not None:
         raise unavailable
     return False
+
+
+def _candidate_secrets(credential: Credential) -> Iterator[StoredSecret]:
+    """Yield the current secret, then (queried only if asked for) the previous ones still in their grace period."""
+    yield credential.stored_secret
+    for grace in selectors.grace_secrets_live(credential=credential):
+        yield grace.stored_secret

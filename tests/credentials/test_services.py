@@ -738,3 +738,15 @@ def test_grace_secret_repr_hides_its_hash(issued):
 
     assert grace.secret_hash not in repr(grace)
     assert str(issued.credential.pk) in repr(grace)
+
+
+def test_authenticate_with_the_current_secret_costs_one_query_even_with_grace_secrets(
+    issued, django_assert_num_queries
+):
+    rotated = credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=600)
+
+    # The credential and its agent in one query; the grace entries only when the current secret fails.
+    with django_assert_num_queries(1):
+        credential_authenticate(client_id=issued.credential.client_id, client_secret=rotated.client_secret)
+    with django_assert_num_queries(2):
+        credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
