@@ -627,12 +627,35 @@ def test_check_reports_one_problem_without_the_token(server, vault, settings, br
 # --- token renewal ----------------------------------------------------------------------------
 
 
-def token_backend(server, vault, **token_options) -> tuple[VaultSecretBackend, str, FakeClock]:
-    """A backend with its own token (created with `token_options`) and a clock the test moves."""
+class FakeTimers:
+    """Stands in for the backend's renewal timers: records them; a test fires one by calling it."""
+
+    def __init__(self) -> None:
+        self.armed: list[SimpleNamespace] = []
+
+    def __call__(self, delay: float, function) -> SimpleNamespace:
+        timer = SimpleNamespace(delay=delay, function=function, cancelled=False)
+        timer.cancel = lambda: setattr(timer, "cancelled", True)
+        self.armed.append(timer)
+        return timer
+
+    @property
+    def live(self) -> list[SimpleNamespace]:
+        return [timer for timer in self.armed if not timer.cancelled]
+
+
+@pytest.fixture
+def timers() -> FakeTimers:
+    return FakeTimers()
+
+
+def token_backend(server, vault, timers=None, **token_options) -> tuple[VaultSecretBackend, str, FakeClock]:
+    """A backend with its own token (created with `token_options`), a clock the test moves, and fake timers."""
     token = server.create_token(**token_options)
     backend = VaultSecretBackend(**vault.backend_options(token=token))
     clock = FakeClock()
     backend._clock = clock
+    backend._start_timer = timers if timers is not None else FakeTimers()
     return backend, token, clock
 
 
@@ -707,6 +730,77 @@ def test_a_failed_renewal_does_not_fail_the_operation_and_is_tried_again_later(s
     assert token_calls(server, token) == ["lookup-self", "renew-self", "renew-self"]
     assert server.token_info(token)["renewals"] == 1
     assert token not in caplog.text
+
+
+def test_an_idle_process_renews_its_token_from_a_timer_at_two_thirds_of_the_lease(server, vault, timers):
+    backend, token, clock = token_backend(server, vault, timers, ttl=60, renewable=True)
+    backend.verify_dummy(secret=SECRET)  # first use: looked up and renewed
+    [timer] = timers.live
+    assert timer.delay == pytest.approx(40)
+
+    clock.advance(40)
+    timer.function()  # the timer fires; no request is being served
+
+    assert token_calls(server, token) == ["lookup-self", "renew-self", "renew-self"]
+    assert server.token_info(token)["renewals"] == 2
+    [next_timer] = timers.live  # the fired one is replaced by the next
+    assert next_timer is not timer and next_timer.delay == pytest.approx(40)
+
+
+def test_a_use_that_renews_the_token_rearms_the_timer_instead_of_adding_one(server, vault, timers):
+    backend, token, clock = token_backend(server, vault, timers, ttl=60, renewable=True)
+    backend.verify_dummy(secret=SECRET)
+    clock.advance(41)
+    backend.verify_dummy(secret=SECRET)
+
+    assert server.token_info(token)["renewals"] == 2
+    assert len(timers.armed) == 2 and len(timers.live) == 1
+
+
+@pytest.mark.parametrize("token_options", [{"ttl": None, "renewable": True}, {"ttl": 60, "renewable": False}])
+def test_no_timer_is_armed_for_a_token_that_is_never_renewed(server, vault, timers, token_options):
+    backend, token, clock = token_backend(server, vault, timers, **token_options)
+
+    backend.verify_dummy(secret=SECRET)
+
+    assert timers.armed == []
+
+
+def test_closing_the_backend_stops_its_renewal_timer(server, vault, timers):
+    backend, token, clock = token_backend(server, vault, timers, ttl=60, renewable=True)
+    backend.verify_dummy(secret=SECRET)
+    [timer] = timers.live
+
+    backend.close()
+    clock.advance(40)
+    timer.function()  # a timer that fires anyway changes nothing
+
+    assert timer.cancelled
+    assert server.token_info(token)["renewals"] == 1
+    assert timers.live == []
+
+
+def test_a_settings_change_closes_the_backends_built_before(vault, settings):
+    settings.VAULTSTORE = vault.vaultstore_setting()
+    old = get_backend("vault")
+
+    settings.VAULTSTORE = vault.vaultstore_setting(read_timeout=1.0)
+
+    assert old._closed is True
+    assert get_backend("vault") is not old
+
+
+def test_the_renewal_timer_is_a_daemon_thread(server, vault):
+    token = server.create_token(ttl=60, renewable=True)
+    backend = VaultSecretBackend(**vault.backend_options(token=token))
+    try:
+        backend.verify_dummy(secret=SECRET)
+        timer = backend._renewal_timer
+        assert timer is not None and timer.daemon and timer.is_alive()
+    finally:
+        backend.close()
+    timer.join(1)
+    assert not timer.is_alive()
 
 
 # --- options ----------------------------------------------------------------------------------

@@ -68,4 +68,8 @@ def get_backend_for(stored: StoredSecret) -> BaseSecretBackend:
 
 
 def reset_backends() -> None:
+    """Close the backends built so far and forget them; the next use builds them from settings again."""
+    if get_backends.cache_info().currsize:
+        for backend in get_backends().values():
+            backend.close()
     get_backends.cache_clear()

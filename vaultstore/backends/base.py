@@ -96,5 +96,8 @@ class BaseSecretBackend:
         """Return the problems that stop this backend from working now (empty when healthy)."""
         return []
 
+    def close(self) -> None:
+        """Release what the backend holds (threads, connections) when the configuration is replaced."""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r}>"

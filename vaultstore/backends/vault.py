@@ -168,6 +168,8 @@ class VaultSecretBackend(BaseSecretBackend):
         self._token_lock = threading.Lock()
         self._next_token_check = 0.0
         self._token_renewable: bool | None = None
+        self._renewal_timer: threading.Timer | None = None
+        self._closed = False
         self._clock: Callable[[], float] = time.monotonic
 
     def validate_options(self) -> None:
@@ -201,6 +203,11 @@ class VaultSecretBackend(BaseSecretBackend):
 
     def _client(self) -> hvac.Client:
         """Return this thread's client, built on first use, after renewing the token if that is due."""
+        client = self._client_without_renewal()
+        self._renew_token_if_due(client)
+        return client
+
+    def _client_without_renewal(self) -> hvac.Client:
         client = getattr(self._local, "client", None)
         if client is None:
             client = hvac.Client(
@@ -211,7 +218,6 @@ class VaultSecretBackend(BaseSecretBackend):
                 timeout=(self.options["connect_timeout"], self.options["read_timeout"]),
             )
             self._local.client = client
-        self._renew_token_if_due(client)
         return client
 
     def _renew_token_if_due(self, client: hvac.Client) -> None:
@@ -220,8 +226,38 @@ class VaultSecretBackend(BaseSecretBackend):
             return
         try:
             self._next_token_check = self._look_after_token(client)
+            self._schedule_renewal()
         finally:
             self._token_lock.release()
+
+    def _schedule_renewal(self) -> None:
+        """Arm a timer for the next look at the token, so that an idle process renews it too."""
+        if self._renewal_timer is not None:
+            self._renewal_timer.cancel()
+            self._renewal_timer = None
+        delay = self._next_token_check - self._clock()
+        if self._closed or math.isinf(delay):
+            return
+        self._renewal_timer = self._start_timer(max(delay, 0.0), self._renew_in_background)
+
+    def _start_timer(self, delay: float, function: Callable[[], None]) -> threading.Timer:
+        timer = threading.Timer(delay, function)
+        timer.daemon = True  # never keeps a process from exiting
+        timer.start()
+        return timer
+
+    def _renew_in_background(self) -> None:
+        with self._token_lock:
+            if self._closed:
+                return
+            self._next_token_check = self._look_after_token(self._client_without_renewal())
+            self._schedule_renewal()
+
+    def close(self) -> None:
+        """Stop renewing the token in the background (the backend is being replaced)."""
+        self._closed = True
+        if self._renewal_timer is not None:
+            self._renewal_timer.cancel()
 
     def _look_after_token(self, client: hvac.Client) -> float:
         """Renew the token if it is renewable; return when to look at it again."""
