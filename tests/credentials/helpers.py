@@ -8,6 +8,20 @@ from django.utils import timezone
 from credentials.models import AuditEvent, Credential, GraceSecret
 from credentials.services import InvalidClient, credential_authenticate
 
+#: The keys of a credential in API responses (the contract's Credential), without and with its secret.
+CREDENTIAL_KEYS = {
+    "credentialId",
+    "agentId",
+    "clientId",
+    "description",
+    "storage",
+    "status",
+    "createdAt",
+    "rotatedAt",
+    "expiresAt",
+}
+ISSUED_KEYS = CREDENTIAL_KEYS | {"clientSecret"}
+
 
 def end_grace_periods(credential: Credential) -> int:
     """Move every grace period of the credential into the past, as if it had run out."""

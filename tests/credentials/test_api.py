@@ -10,24 +10,12 @@ from credentials import services
 from credentials.models import Agent, AuditEvent, Credential
 from credentials.services import MAX_GRACE_SECRETS
 from tests.conftest import token_for
-from tests.credentials.helpers import end_grace_periods, expire
+from tests.credentials.helpers import CREDENTIAL_KEYS, ISSUED_KEYS, end_grace_periods, expire
 from tests.factories import AgentFactory, make_credential
 
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 AGENT_KEYS = {"agentId", "name", "description", "owner", "status", "scopes", "createdAt", "updatedAt"}
-CREDENTIAL_KEYS = {
-    "credentialId",
-    "agentId",
-    "clientId",
-    "description",
-    "storage",
-    "status",
-    "createdAt",
-    "rotatedAt",
-    "expiresAt",
-}
-ISSUED_KEYS = CREDENTIAL_KEYS | {"clientSecret"}
 
 
 def assert_error(response, status: int, code: str) -> dict:

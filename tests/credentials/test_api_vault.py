@@ -7,21 +7,10 @@ from django.core.management import call_command
 
 from credentials.models import Credential, SecretPurge
 from tests.conftest import assert_logs_keep, basic_auth, form_post
+from tests.credentials.helpers import CREDENTIAL_KEYS, ISSUED_KEYS
 from tests.oauth.conftest import INTROSPECT_URL, TOKEN_URL, assert_oauth_error
 from tests.vault_fixtures import SLOW_SECONDS
 
-CREDENTIAL_KEYS = {
-    "credentialId",
-    "agentId",
-    "clientId",
-    "description",
-    "storage",
-    "status",
-    "createdAt",
-    "rotatedAt",
-    "expiresAt",
-}
-ISSUED_KEYS = CREDENTIAL_KEYS | {"clientSecret"}
 VAULT_FAULTS = ["down", "sealed", "slow", "403", "500"]
 GRANT = {"grant_type": "client_credentials"}
 
