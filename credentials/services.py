@@ -228,11 +228,23 @@ def secret_purge_attempt(*, purge_id: int) -> bool:
     long as last time (from PURGE_FIRST_DELAY_SECONDS to PURGE_MAX_DELAY_SECONDS) before
     the automatic runs try again. A store that is not configured (Vault switched off)
     counts as a failure: the job waits until it is.
+
+    A location that the database trusts again by now (a credential moved off Vault and
+    back before its old entry was destroyed) is not destroyed: the job is dropped. The
+    credential's row is locked first, so a rotation writing there waits for the purge,
+    or the purge sees what the rotation committed.
     """
     with transaction.atomic():
         purge = SecretPurge.objects.select_for_update(skip_locked=True).filter(pk=purge_id).first()
         if purge is None:
             return True  # finished meanwhile, or another worker holds it
+        if purge.credential_id is not None:
+            Credential.objects.select_for_update().filter(pk=purge.credential_id).first()
+        location = {"storage": purge.storage, "vault_path": purge.vault_path}
+        if Credential.objects.filter(**location).exists() or GraceSecret.objects.filter(**location).exists():
+            purge.delete()
+            logger.info("secret purge dropped, the location is in use again path=%s", purge.vault_path)
+            return True
         try:
             get_backend(purge.storage).delete(stored=[purge.stored_secret])
         except SecretStoreError as exc:

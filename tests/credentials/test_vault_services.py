@@ -871,3 +871,29 @@ def test_logs_and_errors_never_carry_a_client_secret_or_the_vault_token(
     for text in texts:
         for secret in [*made, vault_enabled.app_token]:
             assert secret not in text
+
+
+def test_a_queued_purge_never_destroys_a_location_that_is_trusted_again(
+    vault_enabled, settings, agent, django_capture_on_commit_callbacks
+):
+    server = vault_enabled.require_server()
+    issued = make_credential(agent)
+    path = Credential.objects.get(pk=issued.credential.pk).vault_path
+    vault_on = settings.VAULTSTORE
+    # Vault is switched off and the credential rotated off it; destroying its entry waits for Vault.
+    settings.VAULTSTORE = vault_enabled.vaultstore_setting(default="bcrypt")
+    server.go_down()
+    with django_capture_on_commit_callbacks(execute=True):
+        credential_rotate(acting=None, credential=issued.credential)
+    assert SecretPurge.objects.filter(vault_path=path).exists()
+    # Vault is back, and the credential rotates into it again, at the same path, before the purge ran.
+    server.come_up()
+    settings.VAULTSTORE = vault_on
+    back = credential_rotate(acting=None, credential=issued.credential)
+    assert Credential.objects.get(pk=issued.credential.pk).vault_path == path
+
+    call_command("purge_secrets", verbosity=0)
+
+    assert not SecretPurge.objects.exists()
+    assert vault_enabled.metadata(path) is not None
+    assert authenticates(issued.credential.client_id, back.client_secret)
