@@ -1063,3 +1063,10 @@ def test_vault_checks_run_with_django_checks(settings):
 
     assert {"vaultstore.W001", "vaultstore.W002"} <= deploy
     assert "vaultstore.E001" in plain
+
+
+def test_the_documented_policy_is_exactly_the_one_the_backend_needs():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "devops" / "vault-setup.md").read_text()
+
+    # Both the quickstart and the production section show it, for the default mount.
+    assert docs.count(policy("secret")) == 2
