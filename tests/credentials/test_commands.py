@@ -151,3 +151,14 @@ def test_bootstrap_admin_fails_cleanly_when_the_credential_limit_is_reached(db, 
 
     assert Credential.objects.count() == 1
     assert bootstrap_json("--replace")["clientId"] == Credential.objects.get().client_id
+
+
+def test_bootstrap_admin_changes_nothing_and_says_so_when_vault_refuses_the_write(vault_enabled, db):
+    server = vault_enabled.require_server()
+    server.fail("sealed")
+
+    with pytest.raises(CommandError, match="Nothing was changed"):
+        call_command("bootstrap_admin", "--json", stdout=StringIO())
+
+    assert not Agent.objects.exists()
+    assert not Credential.objects.exists()
