@@ -1,6 +1,6 @@
 """The Vault KV v2 double (tests/vaultserver.py), driven through hvac over real HTTP.
 
-Each test proves one behaviour of /work/shared/vault-kv2-wire.md. No database is used.
+Each test proves one behaviour of Vault's HTTP API that the server imitates. No database is used.
 """
 
 import re
@@ -81,7 +81,7 @@ def raw(vault, method, path, *, token=VaultTestServer.ROOT_TOKEN, **kwargs) -> r
     return requests.request(method, vault.url + path, headers=headers, timeout=5, **kwargs)
 
 
-# --- section 1: transport, envelopes, headers ---------------------------------------------------
+# --- transport, envelopes, headers ---------------------------------------------------
 
 
 def test_write_and_read_use_the_success_envelope(vault, app):
@@ -172,7 +172,7 @@ def test_segment_ending_in_dot_is_unsupported_path(vault, root):
         write(root, path="agentidp/agents./c")
 
 
-# --- section 3: versions ---------------------------------------------------------------------
+# --- versions ---------------------------------------------------------------------
 
 
 def test_each_write_adds_a_version_and_any_version_can_be_read(app):
@@ -277,7 +277,7 @@ def test_concurrent_writes_get_distinct_versions(vault, app):
     assert sorted(vault.secret_versions(KEY)) == list(range(1, 9))
 
 
-# --- section 3: check-and-set ----------------------------------------------------------------
+# --- check-and-set ----------------------------------------------------------------
 
 
 def test_cas_equal_to_the_current_version_writes(app):
@@ -328,7 +328,7 @@ def test_cas_required_rejects_writes_without_cas(vault, app):
     assert write(app)["data"]["version"] == 2
 
 
-# --- section 3: soft-deleted and destroyed versions ------------------------------------------
+# --- soft-deleted and destroyed versions ------------------------------------------
 
 
 def test_soft_deleted_version_is_404_with_the_full_envelope_and_no_errors(vault, app):
@@ -409,7 +409,7 @@ def test_list_returns_keys_and_folders_or_404_when_empty(root):
     assert caught.value.json == {"errors": []}
 
 
-# --- section 7: policies -------------------------------------------------------------------------
+# --- policies -------------------------------------------------------------------------
 
 
 def test_app_token_may_not_read_metadata_even_of_a_missing_key(app):
@@ -611,7 +611,7 @@ def test_revoke_self(vault, app):
     _assert_invalid_token(caught.value)
 
 
-# --- section 6: sys/health -----------------------------------------------------------------------
+# --- sys/health -----------------------------------------------------------------------
 
 
 def test_health_head_and_get_need_no_token(vault, make_client):
@@ -660,7 +660,7 @@ def test_health_query_overrides(vault, app):
     assert bad.status_code == 400 and bad.json() == {"errors": []}
 
 
-# --- section 8: faults ---------------------------------------------------------------------------
+# --- faults ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

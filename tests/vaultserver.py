@@ -1,23 +1,26 @@
 """An in-process HTTP server that imitates HashiCorp Vault's KV v2 HTTP API for tests.
 
 The real client library (hvac) talks to it over real HTTP on 127.0.0.1, so the whole wire path
-(requests, urllib3, hvac's adapters and exception mapping) is exercised. What it reproduces is
-written down in /work/shared/vault-kv2-wire.md; the sections referred to below are that file's:
+(requests, urllib3, hvac's adapters and exception mapping) is exercised. It follows Vault's API
+documentation (KV v2, sys/health, token auth) and source (the KV plugin's ``path_data.go`` and
+``path_metadata.go``, ``sdk/logical/response*.go``, ``http/handler.go``), as hvac 2.4 sees them:
 
-- section 1, transport: routes under /v1/, ``X-Vault-Token`` or ``Authorization: Bearer``, responses
-  with ``Content-Type: application/json`` exactly, the success envelope, ``{"errors": [...]}`` error
+- transport: routes under /v1/, ``X-Vault-Token`` or ``Authorization: Bearer``, responses with
+  ``Content-Type: application/json`` exactly, the success envelope, ``{"errors": [...]}`` error
   bodies, 204 without a body;
-- sections 2 and 3, the KV v2 endpoints and their semantics: versions, check-and-set (weakly decoded,
+- the KV v2 endpoints and their semantics: versions, check-and-set (weakly decoded,
   ``cas_required``), soft delete / undelete / destroy, the deleted-version 404 that carries the full
   envelope and no ``errors`` key, ``max_versions`` pruning with ``oldest_version``, idempotent
   metadata delete after which the next write is version 1 again, LIST, create vs update capability,
   writes to a path ending in ``/``, segments ending in ``.``;
-- section 4, statuses and error bodies (invalid token: 403 with "permission denied" and
-  "invalid token"; ACL denial: 403 "permission denied");
-- section 6, ``sys/health`` (GET and HEAD, query overrides) and token ``lookup-self``,
-  ``renew-self`` and ``revoke-self`` with the built-in ``default`` policy;
-- section 7, the app token's policy (``agentidp``), plus ``root``;
-- section 8, fault injection (down, slow, sealed, 5xx, 403, 429, garbled, applied-then-dropped,
+- statuses and error bodies (invalid token: 403 with "permission denied" and "invalid token";
+  ACL denial: 403 "permission denied");
+- ``sys/health`` (GET and HEAD, query overrides) and token ``lookup-self``, ``renew-self`` and
+  ``revoke-self`` with the built-in ``default`` policy;
+- AgentIdP's least-privilege policy (``agentidp``), ``root``, and policies a root token writes
+  through ``sys/policy`` (the ``path "..." { capabilities = [...] }`` form of HCL), with token
+  creation and revocation for test set-up;
+- fault injection (down, slow, sealed, any status, reset, garbled, applied-then-dropped,
   cas_required, lower max_versions) and recording of every request.
 
 Standard library only. Usage::
@@ -644,7 +647,7 @@ class VaultTestServer:
         status: int | None = None,
         delay: float | None = None,
     ) -> None:
-        """Make matching requests misbehave (wire doc section 8).
+        """Make matching requests misbehave.
 
         `path` is a substring of the request path (None: every path, sys/health included), `method`
         an HTTP method ("LIST" also matches GET ?list=true), `times` the number of matching requests
