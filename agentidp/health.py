@@ -42,26 +42,25 @@ def _database_problems() -> list[str]:
     return []
 
 
+def _result(problems: list[str]) -> dict:
+    return {"status": "unavailable", "problems": problems} if problems else {"status": "ok"}
+
+
 @never_cache
 @require_safe
 def readiness(request: HttpRequest) -> JsonResponse:
     strict = request.GET.get("strict", "").lower() in ("1", "true", "yes")
-    checks: dict[str, dict] = {}
-    required_failed = False
-
-    problems = _database_problems()
-    checks["database"] = {"status": "unavailable", "problems": problems} if problems else {"status": "ok"}
-    required_failed = bool(problems)
-
+    database_problems = _database_problems()
+    checks = {"database": _result(database_problems)}
     degraded = False
     for name, backend in get_backends().items():
         problems = backend.check()
         if problems:
             logger.warning("readiness: secret store %s unavailable", name)
             degraded = True
-        checks[name] = {"status": "unavailable", "problems": problems} if problems else {"status": "ok"}
+        checks[name] = _result(problems)
 
-    if required_failed or (strict and degraded):
+    if database_problems or (strict and degraded):
         response = JsonResponse({"status": "unavailable", "checks": checks}, status=503)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response

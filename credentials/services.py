@@ -435,10 +435,7 @@ def credential_rotate(*, acting: Any, credential: Credential, grace_period_secon
         locked.set_stored_secret(new)
         locked.rotated_at = now
         locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at"])
-        released = _released(dropped=[old, *(grace.stored_secret for grace in expired)], still_used=still_used)
-        _purge_after_commit(
-            _purges_record(stored=released, reason="moved", agent_id=locked.agent_id, credential_id=locked.id)
-        )
+        _queue_released(locked, dropped=[old, *(grace.stored_secret for grace in expired)], still_used=still_used)
         if new.kept_outside_database:
             transaction.on_commit(secret_purges_run_due, robust=True)
         audit_record(
@@ -458,10 +455,15 @@ def credential_rotate(*, acting: Any, credential: Credential, grace_period_secon
     return IssuedCredential(credential=locked, client_secret=secret)
 
 
-def _released(*, dropped: Iterable[StoredSecret], still_used: Iterable[StoredSecret]) -> list[StoredSecret]:
-    """Return the dropped secrets whose outside location nothing the database keeps refers to any more."""
+def _queue_released(
+    credential: Credential, *, dropped: Iterable[StoredSecret], still_used: Iterable[StoredSecret]
+) -> None:
+    """Queue for destruction the dropped secrets' outside locations that nothing still used refers to."""
     used = {(item.storage, item.vault_path) for item in still_used if item.kept_outside_database}
-    return [item for item in dropped if item.kept_outside_database and (item.storage, item.vault_path) not in used]
+    released = [item for item in dropped if item.kept_outside_database and (item.storage, item.vault_path) not in used]
+    _purge_after_commit(
+        _purges_record(stored=released, reason="moved", agent_id=credential.agent_id, credential_id=credential.id)
+    )
 
 
 def grace_secrets_expire() -> int:
@@ -483,11 +485,10 @@ def grace_secrets_expire() -> int:
             now = timezone.now()
             expired = list(locked.grace_secrets.filter(valid_until__lte=now))
             live = [grace.stored_secret for grace in locked.grace_secrets.filter(valid_until__gt=now)]
-            released = _released(dropped=[g.stored_secret for g in expired], still_used=[locked.stored_secret, *live])
             locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
             deleted += len(expired)
-            _purge_after_commit(
-                _purges_record(stored=released, reason="moved", agent_id=locked.agent_id, credential_id=locked.id)
+            _queue_released(
+                locked, dropped=[g.stored_secret for g in expired], still_used=[locked.stored_secret, *live]
             )
     return deleted
 

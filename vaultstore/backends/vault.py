@@ -420,15 +420,14 @@ class VaultSecretBackend(BaseSecretBackend):
             raise SecretReadError(f"Vault {_describe(exc)} while reading a client secret.") from None
         return hmac.compare_digest(kept.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
 
+    def _read_dummy(self, client: hvac.Client) -> None:
+        """Read a key no credential has: as costly as a verification, and a 404 when the token may read."""
+        self._call(client.secrets.kv.v2.read_secret_version, path=DUMMY_KEY, version=1, raise_on_deleted_version=True)
+
     def verify_dummy(self, *, secret: str) -> None:
         """Pay one Vault read of a key no credential has, as a known client's verification does."""
         try:
-            self._call(
-                self._client().secrets.kv.v2.read_secret_version,
-                path=DUMMY_KEY,
-                version=1,
-                raise_on_deleted_version=True,
-            )
+            self._read_dummy(self._client())
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException):
             pass
 
@@ -459,9 +458,7 @@ class VaultSecretBackend(BaseSecretBackend):
         if status == 501:
             return ["Vault is not initialised."]
         try:
-            self._call(
-                client.secrets.kv.v2.read_secret_version, path=DUMMY_KEY, version=1, raise_on_deleted_version=True
-            )
+            self._read_dummy(client)
         except hvac.exceptions.InvalidPath:
             pass  # the token may read under agentidp/, and nothing is there: as expected
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:

@@ -43,7 +43,7 @@ class Command(BaseCommand):
             )
 
         cleared = services.grace_secrets_expire()
-        ids = list(queued.values_list("id", flat=True)[:limit] if limit else queued.values_list("id", flat=True))
+        ids = list(queued.values_list("id", flat=True)[:limit])
         purged = failed = 0
         for index, purge_id in enumerate(ids, start=1):
             if services.secret_purge_attempt(purge_id=purge_id):
