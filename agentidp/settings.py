@@ -156,6 +156,11 @@ if VAULT_ADDR:
             "read_timeout": env.float("VAULT_READ_TIMEOUT", default=3.0),
         },
     }
+# Upgrade on use: a credential whose secret is kept by another store than the default (bcrypt,
+# once Vault is on) moves there the first time it authenticates, as Django's hashers upgrade
+# a password hash at login. After a failed move, moves pause for this many seconds.
+AGENTIDP_UPGRADE_ON_USE = env.bool("AGENTIDP_UPGRADE_ON_USE", default=True)
+AGENTIDP_UPGRADE_RETRY_SECONDS = env.int("AGENTIDP_UPGRADE_RETRY_SECONDS", default=60)
 
 # --- REST framework and OpenAPI -------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,18 +1,70 @@
 """
-The operators' console: agents, credentials and the audit trail, read-only.
+The operators' console: agents, credentials and the audit trail.
 
-Nothing here shows a secret or a hash, and nothing changes or deletes a row directly:
-every change goes through credentials.services, so none can skip a secret store or the
-audit trail.
+Every change goes through credentials.services, exactly as the API's do, with the staff
+user as the actor in the audit trail: suspending and reactivating agents, issuing,
+rotating and deleting credentials. Django's own add, change and delete views and its bulk
+delete action are replaced, so none of them can skip a secret store or the audit trail.
+
+No page shows a hash or what a Vault path holds. A new secret appears once, on the page
+that answers the rotation or issue that made it (never cached, never in a message or
+the admin's log), and nowhere afterwards.
 """
 
-from django.contrib import admin
-from django.db.models import Count
+from __future__ import annotations
 
+import uuid
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, QuerySet
+from django.db.models.functions import Lower
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from agentidp.errors import ApiError
+from vaultstore.exceptions import SecretStoreError
+
+from . import services
 from .models import Agent, AuditEvent, Credential
 
+#: Where the console's templates for credentials live.
+TEMPLATES = "admin/credentials/credential/"
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+
+def _audit_url(**filters: Any) -> str:
+    return reverse("admin:credentials_auditevent_changelist") + "?" + urlencode(filters)
+
+
+def _failure(exc: Exception) -> str:
+    """Say why a change failed, in the words the API would use (no secret is ever in them)."""
+    if isinstance(exc, ApiError):
+        return exc.message
+    if isinstance(exc, SecretStoreError):
+        return f"{exc} Nothing was changed for this credential; try again when Vault answers."
+    raise exc
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+
+class CredentialInline(admin.TabularInline):
+    model = Credential
+    fields = ("client_id", "storage", "status", "created_at", "rotated_at", "expires_at", "last_used_at")
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
@@ -24,14 +76,29 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Agent)
-class AgentAdmin(ReadOnlyAdmin):
+class AgentAdmin(admin.ModelAdmin):
     list_display = ("name", "status", "owner", "scope_list", "credential_count", "created_at")
     list_filter = ("status",)
     search_fields = ("name", "owner", "description")
     fields = ("id", "name", "description", "owner", "status", "scopes", "created_at", "updated_at")
+    readonly_fields = fields
+    inlines = [CredentialInline]
+    actions = ["suspend_selected", "reactivate_selected"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(credential_count=Count("credentials"))
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_suspend_permission(self, request) -> bool:
+        return request.user.has_perm("credentials.suspend_agent")
 
     @admin.display(description="scopes")
     def scope_list(self, agent: Agent) -> str:
@@ -41,21 +108,391 @@ class AgentAdmin(ReadOnlyAdmin):
     def credential_count(self, agent: Agent) -> int:
         return agent.credential_count
 
+    @admin.action(description="Suspend selected agents", permissions=["suspend"])
+    def suspend_selected(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        self._set_status(request, queryset, Agent.Status.SUSPENDED, "Suspended")
+
+    @admin.action(description="Reactivate selected agents", permissions=["suspend"])
+    def reactivate_selected(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        self._set_status(request, queryset, Agent.Status.ACTIVE, "Reactivated")
+
+    def _set_status(self, request: HttpRequest, queryset: QuerySet[Agent], status: str, verb: str) -> None:
+        changed = unchanged = 0
+        for agent in queryset.order_by("pk"):
+            if agent.status == status:
+                unchanged += 1
+                continue
+            try:
+                services.agent_update(acting=request.user, agent=agent, status=status)
+            except ApiError as exc:
+                self.message_user(request, f"{agent.name}: {exc.message}", messages.ERROR)
+            else:
+                changed += 1
+        note = f" ({unchanged} already {status})" if unchanged else ""
+        self.message_user(request, f"{verb} {changed} agents{note}.", messages.SUCCESS)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "audit_url": _audit_url(agent_id=unquote(object_id)),
+            "issue_url": reverse("admin:credentials_credential_add") + "?" + urlencode({"agent": unquote(object_id)}),
+            "can_issue": request.user.has_perm("credentials.add_credential"),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+
+class CredentialStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("expired", "Expired")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.exclude(expires_at__lte=now)
+        if self.value() == "expired":
+            return queryset.filter(expires_at__lte=now)
+        return queryset
+
+
+class RotateForm(forms.Form):
+    grace_period_seconds = forms.IntegerField(
+        label="Grace period (seconds)",
+        min_value=0,
+        max_value=services.MAX_GRACE_PERIOD_SECONDS,
+        initial=0,
+        help_text=(
+            "How long each old secret keeps working after the rotation, up to "
+            f"{services.MAX_GRACE_PERIOD_SECONDS} (one day). 0 stops it at once."
+        ),
+    )
+
+
+class IssueForm(forms.Form):
+    agent = forms.ModelChoiceField(queryset=Agent.objects.order_by(Lower("name")))
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
+    expires_at = forms.DateTimeField(
+        label="Expires at",
+        required=False,
+        help_text="Optional, in UTC: YYYY-MM-DD HH:MM. Empty: the credential never expires.",
+    )
+
 
 @admin.register(Credential)
-class CredentialAdmin(ReadOnlyAdmin):
-    list_display = ("client_id", "agent", "storage", "status", "created_at", "rotated_at", "expires_at")
-    list_filter = ("storage",)
+class CredentialAdmin(admin.ModelAdmin):
+    list_display = (
+        "client_id",
+        "agent",
+        "storage",
+        "status",
+        "created_at",
+        "rotated_at",
+        "expires_at",
+        "last_used_at",
+    )
+    list_filter = ("storage", CredentialStatusFilter)
     list_select_related = ("agent",)
     search_fields = ("client_id", "agent__name")
-    # Never secret_hash: the console shows where a secret is kept, not what it is.
-    fields = ("id", "client_id", "agent", "description", "storage", "status", "created_at", "rotated_at", "expires_at")
+    # Never secret_hash. The Vault path says where the secret is, not what it is.
+    fields = (
+        "id",
+        "client_id",
+        "agent",
+        "description",
+        "storage",
+        "vault_path",
+        "vault_version",
+        "status",
+        "created_at",
+        "rotated_at",
+        "expires_at",
+        "last_used_at",
+    )
     readonly_fields = fields
+    # Replaces Django's delete_selected, which would delete rows around the services.
+    actions = ["rotate_selected", "delete_selected"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("credentials.add_credential")
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("credentials.delete_credential")
+
+    def has_rotate_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("credentials.rotate_credential")
+
+    def get_urls(self):
+        rotate = path(
+            "<path:object_id>/rotate/",
+            self.admin_site.admin_view(self.rotate_view),
+            name="credentials_credential_rotate",
+        )
+        return [rotate, *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "audit_url": _audit_url(credential_id=unquote(object_id)),
+            "can_rotate": self.has_rotate_permission(request),
+            "can_delete": self.has_delete_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    # Rotation: the action, and the button on a credential's page.
+
+    @admin.action(description="Rotate selected credentials", permissions=["rotate"])
+    def rotate_selected(self, request: HttpRequest, queryset: QuerySet[Credential]) -> HttpResponse:
+        return self._rotate(request, queryset, action="rotate_selected")
+
+    def rotate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        credential = self.get_object(request, unquote(object_id))
+        if credential is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_rotate_permission(request, credential):
+            raise PermissionDenied
+        return self._rotate(request, Credential.objects.filter(pk=credential.pk), action=None)
+
+    def _rotate(self, request: HttpRequest, queryset: QuerySet[Credential], *, action: str | None) -> HttpResponse:
+        credentials = list(queryset.select_related("agent").order_by("agent__name", "client_id"))
+        confirmed = request.method == "POST" and request.POST.get("post") == "yes"
+        form = RotateForm(request.POST if confirmed else None)
+        if not confirmed or not form.is_valid():
+            return self._confirmation(request, credentials, action=action, kind="rotate", form=form)
+        grace = form.cleaned_data["grace_period_seconds"]
+        results = []
+        for credential in credentials:
+            try:
+                issued = services.credential_rotate(
+                    acting=request.user, credential=credential, grace_period_seconds=grace
+                )
+            except (ApiError, SecretStoreError) as exc:
+                results.append({"credential": credential, "error": _failure(exc)})
+            else:
+                results.append({"credential": issued.credential, "client_secret": issued.client_secret})
+        return self._issued(request, results, title="Rotated credentials", grace_period_seconds=grace)
+
+    # Deletion: the action (replacing Django's bulk delete), and the view behind the Delete button.
+
+    @admin.action(description="Delete selected credentials", permissions=["delete"])
+    def delete_selected(self, request: HttpRequest, queryset: QuerySet[Credential]) -> HttpResponse | None:
+        return self._delete(request, queryset, action="delete_selected")
+
+    def delete_view(self, request, object_id, extra_context=None):
+        credential = self.get_object(request, unquote(object_id))
+        if credential is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_delete_permission(request, credential):
+            raise PermissionDenied
+        return self._delete(request, Credential.objects.filter(pk=credential.pk), action=None)
+
+    def _delete(self, request: HttpRequest, queryset: QuerySet[Credential], *, action: str | None) -> HttpResponse:
+        credentials = list(queryset.select_related("agent").order_by("agent__name", "client_id"))
+        if not (request.method == "POST" and request.POST.get("post") == "yes"):
+            return self._confirmation(request, credentials, action=action, kind="delete", form=None)
+        deleted = 0
+        for credential in credentials:
+            try:
+                services.credential_delete(acting=request.user, credential=credential)
+            except (ApiError, SecretStoreError) as exc:
+                self.message_user(request, f"{credential.client_id}: {_failure(exc)}", messages.ERROR)
+            else:
+                deleted += 1
+        if deleted:
+            self.message_user(request, f"Deleted {deleted} credentials.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:credentials_credential_changelist"))
+
+    def delete_model(self, request, obj):
+        services.credential_delete(acting=request.user, credential=obj)
+
+    def delete_queryset(self, request, queryset):
+        for credential in queryset:
+            services.credential_delete(acting=request.user, credential=credential)
+
+    # Issuing: the add page makes a credential through the service and shows its secret once.
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = IssueForm(request.POST if request.method == "POST" else None, initial={"agent": request.GET.get("agent")})
+        error = ""
+        if form.is_bound and form.is_valid():
+            try:
+                issued = services.credential_create(
+                    acting=request.user,
+                    agent=form.cleaned_data["agent"],
+                    description=form.cleaned_data["description"],
+                    expires_at=form.cleaned_data["expires_at"],
+                )
+            except (ApiError, SecretStoreError) as exc:
+                error = _failure(exc)
+            else:
+                results = [{"credential": issued.credential, "client_secret": issued.client_secret}]
+                return self._issued(request, results, title="New credential", grace_period_seconds=None)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Issue a credential",
+            "form": form,
+            "error": error,
+        }
+        return TemplateResponse(request, TEMPLATES + "issue_form.html", context)
+
+    # Shared pages.
+
+    def _confirmation(
+        self, request: HttpRequest, credentials: list[Credential], *, action: str | None, kind: str, form
+    ) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{kind.capitalize()} {len(credentials)} credential{'s' if len(credentials) != 1 else ''}?",
+            "kind": kind,
+            "credentials": credentials,
+            "action": action,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "form": form,
+        }
+        return TemplateResponse(request, TEMPLATES + "confirm.html", context)
+
+    def _issued(
+        self, request: HttpRequest, results: list[dict[str, Any]], *, title: str, grace_period_seconds: int | None
+    ) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": title,
+            "results": results,
+            "succeeded": sum(1 for result in results if "client_secret" in result),
+            "failed": sum(1 for result in results if "error" in result),
+            "grace_period_seconds": grace_period_seconds,
+        }
+        response = TemplateResponse(request, TEMPLATES + "issued.html", context)
+        # The page holds secrets: no cache, proxy or back button may keep it.
+        add_never_cache_headers(response)
+        response["Pragma"] = "no-cache"
+        return response
+
+
+# --- the audit trail --------------------------------------------------------------------------
+
+
+class _IdFilter(admin.SimpleListFilter):
+    """A filter on a plain UUID column of the trail, also for ids whose rows are gone."""
+
+    field = ""
+
+    def choices_for(self, request) -> list[tuple[str, str]]:
+        return []
+
+    def lookups(self, request, model_admin):
+        choices = self.choices_for(request)
+        current = request.GET.get(self.parameter_name)
+        if current and current not in {value for value, _ in choices}:
+            choices.append((current, current))
+        return choices
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        try:
+            return queryset.filter(**{self.field: uuid.UUID(value)})
+        except ValueError:
+            raise IncorrectLookupParameters(f"{self.parameter_name} must be a UUID.") from None
+
+
+class AuditAgentFilter(_IdFilter):
+    title = "agent"
+    parameter_name = field = "agent_id"
+
+    def choices_for(self, request):
+        return [(str(pk), name) for pk, name in Agent.objects.order_by(Lower("name")).values_list("pk", "name")[:100]]
+
+
+class AuditCredentialFilter(_IdFilter):
+    """Offers the credentials of the agent filtered on; any credential id works from a link."""
+
+    title = "credential"
+    parameter_name = field = "credential_id"
+
+    def choices_for(self, request):
+        try:
+            agent_id = uuid.UUID(request.GET.get("agent_id", ""))
+        except ValueError:
+            return []
+        return [(str(pk), client_id) for pk, client_id in Credential.objects.filter(agent_id=agent_id).values_list("pk", "client_id")]
+
+
+class AuditActorFilter(admin.SimpleListFilter):
+    title = "actor"
+    parameter_name = "actor"
+
+    def lookups(self, request, model_admin):
+        actors = (
+            AuditEvent.objects.values_list("actor_type", "actor_id", "actor_label")
+            .order_by("actor_type", "actor_label", "actor_id")
+            .distinct()[:100]
+        )
+        return [(f"{kind}:{actor_id}", f"{label or kind} ({kind})") for kind, actor_id, label in actors]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        kind, _, actor_id = value.partition(":")
+        return queryset.filter(actor_type=kind, actor_id=actor_id)
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ("occurred_at", "action", "actor_type", "actor_label", "agent_id", "credential_id")
-    list_filter = ("action", "actor_type")
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("occurred_at", "action", "actor", "agent", "credential")
+    list_filter = ("action", "actor_type", AuditActorFilter, AuditAgentFilter, AuditCredentialFilter)
     search_fields = ("actor_label", "=agent_id", "=credential_id")
     date_hierarchy = "occurred_at"
+    fields = (
+        "id",
+        "occurred_at",
+        "action",
+        "actor_type",
+        "actor_id",
+        "actor_label",
+        "agent_id",
+        "credential_id",
+        "details",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="actor", ordering="actor_label")
+    def actor(self, event: AuditEvent) -> str:
+        return f"{event.actor_label or event.actor_type} ({event.actor_type})"
+
+    @admin.display(description="agent")
+    def agent(self, event: AuditEvent) -> str:
+        if event.agent_id is None:
+            return "-"
+        return format_html('<a href="?{}">{}</a>', urlencode({"agent_id": event.agent_id}), event.agent_id)
+
+    @admin.display(description="credential")
+    def credential(self, event: AuditEvent) -> str:
+        if event.credential_id is None:
+            return "-"
+        return format_html(
+            '<a href="?{}">{}</a>', urlencode({"credential_id": event.credential_id}), event.credential_id
+        )

@@ -7,6 +7,7 @@ callers share through credentials.selectors.
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
 from django.core.exceptions import ValidationError
@@ -37,6 +38,7 @@ class Agent(models.Model):
             # Names are unique regardless of case: "CI-bot" and "ci-bot" are one agent to a person.
             models.UniqueConstraint(Lower("name"), name="credentials_agent_name_ci_unique"),
         ]
+        permissions = [("suspend_agent", "Can suspend and reactivate agents")]
 
     def __str__(self) -> str:
         return self.name
@@ -97,10 +99,17 @@ class Credential(SecretLocation):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # The last successful client authentication, to within LAST_USED_RESOLUTION.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    #: last_used_at is written at most this often per credential, so the token endpoint rarely writes.
+    LAST_USED_RESOLUTION = datetime.timedelta(minutes=1)
 
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [_vault_location_complete("credentials_credential")]
+        # delete_credential is Django's default; rotation gets its own, since it hands out a new secret.
+        permissions = [("rotate_credential", "Can rotate credentials (and see the new secret once)")]
 
     def __str__(self) -> str:
         return self.client_id
@@ -184,6 +193,7 @@ class AuditEvent(models.Model):
         CREDENTIAL_CREATED = "credential.created"
         CREDENTIAL_ROTATED = "credential.rotated"
         CREDENTIAL_DELETED = "credential.deleted"
+        CREDENTIAL_MOVED = "credential.moved"
         TOKEN_REVOKED = "token.revoked"
 
     class ActorType(models.TextChoices):

@@ -13,11 +13,13 @@ import dataclasses
 import datetime
 import logging
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agentidp.errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
@@ -288,41 +290,47 @@ def _purge_after_commit(purge_ids: list[int]) -> None:
         transaction.on_commit(lambda: secret_purges_run(purge_ids=purge_ids), robust=True)
 
 
-def _discard_after_failed_create(*, credential: Credential, stored: StoredSecret, unconfirmed: bool) -> None:
+def _discard_unrecorded_write(
+    *, credential: Credential, stored: StoredSecret, unconfirmed: bool, reason: str = "create_failed"
+) -> None:
     """
-    Destroy what a store may have kept for a credential that was never created.
+    Destroy what a store may have kept from a write that the database never recorded.
 
-    The credential's id is new, so everything at its location is an orphan. The
-    destruction is tried at once. When the write was `unconfirmed` (a timeout, a
-    connection lost after sending), the store may still apply it after that first
-    attempt, so a purge job is queued as well, due once the write can no longer be in
-    flight; otherwise a job is queued only if the store does not confirm. If the
-    database cannot take the job either, the path is logged at ERROR for an operator.
+    A purge job is queued for the location and attempted at once; the job destroys it
+    only if nothing the database trusts refers to it (a new credential's location never
+    is; a credential moving into Vault may still have a grace entry there). When the
+    write was `unconfirmed` (a timeout, a connection lost after sending), the store may
+    apply it after that first attempt, so the job is queued again, due once the write can
+    no longer be in flight. If the database cannot take the job, the path is logged at
+    ERROR for an operator.
     """
     if not stored.kept_outside_database:
         return
-    failure = ""
-    try:
-        get_backend(stored.storage).delete(stored=[stored])
-    except SecretStoreError as exc:
-        failure = type(exc).__name__
-    if not failure and not unconfirmed:
-        return
+    location = get_backend(stored.storage).location(owner=credential)
     try:
         with transaction.atomic():
-            for purge_id in _purges_record(
-                stored=[stored], reason="create_failed", agent_id=credential.agent_id, credential_id=credential.id
-            ):
-                SecretPurge.objects.filter(pk=purge_id).update(
-                    next_attempt_at=timezone.now() + datetime.timedelta(seconds=PURGE_FIRST_DELAY_SECONDS),
-                    last_error=failure,
-                )
+            purge_ids = _purges_record(
+                stored=[location], reason=reason, agent_id=credential.agent_id, credential_id=credential.id
+            )
+        report = secret_purges_run(purge_ids=purge_ids)
+        if unconfirmed or report.failed:
+            with transaction.atomic():
+                for purge_id in _purges_record(
+                    stored=[location],
+                    reason=reason,
+                    agent_id=credential.agent_id,
+                    credential_id=credential.id,
+                ):
+                    SecretPurge.objects.filter(pk=purge_id).update(
+                        next_attempt_at=timezone.now() + datetime.timedelta(seconds=PURGE_FIRST_DELAY_SECONDS)
+                    )
     except Exception:
         logger.exception(
-            "could not queue the purge of an orphaned secret; destroy it by hand path=%s", stored.vault_path
+            "could not queue the purge of an unrecorded secret; destroy it by hand path=%s", location.vault_path
         )
         return
-    logger.warning("orphaned secret queued for purge path=%s error=%s", stored.vault_path, failure or "unconfirmed")
+    if unconfirmed or report.failed:
+        logger.warning("unrecorded secret queued for purge path=%s", location.vault_path)
 
 
 def credential_create(
@@ -352,9 +360,7 @@ def credential_create(
         stored = backend.store(owner=credential, secret=secret)
     except SecretWriteError as exc:
         if exc.maybe_written:
-            _discard_after_failed_create(
-                credential=credential, stored=backend.location(owner=credential), unconfirmed=True
-            )
+            _discard_unrecorded_write(credential=credential, stored=backend.location(owner=credential), unconfirmed=True)
         raise
     try:
         with transaction.atomic():
@@ -374,13 +380,25 @@ def credential_create(
                 transaction.on_commit(secret_purges_run_due, robust=True)
     except BaseException:
         # Vault confirmed this write, so nothing of it can land later: one destruction suffices.
-        _discard_after_failed_create(credential=credential, stored=stored, unconfirmed=False)
+        _discard_unrecorded_write(credential=credential, stored=stored, unconfirmed=False)
         raise
     logger.info("credential created credential_id=%s agent_id=%s storage=%s", credential.id, agent.id, stored.storage)
     return IssuedCredential(credential=credential, client_secret=secret)
 
 
-def credential_rotate(*, acting: Any, credential: Credential, grace_period_seconds: int = 0) -> IssuedCredential:
+class StorageChanged(Conflict):
+    """The credential's secret is no longer in the store the caller expected (it moved meanwhile)."""
+
+
+def credential_rotate(
+    *,
+    acting: Any,
+    credential: Credential,
+    grace_period_seconds: int = 0,
+    from_storage: str | None = None,
+    client_secret: str | None = None,
+    before_commit: Callable[[IssuedCredential], None] | None = None,
+) -> IssuedCredential:
     """
     Give the credential a new secret in the default store; keep clientId and credentialId.
 
@@ -391,15 +409,25 @@ def credential_rotate(*, acting: Any, credential: Credential, grace_period_secon
     the end of the grace period if one was asked for), a Vault entry left behind is
     queued for destruction.
 
+    For migrate_to_vault: `from_storage` rotates only a credential whose secret is still
+    in that store (else StorageChanged, and nothing changes); `client_secret` keeps a
+    secret that was already handed out by an interrupted run instead of a new one; and
+    `before_commit(issued)` runs once the new secret is stored, before the commit, so the
+    command records the secret before the old one can stop working.
+
     Failure order (the old secret keeps working; the row never names an unwritten version):
     1. The row is locked, so rotations of one credential run one at a time.
     2. The new secret is stored (Vault: check-and-set on the version the row trusts). If
        the store fails, the transaction rolls back, nothing changed, and SecretWriteError
        reaches the caller (503 VAULT_WRITE_ERROR).
     3. The row (path, version the store confirmed, or hash), the grace entry and the audit
-       event are written in one transaction. If the database fails, the row still trusts
-       the old version or hash, which still works; a Vault version written in step 2 is
-       never trusted, and the next rotation writes after it.
+       event are written, and `before_commit` runs, in one transaction. If the database
+       or `before_commit` fails, the row still trusts the old version or hash, which still
+       works; a Vault version written in step 2 is never trusted, and the next rotation
+       writes after it.
+    A secret moving into Vault whose write is never recorded (step 2 unconfirmed, or step
+    3 failed) leaves an entry no row trusts: it is queued for destruction, and the purge
+    spares it if a grace entry of the credential still trusts that location.
     Raises CredentialNotFound if the credential was deleted meanwhile, and Conflict when
     more previous secrets would be valid at once than MAX_GRACE_SECRETS.
     """
@@ -409,50 +437,74 @@ def credential_rotate(*, acting: Any, credential: Credential, grace_period_secon
             details={"gracePeriodSeconds": [f"Must be from 0 to {MAX_GRACE_PERIOD_SECONDS}."]},
         )
     backend = get_default_backend()
-    secret = generate_client_secret()
-    with transaction.atomic():
-        try:
-            locked = Credential.objects.select_for_update().get(pk=credential.pk)
-        except Credential.DoesNotExist:
-            raise CredentialNotFound() from None
-        now = timezone.now()
-        live_grace = list(locked.grace_secrets.filter(valid_until__gt=now))
-        if grace_period_seconds and len(live_grace) >= MAX_GRACE_SECRETS:
-            raise Conflict(
-                f"{MAX_GRACE_SECRETS} previous secrets of this credential are still in their grace period; "
-                "wait for one to end, or rotate without a grace period."
+    secret = client_secret or generate_client_secret()
+    unrecorded: StoredSecret | None = None  # a write into a new location, until the commit records it
+    unconfirmed = False
+    try:
+        with transaction.atomic():
+            try:
+                locked = Credential.objects.select_related("agent").select_for_update(of=("self",)).get(pk=credential.pk)
+            except Credential.DoesNotExist:
+                raise CredentialNotFound() from None
+            if from_storage is not None and locked.storage != from_storage:
+                raise StorageChanged(f"The credential's secret is no longer kept by {from_storage!r}.")
+            now = timezone.now()
+            live_grace = list(locked.grace_secrets.filter(valid_until__gt=now))
+            if grace_period_seconds and len(live_grace) >= MAX_GRACE_SECRETS:
+                raise Conflict(
+                    f"{MAX_GRACE_SECRETS} previous secrets of this credential are still in their grace period; "
+                    "wait for one to end, or rotate without a grace period."
+                )
+            old = locked.stored_secret
+            moving_in = backend.location(owner=locked)
+            if not moving_in.kept_outside_database or (old.storage, old.vault_path) == (
+                moving_in.storage,
+                moving_in.vault_path,
+            ):
+                moving_in = None
+            try:
+                new = backend.store(owner=locked, secret=secret, replacing=old)
+            except SecretWriteError as exc:
+                unrecorded, unconfirmed = (moving_in, True) if exc.maybe_written else (None, False)
+                raise
+            unrecorded = new if moving_in is not None else None
+            still_used = [new, *(grace.stored_secret for grace in live_grace)]
+            if grace_period_seconds:
+                grace = GraceSecret(
+                    credential=locked, valid_until=now + datetime.timedelta(seconds=grace_period_seconds)
+                )
+                grace.set_stored_secret(old)
+                grace.save(force_insert=True)
+                still_used.append(old)
+            expired = list(locked.grace_secrets.filter(valid_until__lte=now))
+            locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
+            locked.set_stored_secret(new)
+            locked.rotated_at = now
+            locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at"])
+            _queue_released(locked, dropped=[old, *(grace.stored_secret for grace in expired)], still_used=still_used)
+            if new.kept_outside_database:
+                transaction.on_commit(secret_purges_run_due, robust=True)
+            audit_record(
+                acting=acting,
+                action=AuditEvent.Action.CREDENTIAL_ROTATED,
+                agent_id=locked.agent_id,
+                credential_id=locked.id,
+                details={"gracePeriodSeconds": grace_period_seconds, "from": old.storage, "to": new.storage},
             )
-        old = locked.stored_secret
-        new = backend.store(owner=locked, secret=secret, replacing=old)
-        still_used = [new, *(grace.stored_secret for grace in live_grace)]
-        if grace_period_seconds:
-            grace = GraceSecret(credential=locked, valid_until=now + datetime.timedelta(seconds=grace_period_seconds))
-            grace.set_stored_secret(old)
-            grace.save(force_insert=True)
-            still_used.append(old)
-        expired = list(locked.grace_secrets.filter(valid_until__lte=now))
-        locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
-        locked.set_stored_secret(new)
-        locked.rotated_at = now
-        locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at"])
-        _queue_released(locked, dropped=[old, *(grace.stored_secret for grace in expired)], still_used=still_used)
-        if new.kept_outside_database:
-            transaction.on_commit(secret_purges_run_due, robust=True)
-        audit_record(
-            acting=acting,
-            action=AuditEvent.Action.CREDENTIAL_ROTATED,
-            agent_id=locked.agent_id,
-            credential_id=locked.id,
-            details={"gracePeriodSeconds": grace_period_seconds, "from": old.storage, "to": new.storage},
-        )
+            issued = IssuedCredential(credential=locked, client_secret=secret)
+            if before_commit is not None:
+                before_commit(issued)
+    except BaseException:
+        if unrecorded is not None:
+            _discard_unrecorded_write(credential=credential, stored=unrecorded, unconfirmed=unconfirmed, reason="rotate_failed")
+        raise
     logger.info(
         "credential rotated credential_id=%s storage=%s grace_period_seconds=%s",
         locked.id,
         new.storage,
         grace_period_seconds,
     )
-    locked.agent = credential.agent
-    return IssuedCredential(credential=locked, client_secret=secret)
+    return issued
 
 
 def _queue_released(
@@ -500,7 +552,9 @@ def credential_delete(*, acting: Any, credential: Credential) -> None:
     Failure order (takes effect at once, leaves nothing in Vault):
     1. In one transaction: the row (with its grace entries) and the audit event are
        deleted and written, and the destruction of its Vault entry (every version and the
-       metadata) is queued as a SecretPurge row. If the database fails, nothing changed.
+       metadata; with Vault on, also of the credential's Vault location when the row is
+       on bcrypt, in case an interrupted move left an entry there) is queued as a
+       SecretPurge row. If the database fails, nothing changed.
     2. After the commit the purge is attempted. If Vault does not confirm, the job stays
        queued and is retried with a growing delay after later Vault writes and by
        `manage.py purge_secrets`; the credential is gone either way.
@@ -512,6 +566,9 @@ def credential_delete(*, acting: Any, credential: Credential) -> None:
         except Credential.DoesNotExist:
             raise CredentialNotFound() from None
         stored = [locked.stored_secret, *(grace.stored_secret for grace in locked.grace_secrets.all())]
+        # Also where the default store would keep it: a move into Vault interrupted before its
+        # commit (a killed migration) can leave an entry there that the row never recorded.
+        stored.append(get_default_backend().location(owner=locked))
         credential_id = locked.id
         locked.delete()
         audit_record(
@@ -546,18 +603,22 @@ def credential_authenticate(*, client_id: str, client_secret: str) -> Credential
     if credential is None:
         get_default_backend().verify_dummy(secret=client_secret)
         raise InvalidClient("unknown_client")
-    if not _secret_matches(credential, client_secret):
+    matched = _secret_matching(credential, client_secret)
+    if matched is None:
         raise InvalidClient("wrong_secret")
     if credential.is_expired():
         raise InvalidClient("credential_expired")
     if not credential.agent.is_active:
         raise InvalidClient("agent_suspended")
+    _note_use(credential)
+    if matched == credential.stored_secret:
+        _upgrade_on_use(credential, client_secret)
     return credential
 
 
-def _secret_matches(credential: Credential, secret: str) -> bool:
+def _secret_matching(credential: Credential, secret: str) -> StoredSecret | None:
     """
-    Return whether `secret` is the credential's current secret or a previous one in its grace period.
+    Return which of the credential's secrets `secret` is: the current one or a previous one in its grace period.
 
     A store that cannot answer does not stop the others from being asked (a bcrypt secret
     in its grace period still works while Vault is down); its error is raised only when
@@ -567,12 +628,107 @@ def _secret_matches(credential: Credential, secret: str) -> bool:
     for stored in _candidate_secrets(credential):
         try:
             if get_backend_for(stored).verify(stored=stored, secret=secret):
-                return True
+                return stored
         except SecretStoreError as exc:
             unavailable = unavailable or exc
     if unavailable is not None:
         raise unavailable
-    return False
+    return None
+
+
+def _note_use(credential: Credential) -> None:
+    """Record the authentication in last_used_at, at most once per LAST_USED_RESOLUTION per credential."""
+    now = timezone.now()
+    since = now - Credential.LAST_USED_RESOLUTION
+    if credential.last_used_at is not None and credential.last_used_at > since:
+        return
+    # Conditional, so that processes racing here write once between them.
+    Credential.objects.filter(pk=credential.pk).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lte=since)
+    ).update(last_used_at=now)
+    credential.last_used_at = now
+
+
+#: Set (in the Django cache) while moves on use are paused after one failed.
+UPGRADE_PAUSED_CACHE_KEY = "agentidp:upgrade-on-use:paused"
+
+
+def _upgrade_on_use(credential: Credential, secret: str) -> None:
+    """
+    Move a just-verified current secret to the default store, if it is kept elsewhere.
+
+    Never fails the authentication: a failure is logged and pauses moves for
+    AGENTIDP_UPGRADE_RETRY_SECONDS, so that an unavailable store does not slow every
+    request while it is down.
+    """
+    if not settings.AGENTIDP_UPGRADE_ON_USE or credential.storage == get_default_backend().name:
+        return
+    if cache.get(UPGRADE_PAUSED_CACHE_KEY):
+        return
+    try:
+        credential_move_to_default(acting=None, credential=credential, secret=secret)
+    except Exception as exc:
+        cache.set(UPGRADE_PAUSED_CACHE_KEY, True, settings.AGENTIDP_UPGRADE_RETRY_SECONDS)
+        logger.warning(
+            "moving a secret on use failed; moves pause for %ss credential_id=%s error=%s",
+            settings.AGENTIDP_UPGRADE_RETRY_SECONDS,
+            credential.id,
+            type(exc).__name__,
+        )
+
+
+def credential_move_to_default(*, acting: Any, credential: Credential, secret: str) -> bool:
+    """
+    Keep the credential's current secret, `secret` (just verified), in the default store instead.
+
+    The secret itself does not change, so nothing changes for the agent: this is the
+    upgrade on use that moves bcrypt credentials into Vault one authentication at a
+    time. Previous secrets in their grace period stay where they are. Returns False when
+    there was nothing to do (already moved, rotated meanwhile, or another request is
+    moving it now).
+
+    Failure order (the secret keeps working throughout):
+    1. The row is locked (skipped if another transaction holds it) and must still trust
+       the secret that was verified.
+    2. The secret is stored in the default store. If that fails, nothing changed; a write
+       Vault may still apply is queued for destruction.
+    3. The row, the release of the old location and the audit event are written in one
+       transaction. If the database fails, the row still trusts the old location, and
+       the new entry is queued for destruction.
+    """
+    backend = get_default_backend()
+    written: StoredSecret | None = None
+    unconfirmed = False
+    try:
+        with transaction.atomic():
+            locked = Credential.objects.select_for_update(skip_locked=True).filter(pk=credential.pk).first()
+            if locked is None or locked.stored_secret != credential.stored_secret or locked.storage == backend.name:
+                return False
+            old = locked.stored_secret
+            try:
+                new = backend.store(owner=locked, secret=secret, replacing=old)
+            except SecretWriteError as exc:
+                written, unconfirmed = (backend.location(owner=locked), True) if exc.maybe_written else (None, False)
+                raise
+            written = new
+            locked.set_stored_secret(new)
+            locked.save(update_fields=list(Credential.LOCATION_FIELDS))
+            live = [grace.stored_secret for grace in selectors.grace_secrets_live(credential=locked)]
+            _queue_released(locked, dropped=[old], still_used=[new, *live])
+            audit_record(
+                acting=acting,
+                action=AuditEvent.Action.CREDENTIAL_MOVED,
+                agent_id=locked.agent_id,
+                credential_id=locked.id,
+                details={"from": old.storage, "to": new.storage, "trigger": "authentication"},
+            )
+    except BaseException:
+        if written is not None and written.kept_outside_database:
+            _discard_unrecorded_write(credential=credential, stored=written, unconfirmed=unconfirmed, reason="move_failed")
+        raise
+    credential.set_stored_secret(new)
+    logger.info("credential moved on use credential_id=%s from=%s to=%s", credential.id, old.storage, new.storage)
+    return True
 
 
 def _candidate_secrets(credential: Credential) -> Iterator[StoredSecret]:

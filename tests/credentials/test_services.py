@@ -744,6 +744,9 @@ def test_authenticate_with_the_current_secret_costs_one_query_even_with_grace_se
     issued, django_assert_num_queries
 ):
     rotated = credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=600)
+    # The first use writes last_used_at; later ones within the minute write nothing.
+    with django_assert_num_queries(2):
+        credential_authenticate(client_id=issued.credential.client_id, client_secret=rotated.client_secret)
 
     # The credential and its agent in one query; the grace entries only when the current secret fails.
     with django_assert_num_queries(1):

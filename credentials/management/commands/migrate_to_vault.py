@@ -1,0 +1,338 @@
+"""
+Move credentials from bcrypt to Vault.
+
+bcrypt hashes cannot be turned back into secrets, so a credential moves either when it
+next authenticates (upgrade on use, AGENTIDP_UPGRADE_ON_USE) or when this command rotates
+it: the new secret goes to Vault and to the --output file, which the operator hands to
+the agents. The file is written before each rotation commits, so every secret that
+works is on record, and a rerun after an interruption (kill -9 included) finishes the
+job with the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import uuid
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from agentidp.errors import AgentNotFound, ApiError, CredentialNotFound
+from credentials import selectors, services
+from credentials.audit import Actor
+from credentials.models import AuditEvent, Credential
+from vaultstore.backends import get_default_backend
+from vaultstore.exceptions import SecretStoreError
+
+ACTOR = Actor(type=AuditEvent.ActorType.SYSTEM, label="manage.py migrate_to_vault")
+TARGET = "vault"
+LINE_KEYS = ("agentId", "credentialId", "clientId", "clientSecret")
+
+
+class SecretsFile:
+    """
+    The --output file: one JSON line per new secret, mode 0600, only ever appended to.
+
+    A file that exists already is taken up again only if it is one this command wrote (a
+    regular file of ours, readable by us alone, every line one of ours), so that a rerun
+    can finish an interrupted run. Its lines are the secrets already handed out: a
+    credential with a line there and still on bcrypt was interrupted between writing the
+    line and committing, and is finished with the same secret.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        #: credentialId -> its line, for the secrets already in the file.
+        self.lines: dict[uuid.UUID, dict[str, str]] = {}
+        self.cut_off = 0
+
+    def inspect(self) -> bool:
+        """Read an existing file's lines without changing it; return whether it exists."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise CommandError(f"Cannot use {self.path} as --output: {exc.strerror}.") from None
+        try:
+            self._check_owned(fd)
+            self._parse(self._read_all(fd))
+        finally:
+            os.close(fd)
+        return True
+
+    def open(self) -> bool:
+        """Open for appending, creating it with mode 0600; return whether it existed (a resumed run)."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW
+        try:
+            self.fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise CommandError(f"Cannot create {self.path}: {exc.strerror}.") from None
+        else:
+            os.fchmod(self.fd, 0o600)  # whatever the umask allowed
+            self._sync_directory()
+            return False
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise CommandError(f"Cannot use {self.path} as --output: {exc.strerror}.") from None
+        self._check_owned(self.fd)
+        content = self._read_all(self.fd)
+        complete = content[: content.rfind(b"\n") + 1]
+        self._parse(content)
+        if len(complete) != len(content):
+            # A line cut off by an interruption: its rotation never committed, so it holds no working secret.
+            os.ftruncate(self.fd, len(complete))
+            os.fsync(self.fd)
+        return True
+
+    def _check_owned(self, fd: int) -> None:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise CommandError(
+                f"{self.path} exists and is not a file this command wrote (a regular file of yours with mode 0600); "
+                "nothing was changed. Choose another --output, or rerun with the file of the interrupted run."
+            )
+
+    @staticmethod
+    def _read_all(fd: int) -> bytes:
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse(self, content: bytes) -> None:
+        complete, _, tail = content.rpartition(b"\n")
+        self.cut_off = 1 if tail else 0
+        for number, raw in enumerate(complete.split(b"\n") if complete else [], start=1):
+            try:
+                line = json.loads(raw)
+                if not isinstance(line, dict) or sorted(line) != sorted(LINE_KEYS):
+                    raise ValueError
+                if not all(isinstance(line[key], str) for key in LINE_KEYS):
+                    raise ValueError
+                credential_id = uuid.UUID(line["credentialId"])
+            except ValueError:
+                raise CommandError(
+                    f"{self.path} line {number} is not a line this command wrote; nothing was changed. "
+                    "Choose another --output."
+                ) from None
+            self.lines[credential_id] = line
+
+    def _sync_directory(self) -> None:
+        try:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def handed_out(self, credential: Credential) -> str | None:
+        """Return the secret this file already holds for the credential, if its line names it exactly."""
+        line = self.lines.get(credential.id)
+        if line is None or (line["clientId"], line["agentId"]) != (credential.client_id, str(credential.agent_id)):
+            return None
+        return line["clientSecret"]
+
+    def record(self, issued: services.IssuedCredential) -> None:
+        """Append the new secret's line and make it durable (called before the rotation commits)."""
+        assert self.fd is not None
+        credential = issued.credential
+        line = {
+            "agentId": str(credential.agent_id),
+            "credentialId": str(credential.id),
+            "clientId": credential.client_id,
+            "clientSecret": issued.client_secret,
+        }
+        data = (json.dumps(line) + "\n").encode()
+        while data:
+            written = os.write(self.fd, data)
+            data = data[written:]
+        os.fsync(self.fd)
+        self.lines[credential.id] = line
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Command(BaseCommand):
+    help = (
+        "Report how many credentials each secret store keeps; with --rotate, move the remaining bcrypt "
+        "credentials into Vault with new secrets, written to --output as JSON lines. Rerun with the same "
+        "--output to finish an interrupted run."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--rotate", action="store_true", help="Rotate the remaining bcrypt credentials into Vault.")
+        parser.add_argument(
+            "--output",
+            type=Path,
+            help="With --rotate: where the new secrets go (JSON lines, mode 0600). Never overwritten; "
+            "an existing file of an interrupted run is appended to.",
+        )
+        parser.add_argument(
+            "--grace-period",
+            type=int,
+            default=0,
+            metavar="SECONDS",
+            help="Keep each old secret valid this long after its rotation (0 to 86400; default 0).",
+        )
+        parser.add_argument("--agent", metavar="AGENT_ID", help="Only this agent's credentials.")
+        parser.add_argument(
+            "--batch-size", type=int, default=100, help="Credentials read per query (default %(default)s)."
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Say what would happen and change nothing.")
+
+    def handle(self, *args, rotate: bool, output: Path | None, grace_period: int, agent: str | None,
+               batch_size: int, dry_run: bool, **options) -> None:  # fmt: skip
+        self.verbosity = options["verbosity"]
+        if get_default_backend().name != TARGET:
+            raise CommandError(
+                "Vault is not configured: set VAULT_ADDR and VAULT_TOKEN (docs/devops/vault-setup.md). "
+                "Nothing was changed."
+            )
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1.")
+        if not 0 <= grace_period <= services.MAX_GRACE_PERIOD_SECONDS:
+            raise CommandError(f"--grace-period is from 0 to {services.MAX_GRACE_PERIOD_SECONDS} seconds.")
+        if not rotate and (output is not None or grace_period):
+            raise CommandError("--output and --grace-period go with --rotate.")
+        if rotate and output is None:
+            raise CommandError("--rotate needs --output FILE for the new secrets.")
+
+        credentials = Credential.objects.all()
+        if agent is not None:
+            try:
+                credentials = credentials.filter(agent=selectors.agent_get(agent_id=agent))
+            except AgentNotFound:
+                raise CommandError(f"No agent has the id {agent!r}.") from None
+        now = timezone.now()
+        remaining = credentials.exclude(storage=TARGET)
+        expired = remaining.filter(expires_at__lte=now)
+        todo = remaining.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+        if not rotate:
+            self._report(credentials, expired_count=expired.count())
+            return
+
+        problems = get_default_backend().check()
+        if problems:
+            raise CommandError(f"Vault is not ready: {'; '.join(problems)}. Nothing was changed.")
+        secrets_file = SecretsFile(output)
+        if dry_run:
+            self._dry_run(secrets_file, todo, expired_count=expired.count(), grace_period=grace_period)
+            return
+        resumed = secrets_file.open()
+        try:
+            self._rotate(secrets_file, todo, expired_count=expired.count(), grace_period=grace_period,
+                         batch_size=batch_size, resumed=resumed)  # fmt: skip
+        finally:
+            secrets_file.close()
+
+    def _say(self, message: str, level: int = 1) -> None:
+        if self.verbosity >= level:
+            self.stdout.write(message)
+
+    def _report(self, credentials, *, expired_count: int) -> None:
+        counts = dict(credentials.values_list("storage").annotate(n=Count("id")).order_by())
+        on_vault = counts.pop(TARGET, 0)
+        others = ", ".join(f"{n} on {storage}" for storage, n in sorted(counts.items())) or "0 on bcrypt"
+        self.stdout.write(f"{on_vault} credentials on {TARGET}, {others} ({expired_count} of them expired).")
+        if counts:
+            self._say(
+                "They move to Vault when they next authenticate (upgrade on use), or now with "
+                "--rotate --output FILE, which gives them new secrets."
+            )
+
+    def _dry_run(self, secrets_file: SecretsFile, todo, *, expired_count: int, grace_period: int) -> None:
+        exists = secrets_file.inspect()
+        total = todo.count()
+        finishing = sum(1 for credential in todo.iterator() if secrets_file.handed_out(credential) is not None)
+        if self.verbosity >= 2:
+            for credential in todo.iterator():
+                self.stdout.write(f"  would rotate {credential.client_id} (agent {credential.agent_id})")
+        file_note = f"appending to {secrets_file.path}" if exists else f"creating {secrets_file.path}"
+        self.stdout.write(
+            f"Dry run: would move {total} credentials to Vault ({finishing} with the secret already in the file), "
+            f"{file_note}, grace period {grace_period}s; {expired_count} expired stay on bcrypt. Nothing was changed."
+        )
+
+    def _rotate(self, secrets_file: SecretsFile, todo, *, expired_count: int, grace_period: int,
+                batch_size: int, resumed: bool) -> None:  # fmt: skip
+        total = todo.count()
+        progress = self.verbosity >= 1 and sys.stderr.isatty() and total > 0
+        if resumed:
+            self._say(f"Taking up {secrets_file.path} again ({len(secrets_file.lines)} secrets in it).")
+            if secrets_file.cut_off:
+                self._say("Its last line was cut off by an interruption and was removed; it held no working secret.")
+        moved = finished = skipped = failed = done = 0
+        stopped = ""
+        last_pk = None
+        while not stopped:
+            batch = todo.order_by("pk")
+            if last_pk is not None:
+                batch = batch.filter(pk__gt=last_pk)
+            ids = list(batch.values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                break
+            for pk in ids:
+                last_pk = pk
+                done += 1
+                credential = Credential.objects.filter(pk=pk).first()
+                if credential is None:
+                    skipped += 1
+                    continue
+                handed_out = secrets_file.handed_out(credential)
+                try:
+                    services.credential_rotate(
+                        acting=ACTOR,
+                        credential=credential,
+                        grace_period_seconds=grace_period,
+                        from_storage=credential.storage,
+                        client_secret=handed_out,
+                        before_commit=None if handed_out else secrets_file.record,
+                    )
+                except (services.StorageChanged, CredentialNotFound):
+                    skipped += 1  # moved or deleted meanwhile: nothing left to do for it
+                except ApiError as exc:
+                    failed += 1
+                    self.stderr.write(f"  {credential.client_id}: {exc.message}")
+                except SecretStoreError as exc:
+                    failed += 1
+                    stopped = str(exc)
+                    self.stderr.write(f"  {credential.client_id}: {exc}")
+                    break
+                else:
+                    if handed_out:
+                        finished += 1
+                    else:
+                        moved += 1
+                if progress:
+                    self.stderr.write(f"\rMoving to Vault: {done}/{total}", ending="")
+        if progress:
+            self.stderr.write("")
+        summary = (
+            f"Moved {moved + finished} credentials to Vault ({finished} finished from an earlier run), "
+            f"{skipped} skipped (moved or deleted meanwhile), {failed} failed; {expired_count} expired stay on bcrypt. "
+            f"New secrets: {secrets_file.path}."
+        )
+        if stopped:
+            raise CommandError(f"{summary} Stopped: Vault stopped answering. Run the same command again to finish.")
+        if failed:
+            raise CommandError(f"{summary} Run the same command again to retry the failed ones.")
+        self.stdout.write(summary)
