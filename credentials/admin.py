@@ -13,6 +13,7 @@ the admin's log), and nowhere afterwards.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from typing import Any
 
@@ -39,6 +40,36 @@ from .models import Agent, AuditEvent, Credential
 
 #: Where the console's templates for credentials live.
 TEMPLATES = "admin/credentials/credential/"
+#: The session key of the confirmations handed out and not yet used (the newest few).
+CONFIRMATIONS_SESSION_KEY = "agentidp.console.confirmations"
+CONFIRMATIONS_KEPT = 20
+
+
+def _confirmation_issue(request: HttpRequest) -> str:
+    """
+    Return a new one-time token for a confirmation form.
+
+    A form that rotates, deletes or issues carries one, and the change is made only
+    when it is used for the first time, so that a reload or a resubmitted form (the
+    back button on the page of new secrets) cannot rotate again and replace secrets
+    that were just handed out.
+    """
+    token = secrets.token_urlsafe(16)
+    request.session[CONFIRMATIONS_SESSION_KEY] = [
+        *request.session.get(CONFIRMATIONS_SESSION_KEY, [])[-(CONFIRMATIONS_KEPT - 1) :],
+        token,
+    ]
+    return token
+
+
+def _confirmation_use(request: HttpRequest) -> bool:
+    """Return whether the posted confirmation token was handed out and unused, and use it up."""
+    token = request.POST.get("confirmation", "")
+    tokens = request.session.get(CONFIRMATIONS_SESSION_KEY, [])
+    if not token or token not in tokens:
+        return False
+    request.session[CONFIRMATIONS_SESSION_KEY] = [item for item in tokens if item != token]
+    return True
 
 
 def _audit_url(**filters: Any) -> str:
@@ -266,6 +297,8 @@ class CredentialAdmin(admin.ModelAdmin):
         form = RotateForm(request.POST if confirmed else None)
         if not confirmed or not form.is_valid():
             return self._confirmation(request, credentials, action=action, kind="rotate", form=form)
+        if not _confirmation_use(request):
+            return self._confirmation(request, credentials, action=action, kind="rotate", form=form, reused=True)
         grace = form.cleaned_data["grace_period_seconds"]
         results = []
         for credential in credentials:
@@ -297,6 +330,8 @@ class CredentialAdmin(admin.ModelAdmin):
         credentials = list(queryset.select_related("agent").order_by("agent__name", "client_id"))
         if not (request.method == "POST" and request.POST.get("post") == "yes"):
             return self._confirmation(request, credentials, action=action, kind="delete", form=None)
+        if not _confirmation_use(request):
+            return self._confirmation(request, credentials, action=action, kind="delete", form=None, reused=True)
         deleted = 0
         for credential in credentials:
             try:
@@ -323,7 +358,9 @@ class CredentialAdmin(admin.ModelAdmin):
             raise PermissionDenied
         form = IssueForm(request.POST if request.method == "POST" else None, initial={"agent": request.GET.get("agent")})
         error = ""
-        if form.is_bound and form.is_valid():
+        if form.is_bound and form.is_valid() and not _confirmation_use(request):
+            error = "This form was already submitted once; submit it again to issue another credential."
+        elif form.is_bound and form.is_valid():
             try:
                 issued = services.credential_create(
                     acting=request.user,
@@ -342,13 +379,21 @@ class CredentialAdmin(admin.ModelAdmin):
             "title": "Issue a credential",
             "form": form,
             "error": error,
+            "confirmation": _confirmation_issue(request),
         }
         return TemplateResponse(request, TEMPLATES + "issue_form.html", context)
 
     # Shared pages.
 
     def _confirmation(
-        self, request: HttpRequest, credentials: list[Credential], *, action: str | None, kind: str, form
+        self,
+        request: HttpRequest,
+        credentials: list[Credential],
+        *,
+        action: str | None,
+        kind: str,
+        form,
+        reused: bool = False,
     ) -> HttpResponse:
         context = {
             **self.admin_site.each_context(request),
@@ -359,6 +404,8 @@ class CredentialAdmin(admin.ModelAdmin):
             "action": action,
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
             "form": form,
+            "confirmation": _confirmation_issue(request),
+            "reused": reused,
         }
         return TemplateResponse(request, TEMPLATES + "confirm.html", context)
 
