@@ -356,7 +356,9 @@ class CredentialAdmin(admin.ModelAdmin):
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = IssueForm(request.POST if request.method == "POST" else None, initial={"agent": request.GET.get("agent")})
+        form = IssueForm(
+            request.POST if request.method == "POST" else None, initial={"agent": request.GET.get("agent")}
+        )
         error = ""
         if form.is_bound and form.is_valid() and not _confirmation_use(request):
             error = "This form was already submitted once; submit it again to issue another credential."
@@ -475,7 +477,10 @@ class AuditCredentialFilter(_IdFilter):
             agent_id = uuid.UUID(request.GET.get("agent_id", ""))
         except ValueError:
             return []
-        return [(str(pk), client_id) for pk, client_id in Credential.objects.filter(agent_id=agent_id).values_list("pk", "client_id")]
+        return [
+            (str(pk), client_id)
+            for pk, client_id in Credential.objects.filter(agent_id=agent_id).values_list("pk", "client_id")
+        ]
 
 
 class AuditActorFilter(admin.SimpleListFilter):

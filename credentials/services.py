@@ -360,7 +360,9 @@ def credential_create(
         stored = backend.store(owner=credential, secret=secret)
     except SecretWriteError as exc:
         if exc.maybe_written:
-            _discard_unrecorded_write(credential=credential, stored=backend.location(owner=credential), unconfirmed=True)
+            _discard_unrecorded_write(
+                credential=credential, stored=backend.location(owner=credential), unconfirmed=True
+            )
         raise
     try:
         with transaction.atomic():
@@ -443,7 +445,9 @@ def credential_rotate(
     try:
         with transaction.atomic():
             try:
-                locked = Credential.objects.select_related("agent").select_for_update(of=("self",)).get(pk=credential.pk)
+                locked = (
+                    Credential.objects.select_related("agent").select_for_update(of=("self",)).get(pk=credential.pk)
+                )
             except Credential.DoesNotExist:
                 raise CredentialNotFound() from None
             if from_storage is not None and locked.storage != from_storage:
@@ -496,7 +500,9 @@ def credential_rotate(
                 before_commit(issued)
     except BaseException:
         if unrecorded is not None:
-            _discard_unrecorded_write(credential=credential, stored=unrecorded, unconfirmed=unconfirmed, reason="rotate_failed")
+            _discard_unrecorded_write(
+                credential=credential, stored=unrecorded, unconfirmed=unconfirmed, reason="rotate_failed"
+            )
         raise
     logger.info(
         "credential rotated credential_id=%s storage=%s grace_period_seconds=%s",
@@ -724,7 +730,9 @@ def credential_move_to_default(*, acting: Any, credential: Credential, secret: s
             )
     except BaseException:
         if written is not None and written.kept_outside_database:
-            _discard_unrecorded_write(credential=credential, stored=written, unconfirmed=unconfirmed, reason="move_failed")
+            _discard_unrecorded_write(
+                credential=credential, stored=written, unconfirmed=unconfirmed, reason="move_failed"
+            )
         raise
     credential.set_stored_secret(new)
     logger.info("credential moved on use credential_id=%s from=%s to=%s", credential.id, old.storage, new.storage)
