@@ -18,6 +18,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -171,6 +172,8 @@ class SecretsFile:
 
 
 class Command(BaseCommand):
+    # Needs the database and the secret stores, not the signing key: it checks the stores itself.
+    requires_system_checks = []
     help = (
         "Report how many credentials each secret store keeps; with --rotate, move the remaining bcrypt "
         "credentials into Vault with new secrets, written to --output as JSON lines. Rerun with the same "
@@ -201,7 +204,11 @@ class Command(BaseCommand):
     def handle(self, *args, rotate: bool, output: Path | None, grace_period: int, agent: str | None,
                batch_size: int, dry_run: bool, **options) -> None:  # fmt: skip
         self.verbosity = options["verbosity"]
-        if get_default_backend().name != TARGET:
+        try:
+            default = get_default_backend()
+        except ImproperlyConfigured as exc:
+            raise CommandError(f"The secret stores are misconfigured: {exc} Nothing was changed.") from None
+        if default.name != TARGET:
             raise CommandError(
                 "Vault is not configured: set VAULT_ADDR and VAULT_TOKEN (docs/devops/vault-setup.md). "
                 "Nothing was changed."
