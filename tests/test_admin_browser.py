@@ -124,7 +124,7 @@ def test_admin_rotates_a_credential_in_a_browser_and_only_the_new_secret_gets_to
     # The result page shows the new secret once, next to its clientId.
     field = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input.client-secret")))
     assert browser.find_element(By.CSS_SELECTOR, "h1").text == "Rotated credentials"
-    assert "The old secrets have stopped working." in browser.page_source
+    assert "The old secret has stopped working." in browser.page_source
     assert field.get_attribute("data-client-id") == client_id
     new_secret = field.get_attribute("value")
     assert new_secret and new_secret != old_secret
