@@ -85,16 +85,8 @@ def _failure(exc: Exception) -> str:
     raise exc
 
 
-# --- agents ---------------------------------------------------------------------------------
-
-
-class CredentialInline(admin.TabularInline):
-    model = Credential
-    fields = ("client_id", "storage", "status", "created_at", "rotated_at", "expires_at", "last_used_at")
-    readonly_fields = fields
-    extra = 0
-    show_change_link = True
-    can_delete = False
+class ReadOnly:
+    """No add, change or delete through Django's own views: changes go through the services."""
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -106,8 +98,20 @@ class CredentialInline(admin.TabularInline):
         return False
 
 
+# --- agents ---------------------------------------------------------------------------------
+
+
+class CredentialInline(ReadOnly, admin.TabularInline):
+    model = Credential
+    fields = ("client_id", "storage", "status", "created_at", "rotated_at", "expires_at", "last_used_at")
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+
+
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ("name", "status", "owner", "scope_list", "credential_count", "created_at")
     list_filter = ("status",)
     search_fields = ("name", "owner", "description")
@@ -118,15 +122,6 @@ class AgentAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(credential_count=Count("credentials"))
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_suspend_permission(self, request) -> bool:
         return request.user.has_perm("credentials.suspend_agent")
@@ -504,7 +499,7 @@ class AuditActorFilter(admin.SimpleListFilter):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ("occurred_at", "action", "actor", "agent", "credential")
     list_filter = ("action", "actor_type", AuditActorFilter, AuditAgentFilter, AuditCredentialFilter)
     search_fields = ("actor_label", "=agent_id", "=credential_id")
@@ -521,15 +516,6 @@ class AuditEventAdmin(admin.ModelAdmin):
         "details",
     )
     readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="actor", ordering="actor_label")
     def actor(self, event: AuditEvent) -> str:
