@@ -27,7 +27,7 @@ from agentidp.errors import AgentNotFound, ApiError, CredentialNotFound
 from credentials import selectors, services
 from credentials.audit import Actor
 from credentials.models import AuditEvent, Credential
-from vaultstore.backends import get_default_backend
+from vaultstore.backends import get_backend_for, get_default_backend
 from vaultstore.exceptions import SecretStoreError
 
 ACTOR = Actor(type=AuditEvent.ActorType.SYSTEM, label="manage.py migrate_to_vault")
@@ -201,8 +201,17 @@ class Command(BaseCommand):
         )
         parser.add_argument("--dry-run", action="store_true", help="Say what would happen and change nothing.")
 
-    def handle(self, *args, rotate: bool, output: Path | None, grace_period: int, agent: str | None,
-               batch_size: int, dry_run: bool, **options) -> None:  # fmt: skip
+    def handle(
+        self,
+        *args,
+        rotate: bool,
+        output: Path | None,
+        grace_period: int,
+        agent: str | None,
+        batch_size: int,
+        dry_run: bool,
+        **options,
+    ) -> None:
         self.verbosity = options["verbosity"]
         try:
             default = get_default_backend()
@@ -246,8 +255,15 @@ class Command(BaseCommand):
             return
         resumed = secrets_file.open()
         try:
-            self._rotate(secrets_file, todo, expired_count=expired.count(), grace_period=grace_period,
-                         batch_size=batch_size, resumed=resumed)  # fmt: skip
+            self._rotate(
+                secrets_file,
+                todo,
+                credentials,
+                expired_count=expired.count(),
+                grace_period=grace_period,
+                batch_size=batch_size,
+                resumed=resumed,
+            )
         finally:
             secrets_file.close()
 
@@ -279,8 +295,17 @@ class Command(BaseCommand):
             f"{file_note}, grace period {grace_period}s; {expired_count} expired stay on bcrypt. Nothing was changed."
         )
 
-    def _rotate(self, secrets_file: SecretsFile, todo, *, expired_count: int, grace_period: int,
-                batch_size: int, resumed: bool) -> None:  # fmt: skip
+    def _rotate(
+        self,
+        secrets_file: SecretsFile,
+        todo,
+        credentials,
+        *,
+        expired_count: int,
+        grace_period: int,
+        batch_size: int,
+        resumed: bool,
+    ) -> None:
         total = todo.count()
         progress = self.verbosity >= 1 and sys.stderr.isatty() and total > 0
         if resumed:
@@ -289,6 +314,9 @@ class Command(BaseCommand):
                 self._say("Its last line was cut off by an interruption and was removed; it held no working secret.")
         moved = finished = skipped = failed = done = 0
         stopped = ""
+        stale: list[str] = []
+        if resumed:
+            finished, stale, failed, stopped = self._finish_moved_on_use(secrets_file, credentials, grace_period)
         last_pk = None
         while not stopped:
             batch = todo.order_by("pk")
@@ -342,4 +370,64 @@ class Command(BaseCommand):
             raise CommandError(f"{summary} Stopped: Vault stopped answering. Run the same command again to finish.")
         if failed:
             raise CommandError(f"{summary} Run the same command again to retry the failed ones.")
+        if stale:
+            raise CommandError(
+                f"{summary} {len(stale)} lines in the file hold secrets that are not in force, because their "
+                f"credentials were rotated after the interrupted run: {', '.join(stale)}. Do not hand those lines out; "
+                "those agents keep the secrets they were given by that rotation."
+            )
         self.stdout.write(summary)
+
+    def _finish_moved_on_use(
+        self, secrets_file: SecretsFile, credentials, grace_period: int
+    ) -> tuple[int, list[str], int, str]:
+        """
+        Finish the lines of an interrupted run whose credentials have left bcrypt meanwhile.
+
+        A line is written before its rotation commits; if the run was interrupted in
+        between and the agent then authenticated with its old secret, the upgrade on use
+        moved the credential into Vault with that old secret. Such a credential is rotated
+        now to the secret in the file, as the interrupted run would have done. One that
+        was rotated after the interruption (by the API or the console) keeps its secret:
+        its line is reported as not in force. Returns (finished, stale clientIds,
+        failed, why it stopped).
+        """
+        finished = failed = 0
+        stale: list[str] = []
+        ids = list(secrets_file.lines)
+        for start in range(0, len(ids), 500):
+            for credential in credentials.filter(pk__in=ids[start : start + 500], storage=TARGET).order_by("pk"):
+                handed_out = secrets_file.handed_out(credential)
+                if handed_out is None or get_backend_for(credential.stored_secret).verify(
+                    stored=credential.stored_secret, secret=handed_out
+                ):
+                    continue
+                last_change = (
+                    AuditEvent.objects.filter(credential_id=credential.id)
+                    .exclude(action=AuditEvent.Action.TOKEN_REVOKED)
+                    .order_by("-occurred_at", "-id")
+                    .values_list("action", flat=True)
+                    .first()
+                )
+                if last_change != AuditEvent.Action.CREDENTIAL_MOVED:
+                    stale.append(credential.client_id)
+                    continue
+                try:
+                    services.credential_rotate(
+                        acting=ACTOR,
+                        credential=credential,
+                        grace_period_seconds=grace_period,
+                        from_storage=TARGET,
+                        client_secret=handed_out,
+                    )
+                except (services.StorageChanged, CredentialNotFound):
+                    continue
+                except ApiError as exc:
+                    failed += 1
+                    self.stderr.write(f"  {credential.client_id}: {exc.message}")
+                except SecretStoreError as exc:
+                    self.stderr.write(f"  {credential.client_id}: {exc}")
+                    return finished, stale, failed + 1, str(exc)
+                else:
+                    finished += 1
+        return finished, stale, failed, ""
