@@ -21,12 +21,15 @@ import subprocess
 import sys
 import types
 import uuid
+from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
+from urllib.parse import quote
 from unittest import mock
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
@@ -617,10 +620,42 @@ def test_a_rerun_reports_a_line_whose_credential_was_rotated_after_the_interrupt
 # --- kill -9, in separate processes ---------------------------------------------------------------------
 
 
-class Installation:
-    """An AgentIdP installation of its own (SQLite file), run as separate processes."""
+@pytest.fixture
+def installation_database(tmp_path) -> Iterator[str]:
+    """
+    A database of its own for a separate installation, as a DATABASE_URL.
 
-    def __init__(self, tmp_path: Path, vault) -> None:
+    On the database the suite runs on: a throwaway database on the same PostgreSQL
+    server (dropped afterwards), or a SQLite file.
+    """
+    if connection.vendor != "postgresql":
+        yield f"sqlite:///{tmp_path / 'db.sqlite3'}"
+        return
+    import psycopg
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    name = f"agentidp_kill_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(**params, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    settings_dict = connection.settings_dict
+    credentials = quote(settings_dict["USER"] or "", safe="")
+    if settings_dict["PASSWORD"]:
+        credentials += ":" + quote(settings_dict["PASSWORD"], safe="")
+    host = settings_dict["HOST"] or "localhost"
+    port = settings_dict["PORT"] or "5432"
+    try:
+        yield f"postgres://{credentials}@{host}:{port}/{name}"
+    finally:
+        with psycopg.connect(**params, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Installation:
+    """An AgentIdP installation of its own (its own database), run as separate processes."""
+
+    def __init__(self, database_url: str, vault) -> None:
         self.base = {
             "PATH": os.environ.get("PATH", ""),
             "DJANGO_SETTINGS_MODULE": "agentidp.settings",
@@ -628,7 +663,7 @@ class Installation:
             "DEBUG": "false",
             "AGENTIDP_SIGNING_KEY": generate_signing_key_pem("RS256").decode(),
             "AGENTIDP_BCRYPT_ROUNDS": "4",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            "DATABASE_URL": database_url,
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",  # what the operator saw before the kill
         }
@@ -670,8 +705,10 @@ class Installation:
         return json.loads(result.stdout)
 
 
-def test_kill_9_at_any_point_leaves_every_credential_a_working_secret_and_reruns_finish(vault, tmp_path):
-    installation = Installation(tmp_path, vault)
+def test_kill_9_at_any_point_leaves_every_credential_a_working_secret_and_reruns_finish(
+    vault, tmp_path, installation_database
+):
+    installation = Installation(installation_database, vault)
     seeded = sorted(installation.seed(6), key=lambda line: uuid.UUID(line["credentialId"]))  # the command's order
     original = {line["clientId"]: line["clientSecret"] for line in seeded}
     ids = [line["clientId"] for line in seeded]
