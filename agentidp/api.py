@@ -113,13 +113,18 @@ class Pagination(pagination.PageNumberPagination):
 # answers a wrong JSON type with VALIDATION_ERROR instead, so these accept only their own type.
 
 
+def has_control_characters(text: str) -> bool:
+    """Return whether text holds a control (or other unprintable) character besides newlines and tabs."""
+    return not text.isprintable() and any(ch not in "\n\r\t" and not ch.isprintable() for ch in text)
+
+
 class StrictCharField(serializers.CharField):
     default_error_messages = {"invalid": "Must be a string."}
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
-        if not data.isprintable() and any(ch not in "\n\r\t" and not ch.isprintable() for ch in data):
+        if has_control_characters(data):
             raise serializers.ValidationError("Must not contain control characters.")
         return super().to_internal_value(data)
 

@@ -32,10 +32,12 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
+from agentidp.api import has_control_characters
 from agentidp.errors import ApiError
 from vaultstore.exceptions import SecretStoreError
 
 from . import services
+from .api.serializers import MAX_DESCRIPTION_LENGTH
 from .models import Agent, AuditEvent, Credential
 
 #: Where the console's templates for credentials live.
@@ -200,13 +202,25 @@ class RotateForm(forms.Form):
 
 
 class IssueForm(forms.Form):
+    """What the API's create call takes, checked as strictly."""
+
     agent = forms.ModelChoiceField(queryset=Agent.objects.order_by(Lower("name")))
-    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
+    description = forms.CharField(
+        required=False,
+        max_length=MAX_DESCRIPTION_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+    )
     expires_at = forms.DateTimeField(
         label="Expires at",
         required=False,
         help_text="Optional, in UTC: YYYY-MM-DD HH:MM. Empty: the credential never expires.",
     )
+
+    def clean_description(self) -> str:
+        description = self.cleaned_data["description"]
+        if has_control_characters(description):
+            raise forms.ValidationError("Must not contain control characters.")
+        return description
 
 
 @admin.register(Credential)

@@ -948,6 +948,16 @@ def test_issuing_with_an_expiry_in_the_past_shows_an_error_and_creates_nothing(c
     assert not events(AuditEvent.Action.CREDENTIAL_CREATED)
 
 
+@pytest.mark.parametrize("description", ["bell\x07", "x" * 1001])
+def test_issuing_refuses_what_the_api_refuses_in_a_description(client, operator, agent, description):
+    response = issue(client, agent, description=description)
+
+    assert response.status_code == 200
+    assert ISSUE_FORM_TEMPLATE in templates_of(response)
+    assert "errorlist" in response.content.decode()
+    assert not Credential.objects.exists()
+
+
 def test_issuing_with_an_expiry_sets_it(client, operator, agent):
     response = issue(client, agent, expires_at="2099-06-30 12:00")
 
