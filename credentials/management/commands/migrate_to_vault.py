@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 import uuid
 from pathlib import Path
 
@@ -213,6 +212,7 @@ class Command(BaseCommand):
         **options,
     ) -> None:
         self.verbosity = options["verbosity"]
+        self.progress = False
         try:
             default = get_default_backend()
         except ImproperlyConfigured as exc:
@@ -267,6 +267,17 @@ class Command(BaseCommand):
         finally:
             secrets_file.close()
 
+    def _failed(self, credential: Credential, why: str) -> None:
+        """Say which credential failed and why, on a line of its own (below the progress bar, if any)."""
+        prefix = "\n" if self.progress else ""
+        self.stderr.write(f"{prefix}  {credential.client_id}: {why}")
+
+    def _progress(self, done: int, total: int, width: int = 30) -> None:
+        """Redraw the progress bar on the terminal's current line."""
+        filled = width * done // total
+        bar = "#" * filled + "." * (width - filled)
+        self.stderr.write(f"\rMoving to Vault [{bar}] {done}/{total}", ending="", style_func=str)
+
     def _say(self, message: str, level: int = 1) -> None:
         if self.verbosity >= level:
             self.stdout.write(message)
@@ -307,7 +318,7 @@ class Command(BaseCommand):
         resumed: bool,
     ) -> None:
         total = todo.count()
-        progress = self.verbosity >= 1 and sys.stderr.isatty() and total > 0
+        progress = self.progress = self.verbosity >= 1 and self.stderr.isatty() and total > 0
         if resumed:
             self._say(f"Taking up {secrets_file.path} again ({len(secrets_file.lines)} secrets in it).")
             if secrets_file.cut_off:
@@ -346,11 +357,11 @@ class Command(BaseCommand):
                     skipped += 1  # moved or deleted meanwhile: nothing left to do for it
                 except ApiError as exc:
                     failed += 1
-                    self.stderr.write(f"  {credential.client_id}: {exc.message}")
+                    self._failed(credential, exc.message)
                 except SecretStoreError as exc:
                     failed += 1
                     stopped = str(exc)
-                    self.stderr.write(f"  {credential.client_id}: {exc}")
+                    self._failed(credential, str(exc))
                     break
                 else:
                     if handed_out:
@@ -358,9 +369,9 @@ class Command(BaseCommand):
                     else:
                         moved += 1
                 if progress:
-                    self.stderr.write(f"\rMoving to Vault: {done}/{total}", ending="")
+                    self._progress(done, total)
         if progress:
-            self.stderr.write("")
+            self.stderr.write("", style_func=str)
         summary = (
             f"Moved {moved + finished} credentials to Vault ({finished} finished from an earlier run), "
             f"{skipped} skipped (moved or deleted meanwhile), {failed} failed; {expired_count} expired stay on bcrypt. "
@@ -424,9 +435,9 @@ class Command(BaseCommand):
                     continue
                 except ApiError as exc:
                     failed += 1
-                    self.stderr.write(f"  {credential.client_id}: {exc.message}")
+                    self._failed(credential, exc.message)
                 except SecretStoreError as exc:
-                    self.stderr.write(f"  {credential.client_id}: {exc}")
+                    self._failed(credential, str(exc))
                     return finished, stale, failed + 1, str(exc)
                 else:
                     finished += 1
