@@ -288,6 +288,26 @@ def test_rotate_moves_every_bcrypt_credential_into_vault_and_writes_its_new_secr
     assert not any(line["clientSecret"] in out + err for line in lines)
 
 
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_is_drawn_on_a_terminal_only(estate, output, terminal):
+    out, err = StringIO(), Terminal() if terminal else StringIO()
+
+    call_command("migrate_to_vault", "--rotate", "--output", str(output), stdout=out, stderr=err)
+
+    moved = len(lines_of(output))
+    assert moved >= 2
+    if terminal:
+        assert f"\rMoving to Vault [{'#' * 30}] {moved}/{moved}" in err.getvalue()
+    else:
+        assert "Moving to Vault" not in err.getvalue()
+    assert out.getvalue().startswith(f"Moved {moved} credentials to Vault")
+
+
 def test_a_second_run_moves_nothing_and_appends_nothing(estate, output):
     migrate("--rotate", "--output", str(output))
     content = output.read_bytes()
