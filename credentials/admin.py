@@ -22,7 +22,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -535,16 +535,34 @@ class AuditEventAdmin(ReadOnly, admin.ModelAdmin):
     def actor(self, event: AuditEvent) -> str:
         return f"{event.actor_label or event.actor_type} ({event.actor_type})"
 
+    def get_queryset(self, request):
+        # Name what still exists; an event of a deleted agent or credential keeps its id (and a name in details).
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                agent_name=Subquery(Agent.objects.filter(pk=OuterRef("agent_id")).values("name")[:1]),
+                client_id=Subquery(Credential.objects.filter(pk=OuterRef("credential_id")).values("client_id")[:1]),
+            )
+        )
+
     @admin.display(description="agent")
     def agent(self, event: AuditEvent) -> str:
         if event.agent_id is None:
             return "-"
-        return format_html('<a href="?{}">{}</a>', urlencode({"agent_id": event.agent_id}), event.agent_id)
+        label = event.agent_name or event.details.get("name") or str(event.agent_id)
+        return format_html(
+            '<a href="?{}" title="{}">{}</a>', urlencode({"agent_id": event.agent_id}), event.agent_id, label
+        )
 
     @admin.display(description="credential")
     def credential(self, event: AuditEvent) -> str:
         if event.credential_id is None:
             return "-"
+        label = event.client_id or event.details.get("clientId") or str(event.credential_id)
         return format_html(
-            '<a href="?{}">{}</a>', urlencode({"credential_id": event.credential_id}), event.credential_id
+            '<a href="?{}" title="{}">{}</a>',
+            urlencode({"credential_id": event.credential_id}),
+            event.credential_id,
+            label,
         )

@@ -1050,6 +1050,20 @@ def test_audit_trail_filters_on_ids_of_deleted_agents_and_credentials(client, tr
     }
 
 
+def test_audit_trail_names_agents_and_credentials_also_after_they_are_deleted(client, trail):
+    kept, gone = trail["kept"], trail["gone"]
+    page = client.get(url("auditevent_changelist")).content.decode()
+
+    def labels(param: str, value) -> set[str]:
+        return set(re.findall(rf'<a href="\?{param}={value}" title="{value}">([^<]+)</a>', page))
+
+    assert labels("agent_id", kept.agent_id) == {"kept"}
+    assert labels("credential_id", kept.pk) == {kept.client_id}
+    # Gone: the name or clientId an event recorded, else the id itself.
+    assert labels("agent_id", gone.agent_id) == {"gone", str(gone.agent_id)}
+    assert labels("credential_id", gone.pk) == {gone.client_id, str(gone.pk)}
+
+
 @pytest.mark.parametrize("param", ["agent_id", "credential_id"])
 def test_audit_trail_survives_a_malformed_id_filter(client, trail, param):
     response = client.get(url("auditevent_changelist"), {param: "not-a-uuid"})
