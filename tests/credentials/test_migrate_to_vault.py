@@ -615,6 +615,26 @@ def test_a_rerun_rotates_to_the_file_secret_a_credential_that_moved_on_use_after
     assert not authenticates(second.credential.client_id, second.client_secret)
 
 
+def test_a_rerun_that_cannot_read_vault_while_checking_the_file_stops_and_says_so(
+    estate, output, settings, token_response
+):
+    server = estate.vault.require_server()
+    second = estate.bcrypt[1]
+    with interrupt_after_recording(second), pytest.raises(KeyboardInterrupt):
+        migrate("--rotate", "--output", str(output))
+    settings.AGENTIDP_UPGRADE_ON_USE = True
+    assert token_response(second.credential.client_id, second.client_secret).status_code == 200
+    settings.AGENTIDP_UPGRADE_ON_USE = False
+    server.inject("status", status=500, path=f"/credentials/{second.credential.id}", method="GET")
+
+    failure = migrate_fails("--rotate", "--output", str(output))
+
+    assert "Stopped: Vault stopped answering" in failure.message
+    assert second.credential.client_id in failure.err
+    server.clear_faults()
+    assert authenticates(second.credential.client_id, second.client_secret)
+
+
 def test_a_rerun_reports_a_line_whose_credential_was_rotated_after_the_interruption_and_keeps_that_rotation(
     estate, output, settings, token_response
 ):

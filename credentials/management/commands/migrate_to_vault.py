@@ -409,10 +409,16 @@ class Command(BaseCommand):
         for start in range(0, len(ids), 500):
             for credential in credentials.filter(pk__in=ids[start : start + 500], storage=TARGET).order_by("pk"):
                 handed_out = secrets_file.handed_out(credential)
-                if handed_out is None or get_backend_for(credential.stored_secret).verify(
-                    stored=credential.stored_secret, secret=handed_out
-                ):
+                if handed_out is None:
                     continue
+                try:
+                    if get_backend_for(credential.stored_secret).verify(
+                        stored=credential.stored_secret, secret=handed_out
+                    ):
+                        continue
+                except SecretStoreError as exc:
+                    self._failed(credential, str(exc))
+                    return finished, stale, failed + 1, str(exc)
                 last_change = (
                     AuditEvent.objects.filter(credential_id=credential.id)
                     .exclude(action=AuditEvent.Action.TOKEN_REVOKED)
