@@ -2,11 +2,20 @@ import base64
 from urllib.parse import urlencode
 
 import pytest
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from credentials.services import IssuedCredential
 from tests.factories import AgentFactory, make_credential
 from tests.vault_fixtures import _real_vault, owner, vault, vault_enabled  # noqa: F401  (shared fixtures)
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """Start every test with an empty Django cache (it holds, say, the pause after a failed move on use)."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture

@@ -36,14 +36,6 @@ from tests.factories import make_credential
 DATA = "/data/agentidp/"
 
 
-@pytest.fixture(autouse=True)
-def _no_paused_moves():
-    """The pause after a failed move lives in the process-wide cache: start and end each test without it."""
-    cache.delete(UPGRADE_PAUSED_CACHE_KEY)
-    yield
-    cache.delete(UPGRADE_PAUSED_CACHE_KEY)
-
-
 @pytest.fixture
 def enable_vault(vault, settings):
     """Return a function that switches Vault on as the default store (bcrypt keeps verifying what it holds)."""
