@@ -162,6 +162,14 @@ if VAULT_ADDR:
 AGENTIDP_UPGRADE_ON_USE = env.bool("AGENTIDP_UPGRADE_ON_USE", default=True)
 AGENTIDP_UPGRADE_RETRY_SECONDS = env.int("AGENTIDP_UPGRADE_RETRY_SECONDS", default=60)
 
+# --- Cache ------------------------------------------------------------------------------------
+# Local memory by default (one per process); Redis for several processes: CACHE_URL=redis://host:6379/0.
+# It holds the verified-secret digests and the upgrade-on-use pause.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://agentidp")}
+# How long a secret a store verified is taken as verified without asking the store again
+# (credentials/verified.py). Rotation, deletion, expiry and suspension still act at once. 0: off.
+AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = env.int("AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS", default=300)
+
 # --- REST framework and OpenAPI -------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

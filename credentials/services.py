@@ -30,6 +30,7 @@ from . import selectors
 from .audit import audit_record
 from .models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from .scopes import normalize_scopes
+from .verified import remember_verified, verified_recently
 
 logger = logging.getLogger(__name__)
 
@@ -626,14 +627,19 @@ def _secret_matching(credential: Credential, secret: str) -> StoredSecret | None
     """
     Return which of the credential's secrets `secret` is: the current one or a previous one in its grace period.
 
-    A store that cannot answer does not stop the others from being asked (a bcrypt secret
-    in its grace period still works while Vault is down); its error is raised only when
-    nothing else matched, since the secret might be the one it holds.
+    A secret the store verified within AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS matches
+    without asking it again (credentials.verified). A store that cannot answer does not
+    stop the others from being asked (a bcrypt secret in its grace period still works
+    while Vault is down); its error is raised only when nothing else matched, since the
+    secret might be the one it holds.
     """
     unavailable: SecretStoreError | None = None
     for stored in _candidate_secrets(credential):
+        if verified_recently(credential_id=credential.id, stored=stored, secret=secret):
+            return stored
         try:
             if get_backend_for(stored).verify(stored=stored, secret=secret):
+                remember_verified(credential_id=credential.id, stored=stored, secret=secret)
                 return stored
         except SecretStoreError as exc:
             unavailable = unavailable or exc
