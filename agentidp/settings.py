@@ -120,6 +120,8 @@ AGENTIDP_ACCESS_TOKEN_TTL = env.int("AGENTIDP_ACCESS_TOKEN_TTL", default=3600)
 # `python manage.py create_signing_key` makes the file.
 AGENTIDP_SIGNING_KEY = env.str("AGENTIDP_SIGNING_KEY", default="")
 AGENTIDP_SIGNING_KEY_FILE = env.path("AGENTIDP_SIGNING_KEY_FILE", default=BASE_DIR / "var" / "signing-key.pem")
+# PEM files of keys that signed earlier tokens: still published and verifying, never signing.
+AGENTIDP_RETIRED_SIGNING_KEY_FILES = env.list("AGENTIDP_RETIRED_SIGNING_KEY_FILES", default=[])
 
 # --- Agents and credentials ---------------------------------------------------------------
 AGENTIDP_MAX_ACTIVE_CREDENTIALS = env.int("AGENTIDP_MAX_ACTIVE_CREDENTIALS", default=10)

@@ -4,14 +4,20 @@ from django.core.exceptions import ImproperlyConfigured
 
 @register()
 def check_signing_key(app_configs=None, **kwargs):
-    from .keys import get_signing_key
+    from .keys import get_retired_keys, get_signing_key
 
     get_signing_key.cache_clear()
+    get_retired_keys.cache_clear()
+    errors = []
     try:
         get_signing_key()
     except ImproperlyConfigured as exc:
-        return [Error(str(exc), id="oauth.E001")]
-    return []
+        errors.append(Error(str(exc), id="oauth.E001"))
+    try:
+        get_retired_keys()
+    except ImproperlyConfigured as exc:
+        errors.append(Error(str(exc), id="oauth.E002"))
+    return errors
 
 
 @register(deploy=True)

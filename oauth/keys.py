@@ -2,8 +2,11 @@
 The key that signs access tokens, and the JWKS document that publishes it.
 
 The private key comes from AGENTIDP_SIGNING_KEY (a PEM) or AGENTIDP_SIGNING_KEY_FILE;
-`python manage.py create_signing_key` makes the file. RSA keys sign RS256, P-256 keys
-ES256. The key id is the key's RFC 7638 thumbprint, so it never needs configuring.
+`python manage.py create_signing_key` makes the file (ES256 by default: it signs about
+seven times faster than RS256, see bench/signing.py). RSA keys sign RS256, P-256 keys
+ES256. The key id is the key's RFC 7638 thumbprint, so it never needs configuring. Keys
+that signed earlier tokens stay published and verifying while those tokens live
+(AGENTIDP_RETIRED_SIGNING_KEY_FILES).
 """
 
 from __future__ import annotations
@@ -60,23 +63,49 @@ def generate_signing_key_pem(algorithm: str = "RS256") -> bytes:
     )
 
 
+def _read_pem(path: Any, what: str, hint: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{what}: {path} cannot be read ({exc.strerror}). {hint}") from exc
+
+
 @functools.cache
 def get_signing_key() -> SigningKey:
     """Return the configured signing key, loaded once per process."""
     if settings.AGENTIDP_SIGNING_KEY:
         return load_signing_key(settings.AGENTIDP_SIGNING_KEY.encode())
-    path = settings.AGENTIDP_SIGNING_KEY_FILE
-    try:
-        with open(path, "rb") as handle:
-            pem = handle.read()
-    except OSError as exc:
-        raise ImproperlyConfigured(
-            f"No signing key: {path} cannot be read ({exc.strerror}). "
-            "Create one with `python manage.py create_signing_key` or set AGENTIDP_SIGNING_KEY."
-        ) from exc
+    pem = _read_pem(
+        settings.AGENTIDP_SIGNING_KEY_FILE,
+        "No signing key",
+        "Create one with `python manage.py create_signing_key` or set AGENTIDP_SIGNING_KEY.",
+    )
     return load_signing_key(pem)
 
 
+@functools.cache
+def get_retired_keys() -> tuple[SigningKey, ...]:
+    """
+    Return the keys that signed tokens before the current one: they sign nothing, but verify.
+
+    While the tokens a retired key signed may still be alive (AGENTIDP_ACCESS_TOKEN_TTL
+    after the switch), AgentIdP keeps accepting them and publishes the key in its JWKS,
+    so resource servers can switch algorithms or keys without a gap.
+    """
+    hint = "Remove it from AGENTIDP_RETIRED_SIGNING_KEY_FILES or restore the file."
+    return tuple(
+        load_signing_key(_read_pem(path, "A retired signing key", hint))
+        for path in settings.AGENTIDP_RETIRED_SIGNING_KEY_FILES
+    )
+
+
+def verification_keys() -> dict[str, SigningKey]:
+    """Return every key that verifies AgentIdP's tokens, by key id: the current one and the retired ones."""
+    return {key.kid: key for key in (*get_retired_keys(), get_signing_key())}
+
+
 def jwks() -> dict[str, Any]:
-    """Return the RFC 7517 JWK Set of the public keys that verify AgentIdP's tokens."""
-    return {"keys": [get_signing_key().public_jwk()]}
+    """Return the RFC 7517 JWK Set of the public keys that verify AgentIdP's tokens (current key first)."""
+    current = get_signing_key()
+    return {"keys": [current.public_jwk(), *(key.public_jwk() for key in get_retired_keys() if key.kid != current.kid)]}

@@ -20,13 +20,14 @@ from django.db import transaction
 from django.utils import timezone
 from joserfc import jwt
 from joserfc.errors import JoseError
+from joserfc.jws import extract_compact
 from joserfc.jwt import JWTClaimsRegistry
 
 from credentials import selectors
 from credentials.audit import Actor, audit_record
 from credentials.models import Agent, AuditEvent, Credential
 
-from .keys import get_signing_key
+from .keys import get_signing_key, verification_keys
 from .models import RevokedToken
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,11 @@ def access_token_decode(token: str) -> dict[str, Any] | None:
     """Return the claims of a token AgentIdP signed and that has not expired, or None."""
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    key = get_signing_key()
     try:
+        # The header names the key; only AgentIdP's own keys, each with its own algorithm, are tried.
+        key = verification_keys().get(extract_compact(token.encode("ascii")).headers().get("kid"))
+        if key is None:
+            return None
         decoded = jwt.decode(token, key.key, algorithms=[key.algorithm])
         if decoded.header.get("typ") != TOKEN_TYPE or decoded.header.get("kid") != key.kid:
             return None
@@ -194,4 +198,3 @@ def access_token_revoke(*, requester: Credential, token: str) -> bool:
     if created:
         logger.info("access token revoked jti=%s by credential_id=%s", claims["jti"], requester.id)
     return created
-

@@ -17,25 +17,25 @@ def run(*args: str) -> str:
     return out.getvalue()
 
 
-def test_writes_an_rsa_pem_with_mode_0600_at_the_given_path(tmp_path):
+def test_writes_an_es256_pem_by_default_with_mode_0600_at_the_given_path(tmp_path):
     path = tmp_path / "signing-key.pem"
 
     output = run("--path", str(path))
 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     key = load_signing_key(path.read_bytes())
-    assert key.algorithm == "RS256"
+    assert key.algorithm == "ES256"
     assert key.kid in output
     assert "PRIVATE KEY" not in output
 
 
-def test_es256_makes_an_ec_key_that_load_signing_key_accepts(tmp_path):
-    path = tmp_path / "ec.pem"
+def test_rs256_makes_an_rsa_key_that_load_signing_key_accepts(tmp_path):
+    path = tmp_path / "rsa.pem"
 
-    run("--path", str(path), "--algorithm", "ES256")
+    run("--path", str(path), "--algorithm", "RS256")
 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_signing_key(path.read_bytes()).algorithm == "ES256"
+    assert load_signing_key(path.read_bytes()).algorithm == "RS256"
 
 
 def test_writes_to_the_configured_key_file_and_creates_its_directory(tmp_path):

@@ -227,3 +227,66 @@ def test_rsa_key_of_2048_bits_is_accepted():
     key = load_signing_key(pem_of(rsa.generate_private_key(public_exponent=65537, key_size=2048)).encode())
 
     assert key.algorithm == "RS256"
+
+
+# --- switching keys: a retired key keeps verifying, and is published, but signs nothing -------------
+
+
+def test_tokens_of_a_retired_key_stay_active_while_new_ones_are_signed_by_the_current_key(
+    client, admin_issued, tmp_path
+):
+    old_pem = settings.AGENTIDP_SIGNING_KEY.encode()
+    old_token = token_for(client, admin_issued)
+    retired = tmp_path / "retired.pem"
+    retired.write_bytes(old_pem)
+    new_pem = generate_signing_key_pem("ES256").decode()
+
+    with override_settings(AGENTIDP_SIGNING_KEY=new_pem, AGENTIDP_RETIRED_SIGNING_KEY_FILES=[str(retired)]):
+        new_token = token_for(client, admin_issued)
+        keys = client.get(JWKS_URL).json()["keys"]
+        old_api = client.get("/api/v1/agents", HTTP_AUTHORIZATION="Bearer " + old_token)
+        old_active = is_active(client, admin_issued, old_token)
+        assert check_signing_key() == []
+
+    current, previous = load_signing_key(new_pem.encode()), load_signing_key(old_pem)
+    assert [(key["kid"], key["alg"]) for key in keys] == [(current.kid, "ES256"), (previous.kid, "RS256")]
+    assert not any(PRIVATE_MEMBERS & set(key) for key in keys)
+    assert unverified_header(new_token)["kid"] == current.kid
+    # Both verify with the published JWK Set alone, each with its own algorithm.
+    keyset = KeySet.import_key_set({"keys": keys})
+    assert jwt.decode(old_token, keyset, algorithms=["RS256"]).claims["client_id"] == admin_issued.credential.client_id
+    assert jwt.decode(new_token, keyset, algorithms=["ES256"]).claims["client_id"] == admin_issued.credential.client_id
+    assert old_api.status_code == 200
+    assert old_active is True
+
+
+def test_once_a_retired_key_is_dropped_its_tokens_are_inactive(client, admin_issued):
+    old_token = token_for(client, admin_issued)
+
+    with override_settings(AGENTIDP_SIGNING_KEY=generate_signing_key_pem("ES256").decode()):
+        assert client.get("/api/v1/agents", HTTP_AUTHORIZATION="Bearer " + old_token).status_code == 401
+        assert is_active(client, admin_issued, old_token) is False
+        assert len(client.get(JWKS_URL).json()["keys"]) == 1
+
+
+def test_a_token_naming_a_retired_key_but_signed_with_another_algorithm_is_refused(client, admin_issued, tmp_path):
+    retired_pem = generate_signing_key_pem("ES256")
+    retired = tmp_path / "retired.pem"
+    retired.write_bytes(retired_pem)
+    retired_key = load_signing_key(retired_pem)
+    claims = jwt.decode(token_for(client, admin_issued), get_signing_key().key).claims
+    # Signed by the current RSA key, but claiming the retired EC key's kid.
+    forged = jwt.encode(
+        {"alg": "RS256", "typ": "at+jwt", "kid": retired_key.kid}, claims, get_signing_key().key, algorithms=["RS256"]
+    )
+
+    with override_settings(AGENTIDP_RETIRED_SIGNING_KEY_FILES=[str(retired)]):
+        assert client.get("/api/v1/agents", HTTP_AUTHORIZATION="Bearer " + forged).status_code == 401
+
+
+def test_system_check_reports_an_unreadable_retired_key(tmp_path):
+    with override_settings(AGENTIDP_RETIRED_SIGNING_KEY_FILES=[str(tmp_path / "gone.pem")]):
+        problems = check_signing_key()
+
+    assert [problem.id for problem in problems] == ["oauth.E002"]
+    assert "gone.pem" in problems[0].msg

@@ -8,11 +8,18 @@ from oauth.keys import generate_signing_key_pem, load_signing_key
 
 
 class Command(BaseCommand):
-    help = "Create the private key that signs access tokens, at AGENTIDP_SIGNING_KEY_FILE (mode 0600, never overwritten)."
+    help = (
+        "Create the private key that signs access tokens, at AGENTIDP_SIGNING_KEY_FILE (mode 0600, never overwritten)."
+    )
     requires_system_checks = []
 
     def add_arguments(self, parser):
-        parser.add_argument("--algorithm", choices=["RS256", "ES256"], default="RS256")
+        parser.add_argument(
+            "--algorithm",
+            choices=["ES256", "RS256"],
+            default="ES256",
+            help="ES256 (default: P-256, the fastest to sign) or RS256 (RSA 3072, for resource servers that need it).",
+        )
         parser.add_argument("--path", help="Where to write the key (default: AGENTIDP_SIGNING_KEY_FILE).")
         parser.add_argument(
             "--exist-ok", action="store_true", help="Succeed without writing anything if the file exists already."
