@@ -30,7 +30,7 @@ from . import selectors
 from .audit import audit_record
 from .models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from .scopes import normalize_scopes
-from .verified import remember_verified, verified_recently
+from .verified import Trusted, remember_verified, verified_recently
 
 logger = logging.getLogger(__name__)
 
@@ -634,12 +634,13 @@ def _secret_matching(credential: Credential, secret: str) -> StoredSecret | None
     secret might be the one it holds.
     """
     unavailable: SecretStoreError | None = None
-    for stored in _candidate_secrets(credential):
-        if verified_recently(credential_id=credential.id, stored=stored, secret=secret):
+    for trusted in _candidate_secrets(credential):
+        stored = trusted.stored
+        if verified_recently(trusted=trusted, secret=secret):
             return stored
         try:
             if get_backend_for(stored).verify(stored=stored, secret=secret):
-                remember_verified(credential_id=credential.id, stored=stored, secret=secret)
+                remember_verified(trusted=trusted, secret=secret)
                 return stored
         except SecretStoreError as exc:
             unavailable = unavailable or exc
@@ -745,8 +746,8 @@ def credential_move_to_default(*, acting: Any, credential: Credential, secret: s
     return True
 
 
-def _candidate_secrets(credential: Credential) -> Iterator[StoredSecret]:
+def _candidate_secrets(credential: Credential) -> Iterator[Trusted]:
     """Yield the current secret, then (queried only if asked for) the previous ones still in their grace period."""
-    yield credential.stored_secret
+    yield Trusted(credential.id, credential.stored_secret, since=credential.rotated_at or credential.created_at)
     for grace in selectors.grace_secrets_live(credential=credential):
-        yield grace.stored_secret
+        yield Trusted(credential.id, grace.stored_secret, since=grace.created_at)

@@ -8,8 +8,9 @@ never the secret) is kept in the Django cache for AGENTIDP_VERIFIED_SECRET_CACHE
 The next presentation of that secret for that stored secret compares digests instead of
 asking the store.
 
-The cache key names the stored secret exactly (its storage, bcrypt hash or Vault path and
-version, and the credential), and every request reads the credential's row first, so a
+The cache key names the trusted secret exactly (the credential, its storage, bcrypt hash or
+Vault path and version, and when the credential came to trust it), and every request reads
+the credential's row first, so a
 rotation (a new hash or version), a deletion (no row), an expiry or a suspension (checked
 on the row after verification) takes effect on the very next request in every process,
 whatever any process still holds. Only successful verifications are kept: a wrong secret
@@ -18,6 +19,8 @@ always pays the store's full price, and cannot grow the cache.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import hashlib
 import hmac
 import logging
@@ -36,20 +39,37 @@ KEY_SALT = "agentidp.credentials.verified"
 KEY_PREFIX = "agentidp:verified:"
 
 
-def _name(credential_id: uuid.UUID, stored: StoredSecret) -> str:
-    """Return the stored secret's identity: anything that changes when the secret does changes it."""
-    return "\x1f".join(
-        [str(credential_id), stored.storage, stored.secret_hash, stored.vault_path, str(stored.vault_version or "")]
-    )
+@dataclasses.dataclass(frozen=True)
+class Trusted:
+    """One secret a credential trusts, named exactly: where it is kept, and since when it is trusted."""
+
+    credential_id: uuid.UUID
+    stored: StoredSecret
+    # Vault numbers versions from 1 again once a key is destroyed, so a path and version can
+    # come back with another secret; the moment the credential came to trust it cannot.
+    since: datetime.datetime
+
+    def name(self) -> str:
+        stored = self.stored
+        return "\x1f".join(
+            [
+                str(self.credential_id),
+                self.since.isoformat(),
+                stored.storage,
+                stored.secret_hash,
+                stored.vault_path,
+                str(stored.vault_version or ""),
+            ]
+        )
 
 
-def _cache_key(credential_id: uuid.UUID, stored: StoredSecret) -> str:
-    return KEY_PREFIX + hashlib.sha256(_name(credential_id, stored).encode()).hexdigest()
+def _cache_key(trusted: Trusted) -> str:
+    return KEY_PREFIX + hashlib.sha256(trusted.name().encode()).hexdigest()
 
 
 @sensitive_variables("secret")
-def _digest(credential_id: uuid.UUID, stored: StoredSecret, secret: str) -> str:
-    return salted_hmac(KEY_SALT, f"{_name(credential_id, stored)}\x1e{secret}", algorithm="sha256").hexdigest()
+def _digest(trusted: Trusted, secret: str) -> str:
+    return salted_hmac(KEY_SALT, f"{trusted.name()}\x1e{secret}", algorithm="sha256").hexdigest()
 
 
 def _lifetime() -> int:
@@ -57,7 +77,7 @@ def _lifetime() -> int:
 
 
 @sensitive_variables("secret")
-def verified_recently(*, credential_id: uuid.UUID, stored: StoredSecret, secret: str) -> bool:
+def verified_recently(*, trusted: Trusted, secret: str) -> bool:
     """
     Return whether the store verified exactly this secret for this stored secret within the lifetime.
 
@@ -66,21 +86,25 @@ def verified_recently(*, credential_id: uuid.UUID, stored: StoredSecret, secret:
     if _lifetime() <= 0:
         return False
     try:
-        kept = cache.get(_cache_key(credential_id, stored))
+        kept = cache.get(_cache_key(trusted))
     except Exception as exc:
-        logger.warning("verified-secret cache unavailable credential_id=%s error=%s", credential_id, type(exc).__name__)
+        logger.warning(
+            "verified-secret cache unavailable credential_id=%s error=%s", trusted.credential_id, type(exc).__name__
+        )
         return False
     if not isinstance(kept, str):
         return False
-    return hmac.compare_digest(kept, _digest(credential_id, stored, secret))
+    return hmac.compare_digest(kept, _digest(trusted, secret))
 
 
 @sensitive_variables("secret")
-def remember_verified(*, credential_id: uuid.UUID, stored: StoredSecret, secret: str) -> None:
+def remember_verified(*, trusted: Trusted, secret: str) -> None:
     """Keep the digest of a secret that the store has just verified (call only after a match)."""
     if _lifetime() <= 0:
         return
     try:
-        cache.set(_cache_key(credential_id, stored), _digest(credential_id, stored, secret), _lifetime())
+        cache.set(_cache_key(trusted), _digest(trusted, secret), _lifetime())
     except Exception as exc:
-        logger.warning("verified-secret cache unavailable credential_id=%s error=%s", credential_id, type(exc).__name__)
+        logger.warning(
+            "verified-secret cache unavailable credential_id=%s error=%s", trusted.credential_id, type(exc).__name__
+        )

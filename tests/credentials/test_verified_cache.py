@@ -1,0 +1,673 @@
+"""
+The verified-secret cache (credentials/verified.py): a secret a store verified is taken as
+verified for AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS without asking the store again, yet
+rotation, deletion, expiry and suspension refuse it on the very next request, in this
+process and in others.
+
+How often a store is asked is counted by wrapping the backends' `verify` (the real one
+still runs) and, for Vault, by the test server's recorded reads. What the cache holds is
+read from the local-memory cache itself. The cross-process tests run two long-lived
+AgentIdP processes (tests/credentials/cacheworker.py) on an installation of their own,
+once sharing Redis (CACHE_URL=redis://127.0.0.1:6379/15) and once each with its own
+local-memory cache.
+"""
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+import secrets
+import select
+import socket
+import subprocess
+import sys
+import types
+import uuid
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+from unittest import mock
+from urllib.parse import quote
+
+import pytest
+from django.core.cache import cache
+from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
+
+from credentials import services
+from credentials.models import Credential, GraceSecret
+from credentials.services import credential_authenticate, credential_delete, credential_rotate
+from credentials.verified import KEY_PREFIX
+from oauth.keys import generate_signing_key_pem
+from tests.conftest import assert_logs_keep
+from tests.credentials.helpers import end_grace_periods, expire, reason
+from tests.factories import AgentFactory, make_credential
+from vaultstore.backends.bcrypt import BcryptSecretBackend
+from vaultstore.backends.vault import VaultSecretBackend
+from vaultstore.exceptions import SecretReadError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("cacheworker.py")
+REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 15
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "verified-cache-tests"}}
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store_asked() -> Iterator[types.SimpleNamespace]:
+    """Count the verifications each store runs (the real verification still runs)."""
+    with (
+        mock.patch.object(
+            BcryptSecretBackend, "verify", autospec=True, side_effect=BcryptSecretBackend.verify
+        ) as bcrypt_verify,
+        mock.patch.object(
+            VaultSecretBackend, "verify", autospec=True, side_effect=VaultSecretBackend.verify
+        ) as vault_verify,
+    ):
+        yield types.SimpleNamespace(bcrypt=bcrypt_verify, vault=vault_verify)
+
+
+def asked_for(spy) -> list:
+    """The stored secrets a spied verify was asked about, in order; then forget them."""
+    stored = [call.kwargs["stored"] for call in spy.call_args_list]
+    spy.reset_mock()
+    return stored
+
+
+@pytest.fixture
+def locmem(settings):
+    """Pin the cache to Django's local-memory backend (whatever CACHE_URL says), empty, to read what it holds."""
+    settings.CACHES = LOCMEM
+    cache.clear()
+    yield cache
+    cache.clear()
+
+
+def verified_entries(locmem_cache) -> dict[str, bytes]:
+    """The verified-secret entries of the local-memory cache: key -> the pickled value as kept."""
+    inner = locmem_cache._cache  # the LocMemCache behind the proxy keeps pickled values
+    return {key: value for key, value in inner.items() if KEY_PREFIX in key}
+
+
+def row(issued) -> Credential:
+    return Credential.objects.select_related("agent").get(pk=issued.credential.pk)
+
+
+def wrong_secret(secret: str) -> str:
+    return secret[:-1] + ("A" if secret[-1] != "A" else "B")
+
+
+def vault_reads(server, credential: Credential) -> int:
+    """How many KV reads of this credential's entry the test server has received."""
+    return sum(1 for r in server.requests if r.method == "GET" and r.path == "/v1/" + credential.vault_path)
+
+
+@pytest.fixture
+def vault_issued(db, vault_enabled):
+    issued = make_credential(AgentFactory())
+    assert issued.credential.storage == "vault"
+    return issued
+
+
+# --- the store is asked once ------------------------------------------------------------------
+
+
+def test_second_authentication_is_answered_without_asking_bcrypt(issued, store_asked):
+    first = credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret]
+
+    for _ in range(3):
+        again = credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
+        assert again.pk == first.pk == issued.credential.pk
+        assert again.agent_id == issued.credential.agent_id
+    assert asked_for(store_asked.bcrypt) == []
+
+
+def test_second_authentication_of_a_vault_credential_reads_vault_no_more(vault_issued, vault, store_asked):
+    credential = vault_issued.credential
+    reads_before = vault_reads(vault.server, credential) if vault.is_server else 0
+
+    for _ in range(3):
+        authenticated = credential_authenticate(
+            client_id=credential.client_id, client_secret=vault_issued.client_secret
+        )
+        assert authenticated.pk == credential.pk
+
+    assert asked_for(store_asked.vault) == [credential.stored_secret]
+    if vault.is_server:
+        assert vault_reads(vault.server, credential) == reads_before + 1
+
+
+def test_with_the_cache_off_every_authentication_asks_the_store(issued, store_asked, settings, locmem):
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0
+
+    for _ in range(3):
+        credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
+
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret] * 3
+    assert verified_entries(locmem) == {}
+
+
+def test_with_the_cache_off_every_authentication_reads_vault(vault_issued, vault, settings):
+    server = vault.require_server("counts the test server's reads")
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0
+    credential = vault_issued.credential
+    before = vault_reads(server, credential)
+
+    for _ in range(3):
+        credential_authenticate(client_id=credential.client_id, client_secret=vault_issued.client_secret)
+
+    assert vault_reads(server, credential) == before + 3
+
+
+# --- what the cache holds ---------------------------------------------------------------------
+
+
+def test_the_cache_holds_a_keyed_digest_never_the_secret_nor_its_hash(issued, locmem):
+    secret, secret_hash = issued.client_secret, issued.credential.secret_hash
+    assert verified_entries(locmem) == {}
+
+    credential_authenticate(client_id=issued.credential.client_id, client_secret=secret)
+
+    [(key, pickled)] = verified_entries(locmem).items()
+    kept = pickle.loads(pickled)
+    assert isinstance(kept, str) and HEX_DIGEST.fullmatch(kept)
+    for value in (secret, secret_hash, issued.credential.client_id):
+        assert value not in key and value.encode() not in pickled and value not in kept
+    # Keyed: not a bare hash of the secret, which a copy of the cache would let anyone test guesses against.
+    assert kept not in {hashlib.sha256(secret.encode()).hexdigest(), hashlib.sha256(secret_hash.encode()).hexdigest()}
+
+
+def test_the_digest_is_keyed_by_secret_key(issued, store_asked, settings):
+    credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
+    asked_for(store_asked.bcrypt)
+    settings.SECRET_KEY = "another-signing-key-" + secrets.token_hex(8)
+
+    credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
+
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret]
+
+
+def test_the_cache_holds_neither_a_vault_secret_nor_its_path(vault_issued, locmem):
+    credential = vault_issued.credential
+
+    credential_authenticate(client_id=credential.client_id, client_secret=vault_issued.client_secret)
+
+    [(key, pickled)] = verified_entries(locmem).items()
+    assert HEX_DIGEST.fullmatch(pickle.loads(pickled))
+    for value in (vault_issued.client_secret, credential.vault_path, str(credential.id)):
+        assert value not in key and value.encode() not in pickled
+
+
+# --- wrong secrets pay the full price and are not kept ----------------------------------------
+
+
+def test_a_wrong_secret_for_a_warm_credential_asks_the_store_and_is_refused(issued, store_asked):
+    client_id = issued.credential.client_id
+    credential_authenticate(client_id=client_id, client_secret=issued.client_secret)
+    asked_for(store_asked.bcrypt)
+
+    assert reason(client_id, wrong_secret(issued.client_secret)) == "wrong_secret"
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret]
+
+    credential_authenticate(client_id=client_id, client_secret=issued.client_secret)
+    assert asked_for(store_asked.bcrypt) == []  # the right one is still answered from the cache
+
+
+def test_wrong_secrets_and_unknown_client_ids_add_no_cache_entries(issued, store_asked, locmem):
+    client_id = issued.credential.client_id
+    credential_authenticate(client_id=client_id, client_secret=issued.client_secret)
+    entries = verified_entries(locmem)
+    assert len(entries) == 1
+    asked_for(store_asked.bcrypt)
+
+    for attempt in range(25):
+        assert reason(client_id, f"wrong-{attempt}-{secrets.token_urlsafe(16)}") == "wrong_secret"
+        assert reason(secrets.token_hex(16), secrets.token_urlsafe(32)) == "unknown_client"
+        assert reason(secrets.token_hex(16), issued.client_secret) == "unknown_client"
+
+    assert verified_entries(locmem) == entries
+    assert len(locmem._cache) == len(entries)  # nothing else was kept either
+    assert len(asked_for(store_asked.bcrypt)) == 75  # each failure paid a verification (dummy ones included)
+
+
+# --- changes take effect on the very next request --------------------------------------------
+
+
+def test_rotation_without_grace_refuses_the_cached_old_secret_at_once(issued, store_asked):
+    client_id, old = issued.credential.client_id, issued.client_secret
+    credential_authenticate(client_id=client_id, client_secret=old)
+    credential_authenticate(client_id=client_id, client_secret=old)
+    asked_for(store_asked.bcrypt)
+
+    new = credential_rotate(acting=None, credential=issued.credential).client_secret
+
+    assert reason(client_id, old) == "wrong_secret"
+    assert asked_for(store_asked.bcrypt) == [row(issued).stored_secret]
+    credential_authenticate(client_id=client_id, client_secret=new)
+    credential_authenticate(client_id=client_id, client_secret=new)
+    assert asked_for(store_asked.bcrypt) == [row(issued).stored_secret]
+
+
+def test_rotation_with_grace_keeps_the_old_secret_working_from_the_cache_until_the_grace_ends(issued, store_asked):
+    client_id, old = issued.credential.client_id, issued.client_secret
+    old_stored = issued.credential.stored_secret
+    credential_authenticate(client_id=client_id, client_secret=old)
+    asked_for(store_asked.bcrypt)
+
+    new = credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=600).client_secret
+    current = row(issued)
+    [grace] = GraceSecret.objects.filter(credential=current)
+    assert grace.stored_secret == old_stored
+
+    # Matched as the grace entry: a secret trusted since the rotation, so checked by the store once...
+    assert services._secret_matching(current, old) == old_stored
+    assert asked_for(store_asked.bcrypt) == [current.stored_secret, old_stored]
+    # ...and then answered from the cache; only the new current hash is still asked.
+    assert credential_authenticate(client_id=client_id, client_secret=old).pk == current.pk
+    assert asked_for(store_asked.bcrypt) == [current.stored_secret]
+    assert credential_authenticate(client_id=client_id, client_secret=new).pk == current.pk
+
+    end_grace_periods(current)
+
+    assert reason(client_id, old) == "wrong_secret"
+    assert credential_authenticate(client_id=client_id, client_secret=new).pk == current.pk
+
+
+def test_deletion_refuses_the_cached_secret_at_once(issued, store_asked):
+    client_id = issued.credential.client_id
+    credential_authenticate(client_id=client_id, client_secret=issued.client_secret)
+
+    credential_delete(acting=None, credential=issued.credential)
+
+    assert reason(client_id, issued.client_secret) == "unknown_client"
+
+
+def test_expiry_refuses_the_cached_secret_at_once_and_an_extension_lets_it_work_again(issued, store_asked):
+    client_id = issued.credential.client_id
+    credential_authenticate(client_id=client_id, client_secret=issued.client_secret)
+    asked_for(store_asked.bcrypt)
+
+    expire(issued.credential)
+
+    assert reason(client_id, issued.client_secret) == "credential_expired"
+    Credential.objects.filter(pk=issued.credential.pk).update(expires_at=timezone.now() + datetime.timedelta(days=1))
+    assert credential_authenticate(client_id=client_id, client_secret=issued.client_secret).pk == issued.credential.pk
+    assert asked_for(store_asked.bcrypt) == []  # still the cached verification: the row decided
+
+
+def test_suspension_refuses_the_cached_secret_at_once_and_reactivation_lets_it_work_again(issued, store_asked):
+    client_id, agent = issued.credential.client_id, issued.credential.agent
+    credential_authenticate(client_id=client_id, client_secret=issued.client_secret)
+    asked_for(store_asked.bcrypt)
+
+    services.agent_update(acting=None, agent=agent, status="suspended")
+
+    assert reason(client_id, issued.client_secret) == "agent_suspended"
+    services.agent_update(acting=None, agent=agent, status="active")
+    assert credential_authenticate(client_id=client_id, client_secret=issued.client_secret).pk == issued.credential.pk
+    assert asked_for(store_asked.bcrypt) == []
+
+
+def test_vault_rotation_refuses_the_cached_old_version_at_once(vault_issued, store_asked):
+    client_id, old = vault_issued.credential.client_id, vault_issued.client_secret
+    credential_authenticate(client_id=client_id, client_secret=old)
+
+    new = credential_rotate(acting=None, credential=vault_issued.credential).client_secret
+
+    assert reason(client_id, old) == "wrong_secret"
+    assert credential_authenticate(client_id=client_id, client_secret=new).pk == vault_issued.credential.pk
+
+
+def test_a_secret_from_before_a_move_off_vault_and_back_is_refused(
+    vault_issued, vault, settings, django_capture_on_commit_callbacks
+):
+    credential = vault_issued.credential
+    first = vault_issued.client_secret
+    credential_authenticate(client_id=credential.client_id, client_secret=first)  # cached under version 1
+    assert credential.vault_version == 1
+
+    # Vault switched off (no VAULT_ADDR): a rotation moves the secret to bcrypt; the purge of the entry waits.
+    settings.VAULTSTORE = {
+        "DEFAULT": "bcrypt",
+        "BACKENDS": {"bcrypt": vault.vaultstore_setting()["BACKENDS"]["bcrypt"]},
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        credential_rotate(acting=None, credential=credential)
+    assert row(vault_issued).storage == "bcrypt"
+    # Vault on again: `manage.py purge_secrets` destroys the entry, and the next rotation writes a new one.
+    settings.VAULTSTORE = vault.vaultstore_setting()
+    call_command("purge_secrets", stdout=StringIO(), stderr=StringIO())
+    assert vault.metadata(credential.vault_path) is None
+    third = credential_rotate(acting=None, credential=row(vault_issued)).client_secret
+    moved_back = row(vault_issued)
+    assert (moved_back.storage, moved_back.vault_path, moved_back.vault_version) == (
+        "vault",
+        credential.vault_path,
+        1,
+    )
+    assert vault.read(moved_back.vault_path) == {"clientSecret": third}
+
+    assert reason(credential.client_id, first) == "wrong_secret"
+
+
+# --- Vault outages ----------------------------------------------------------------------------
+
+
+def test_a_recently_verified_vault_credential_gets_tokens_while_vault_is_down(
+    db, vault_enabled, vault, store_asked, token_response, settings, locmem
+):
+    server = vault.require_server("takes the test server down")
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 60
+    warm, cold = make_credential(AgentFactory()), make_credential(AgentFactory())
+    assert token_response(warm.credential.client_id, warm.client_secret).status_code == 200
+    asked_for(store_asked.vault)
+    server.go_down()
+
+    for _ in range(2):
+        response = token_response(warm.credential.client_id, warm.client_secret)
+        assert response.status_code == 200, response.content
+    assert asked_for(store_asked.vault) == []
+
+    unavailable = token_response(cold.credential.client_id, cold.client_secret)
+    assert unavailable.status_code == 503, unavailable.content
+    assert unavailable.json()["error"] == "temporarily_unavailable"
+    with pytest.raises(SecretReadError):
+        credential_authenticate(client_id=cold.credential.client_id, client_secret=cold.client_secret)
+    assert asked_for(store_asked.vault) == [cold.credential.stored_secret] * 2
+
+    # Once the lifetime has run out (the local-memory cache's clock moved on), Vault is asked again.
+    later = timezone.now().timestamp()
+    with mock.patch("django.core.cache.backends.locmem.time") as clock:
+        clock.time.return_value = later + 59
+        assert token_response(warm.credential.client_id, warm.client_secret).status_code == 200
+        assert asked_for(store_asked.vault) == []
+        clock.time.return_value = later + 61
+        assert token_response(warm.credential.client_id, warm.client_secret).status_code == 503
+        assert asked_for(store_asked.vault) == [warm.credential.stored_secret]
+
+        server.come_up()
+        reads = vault_reads(server, warm.credential)
+        assert token_response(warm.credential.client_id, warm.client_secret).status_code == 200
+        assert vault_reads(server, warm.credential) == reads + 1
+
+
+# --- a cache that cannot answer is a miss ----------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["get", "set"])
+def test_a_broken_cache_is_a_miss_and_the_store_is_asked(issued, store_asked, broken, caplog):
+    caplog.set_level(logging.DEBUG)
+    client_id, secret = issued.credential.client_id, issued.client_secret
+
+    with mock.patch.object(cache, broken, side_effect=ConnectionError("cache down")):
+        for _ in range(2):
+            assert credential_authenticate(client_id=client_id, client_secret=secret).pk == issued.credential.pk
+        assert reason(client_id, wrong_secret(secret)) == "wrong_secret"
+
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret] * 3
+    warnings = [r for r in caplog.records if r.name == "credentials.verified" and r.levelno == logging.WARNING]
+    assert warnings and all(str(issued.credential.id) in r.getMessage() for r in warnings)
+    assert_logs_keep(caplog, secret, wrong_secret(secret), issued.credential.secret_hash)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_redis_is_a_miss_and_tokens_are_still_issued(
+    issued, store_asked, settings, token_response, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    }
+
+    for _ in range(2):
+        response = token_response(issued.credential.client_id, issued.client_secret)
+        assert response.status_code == 200, response.content
+
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret] * 2
+    assert "verified-secret cache unavailable" in caplog.text
+    assert_logs_keep(caplog, issued.client_secret, issued.credential.secret_hash)
+
+
+# --- the cost of a warm token request ----------------------------------------------------------
+
+
+def test_a_warm_token_request_costs_one_sql_query(issued, token_response, django_assert_num_queries):
+    assert token_response(issued.credential.client_id, issued.client_secret).status_code == 200  # warms, notes the use
+
+    with django_assert_num_queries(1):
+        response = token_response(issued.credential.client_id, issued.client_secret)
+
+    assert response.status_code == 200, response.content
+
+
+# --- across processes -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def installation_database(tmp_path, django_db_setup) -> Iterator[str]:
+    """
+    A database of its own for a separate installation, as a DATABASE_URL (as in test_migrate_to_vault.py).
+
+    On the database the suite runs on: a throwaway database on the same PostgreSQL server
+    (dropped afterwards), or a SQLite file.
+    """
+    if connection.vendor != "postgresql":
+        yield f"sqlite:///{tmp_path / 'db.sqlite3'}"
+        return
+    import psycopg
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    name = f"agentidp_cache_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(**params, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    settings_dict = connection.settings_dict
+    credentials = quote(settings_dict["USER"] or "", safe="")
+    if settings_dict["PASSWORD"]:
+        credentials += ":" + quote(settings_dict["PASSWORD"], safe="")
+    host = settings_dict["HOST"] or "localhost"
+    port = settings_dict["PORT"] or "5432"
+    try:
+        yield f"postgres://{credentials}@{host}:{port}/{name}"
+    finally:
+        with psycopg.connect(**params, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Worker:
+    """One long-lived AgentIdP process (cacheworker.py): a command line in, a JSON line out."""
+
+    TIMEOUT = 30
+
+    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, str(WORKER)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+            text=True,
+            bufsize=1,
+        )
+
+    def _read(self) -> dict:
+        ready, _, _ = select.select([self.process.stdout], [], [], self.TIMEOUT)
+        line = self.process.stdout.readline() if ready else ""
+        assert line, f"worker {self.name} gave no answer; its stderr:\n{self.log.read_text()}"
+        return json.loads(line)
+
+    def started(self) -> "Worker":
+        assert self._read() == {"ready": True}
+        return self
+
+    def ask(self, *words: str) -> dict:
+        self.process.stdin.write(" ".join(words) + "\n")
+        self.process.stdin.flush()
+        answer = self._read()
+        assert "error" not in answer, (self.name, words[0], answer)
+        return answer
+
+    def auth(self, client_id: str, secret: str) -> dict:
+        return self.ask("auth", client_id, secret)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process.stdout.close()
+
+
+@pytest.fixture
+def start_workers(installation_database, tmp_path):
+    """Start two workers (A and B) on the installation, with this CACHE_URL (None: local memory each)."""
+    started: list[Worker] = []
+
+    def start(cache_url: str | None) -> tuple[Worker, Worker]:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "DJANGO_SETTINGS_MODULE": "agentidp.settings",
+            "SECRET_KEY": "verified-cache-tests",
+            "DEBUG": "false",
+            "AGENTIDP_SIGNING_KEY": generate_signing_key_pem("RS256").decode(),
+            "AGENTIDP_BCRYPT_ROUNDS": "4",
+            "DATABASE_URL": installation_database,
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            **({"CACHE_URL": cache_url} if cache_url else {}),
+        }
+        for name in ("A", "B"):
+            started.append(Worker(name, env, tmp_path / f"worker-{name}.log"))
+        return started[-2].started(), started[-1].started()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def redis_listening() -> bool:
+    try:
+        socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def redis_db():
+    """Redis database 15, emptied before and after (the shared cache of the workers)."""
+    if not redis_listening():
+        pytest.skip(f"nothing listens on {REDIS_HOST}:{REDIS_PORT}: start Redis to test a cache shared by processes")
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def seed(worker: Worker) -> dict[str, dict]:
+    made = worker.ask("seed", "4")["credentials"]
+    return dict(zip(["rotated", "deleted", "expired", "suspended"], made, strict=True))
+
+
+def test_a_cache_shared_through_redis_warms_every_process_and_changes_refuse_on_the_very_next_request(
+    start_workers, redis_db
+):
+    a, b = start_workers(f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
+    seeded = seed(a)
+    for cred in seeded.values():
+        assert a.auth(cred["clientId"], cred["clientSecret"]) == {"ok": True, "reason": None, "store_asked": 1}
+        # B never saw this secret: A's verification, kept in Redis, answers it.
+        assert b.auth(cred["clientId"], cred["clientSecret"]) == {"ok": True, "reason": None, "store_asked": 0}
+
+    keys = redis_db.keys("*")
+    assert len(keys) == 4
+    for key in keys:
+        value = redis_db.get(key)
+        assert 0 < redis_db.ttl(key) <= 300
+        assert all(cred["clientSecret"].encode() not in value + key for cred in seeded.values())
+
+    rotated = seeded["rotated"]
+    new = a.ask("rotate", rotated["clientId"])["secret"]
+    assert b.auth(rotated["clientId"], rotated["clientSecret"]) == {
+        "ok": False,
+        "reason": "wrong_secret",
+        "store_asked": 1,
+    }
+    assert b.auth(rotated["clientId"], new) == {"ok": True, "reason": None, "store_asked": 1}
+    assert a.auth(rotated["clientId"], new) == {"ok": True, "reason": None, "store_asked": 0}
+
+    a.ask("delete", seeded["deleted"]["clientId"])
+    assert b.auth(seeded["deleted"]["clientId"], seeded["deleted"]["clientSecret"])["reason"] == "unknown_client"
+
+    a.ask("expire", seeded["expired"]["clientId"])
+    assert b.auth(seeded["expired"]["clientId"], seeded["expired"]["clientSecret"])["reason"] == "credential_expired"
+
+    suspended = seeded["suspended"]
+    a.ask("suspend", suspended["clientId"])
+    assert b.auth(suspended["clientId"], suspended["clientSecret"]) == {
+        "ok": False,
+        "reason": "agent_suspended",
+        "store_asked": 0,  # the cached verification stands; the row refuses it
+    }
+    a.ask("reactivate", suspended["clientId"])
+    assert b.auth(suspended["clientId"], suspended["clientSecret"]) == {"ok": True, "reason": None, "store_asked": 0}
+
+
+def test_with_a_local_memory_cache_each_process_keeps_its_own_and_a_change_in_one_refuses_in_the_other(
+    start_workers,
+):
+    a, b = start_workers(None)
+    seeded = seed(a)
+    for cred in seeded.values():
+        for worker in (a, b):  # each warms its own cache
+            assert worker.auth(cred["clientId"], cred["clientSecret"]) == {"ok": True, "reason": None, "store_asked": 1}
+        for worker in (a, b):
+            assert worker.auth(cred["clientId"], cred["clientSecret"]) == {"ok": True, "reason": None, "store_asked": 0}
+
+    rotated = seeded["rotated"]
+    new = a.ask("rotate", rotated["clientId"])["secret"]
+    assert b.auth(rotated["clientId"], rotated["clientSecret"]) == {
+        "ok": False,
+        "reason": "wrong_secret",
+        "store_asked": 1,
+    }
+    assert b.auth(rotated["clientId"], new) == {"ok": True, "reason": None, "store_asked": 1}
+    assert b.auth(rotated["clientId"], new)["store_asked"] == 0
+
+    a.ask("delete", seeded["deleted"]["clientId"])
+    assert b.auth(seeded["deleted"]["clientId"], seeded["deleted"]["clientSecret"])["reason"] == "unknown_client"
+
+    a.ask("expire", seeded["expired"]["clientId"])
+    assert b.auth(seeded["expired"]["clientId"], seeded["expired"]["clientSecret"])["reason"] == "credential_expired"
+
+    suspended = seeded["suspended"]
+    a.ask("suspend", suspended["clientId"])
+    assert b.auth(suspended["clientId"], suspended["clientSecret"])["reason"] == "agent_suspended"
+    a.ask("reactivate", suspended["clientId"])
+    assert b.auth(suspended["clientId"], suspended["clientSecret"]) == {"ok": True, "reason": None, "store_asked": 0}
