@@ -21,15 +21,12 @@ import subprocess
 import sys
 import types
 import uuid
-from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
-from urllib.parse import quote
 from unittest import mock
 
 import pytest
 from django.core.cache import cache
-from django.db import connection
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
@@ -658,38 +655,6 @@ def test_a_rerun_reports_a_line_whose_credential_was_rotated_after_the_interrupt
 
 
 # --- kill -9, in separate processes ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def installation_database(tmp_path) -> Iterator[str]:
-    """
-    A database of its own for a separate installation, as a DATABASE_URL.
-
-    On the database the suite runs on: a throwaway database on the same PostgreSQL
-    server (dropped afterwards), or a SQLite file.
-    """
-    if connection.vendor != "postgresql":
-        yield f"sqlite:///{tmp_path / 'db.sqlite3'}"
-        return
-    import psycopg
-
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    name = f"agentidp_kill_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(**params, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    settings_dict = connection.settings_dict
-    credentials = quote(settings_dict["USER"] or "", safe="")
-    if settings_dict["PASSWORD"]:
-        credentials += ":" + quote(settings_dict["PASSWORD"], safe="")
-    host = settings_dict["HOST"] or "localhost"
-    port = settings_dict["PORT"] or "5432"
-    try:
-        yield f"postgres://{credentials}@{host}:{port}/{name}"
-    finally:
-        with psycopg.connect(**params, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Installation:

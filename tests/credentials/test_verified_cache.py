@@ -25,17 +25,14 @@ import socket
 import subprocess
 import sys
 import types
-import uuid
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 from unittest import mock
-from urllib.parse import quote
 
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
-from django.db import connection
 from django.utils import timezone
 
 from credentials import services
@@ -457,38 +454,6 @@ def test_a_warm_token_request_costs_one_sql_query(issued, token_response, django
 
 
 # --- across processes -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def installation_database(tmp_path, django_db_setup) -> Iterator[str]:
-    """
-    A database of its own for a separate installation, as a DATABASE_URL (as in test_migrate_to_vault.py).
-
-    On the database the suite runs on: a throwaway database on the same PostgreSQL server
-    (dropped afterwards), or a SQLite file.
-    """
-    if connection.vendor != "postgresql":
-        yield f"sqlite:///{tmp_path / 'db.sqlite3'}"
-        return
-    import psycopg
-
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    name = f"agentidp_cache_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(**params, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    settings_dict = connection.settings_dict
-    credentials = quote(settings_dict["USER"] or "", safe="")
-    if settings_dict["PASSWORD"]:
-        credentials += ":" + quote(settings_dict["PASSWORD"], safe="")
-    host = settings_dict["HOST"] or "localhost"
-    port = settings_dict["PORT"] or "5432"
-    try:
-        yield f"postgres://{credentials}@{host}:{port}/{name}"
-    finally:
-        with psycopg.connect(**params, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Worker:
