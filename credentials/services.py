@@ -599,10 +599,12 @@ def credential_authenticate(*, client_id: str, client_secret: str) -> Credential
 
     An unknown client id pays one dummy verification in the default store (a bcrypt check,
     or a Vault read), and a known one is verified before its expiry or its agent's status
-    is looked at, so the time taken tells an attacker nothing about which case failed.
-    The current secret is tried first, then previous secrets still inside their grace
-    period; each is verified by the store that holds it, so bcrypt credentials keep
-    working while Vault is down.
+    is looked at, so the time taken does not tell a wrong secret from an expired or
+    suspended credential. (A right secret verified lately is matched from the verified-
+    secret cache, so refusing it for expiry or suspension is quicker; that tells only a
+    holder of the right secret something.) The current secret is tried first, then
+    previous secrets still inside their grace period; each is verified by the store that
+    holds it, so bcrypt credentials keep working while Vault is down.
     Raises SecretStoreError (SecretReadError) when the store that holds this credential's
     secret cannot answer: the token endpoint's 503 temporarily_unavailable, not invalid_client.
     """
