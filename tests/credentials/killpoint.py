@@ -49,20 +49,14 @@ def seed(count: int) -> None:
     from django.core.management import call_command
 
     from credentials import services
+    from credentials.management.commands.migrate_to_vault import SecretsFile
 
     call_command("migrate", verbosity=0)
     agent = services.agent_create(acting=None, name="migrating-agent")
     for _ in range(count):
         issued = services.credential_create(acting=None, agent=agent)
         assert issued.credential.storage == "bcrypt", "seed runs without VAULT_ADDR"
-        credential = issued.credential
-        line = {
-            "agentId": str(credential.agent_id),
-            "credentialId": str(credential.id),
-            "clientId": credential.client_id,
-            "clientSecret": issued.client_secret,
-        }
-        print(json.dumps(line), flush=True)
+        print(json.dumps(SecretsFile.line_for(issued)), flush=True)
 
 
 def check() -> None:

@@ -12,6 +12,7 @@ job with the same file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import os
 import stat
 import uuid
@@ -147,22 +148,27 @@ class SecretsFile:
             return None
         return line["clientSecret"]
 
-    def record(self, issued: services.IssuedCredential) -> None:
-        """Append the new secret's line and make it durable (called before the rotation commits)."""
-        assert self.fd is not None
+    @staticmethod
+    def line_for(issued: services.IssuedCredential) -> dict[str, str]:
+        """Return the file's line for a credential and its new secret."""
         credential = issued.credential
-        line = {
+        return {
             "agentId": str(credential.agent_id),
             "credentialId": str(credential.id),
             "clientId": credential.client_id,
             "clientSecret": issued.client_secret,
         }
+
+    def record(self, issued: services.IssuedCredential) -> None:
+        """Append the new secret's line and make it durable (called before the rotation commits)."""
+        assert self.fd is not None
+        line = self.line_for(issued)
         data = (json.dumps(line) + "\n").encode()
         while data:
             written = os.write(self.fd, data)
             data = data[written:]
         os.fsync(self.fd)
-        self.lines[credential.id] = line
+        self.lines[issued.credential.id] = line
 
     def close(self) -> None:
         if self.fd is not None:
@@ -344,30 +350,24 @@ class Command(BaseCommand):
                     skipped += 1
                     continue
                 handed_out = secrets_file.handed_out(credential)
-                try:
-                    services.credential_rotate(
-                        acting=ACTOR,
-                        credential=credential,
-                        grace_period_seconds=grace_period,
-                        from_storage=credential.storage,
-                        client_secret=handed_out,
-                        before_commit=None if handed_out else secrets_file.record,
-                    )
-                except (services.StorageChanged, CredentialNotFound):
-                    skipped += 1  # moved or deleted meanwhile: nothing left to do for it
-                except ApiError as exc:
-                    failed += 1
-                    self._failed(credential, exc.message)
-                except SecretStoreError as exc:
-                    failed += 1
-                    stopped = str(exc)
-                    self._failed(credential, str(exc))
-                    break
-                else:
+                outcome = self._rotate_one(
+                    credential,
+                    grace_period=grace_period,
+                    client_secret=handed_out,
+                    before_commit=None if handed_out else secrets_file.record,
+                )
+                if outcome == "rotated":
                     if handed_out:
                         finished += 1
                     else:
                         moved += 1
+                elif outcome == "skipped":
+                    skipped += 1  # moved or deleted meanwhile: nothing left to do for it
+                else:
+                    failed += 1
+                    if outcome == "stopped":
+                        stopped = "Vault stopped answering"
+                        break
                 if progress:
                     self._progress(done, total)
         if progress:
@@ -378,7 +378,7 @@ class Command(BaseCommand):
             f"New secrets: {secrets_file.path}."
         )
         if stopped:
-            raise CommandError(f"{summary} Stopped: Vault stopped answering. Run the same command again to finish.")
+            raise CommandError(f"{summary} Stopped: {stopped}. Run the same command again to finish.")
         if failed:
             raise CommandError(f"{summary} Run the same command again to retry the failed ones.")
         if stale:
@@ -418,7 +418,7 @@ class Command(BaseCommand):
                         continue
                 except SecretStoreError as exc:
                     self._failed(credential, str(exc))
-                    return finished, stale, failed + 1, str(exc)
+                    return finished, stale, failed + 1, "Vault stopped answering"
                 last_change = (
                     AuditEvent.objects.filter(credential_id=credential.id)
                     .exclude(action=AuditEvent.Action.TOKEN_REVOKED)
@@ -429,22 +429,45 @@ class Command(BaseCommand):
                 if last_change != AuditEvent.Action.CREDENTIAL_MOVED:
                     stale.append(credential.client_id)
                     continue
-                try:
-                    services.credential_rotate(
-                        acting=ACTOR,
-                        credential=credential,
-                        grace_period_seconds=grace_period,
-                        from_storage=TARGET,
-                        client_secret=handed_out,
-                    )
-                except (services.StorageChanged, CredentialNotFound):
-                    continue
-                except ApiError as exc:
-                    failed += 1
-                    self._failed(credential, exc.message)
-                except SecretStoreError as exc:
-                    self._failed(credential, str(exc))
-                    return finished, stale, failed + 1, str(exc)
-                else:
+                outcome = self._rotate_one(credential, grace_period=grace_period, client_secret=handed_out)
+                if outcome == "rotated":
                     finished += 1
+                elif outcome in ("failed", "stopped"):
+                    failed += 1
+                    if outcome == "stopped":
+                        return finished, stale, failed, "Vault stopped answering"
         return finished, stale, failed, ""
+
+    def _rotate_one(
+        self,
+        credential: Credential,
+        *,
+        grace_period: int,
+        client_secret: str | None,
+        before_commit: Callable[[services.IssuedCredential], None] | None = None,
+    ) -> str:
+        """
+        Rotate one credential into Vault, from the store it is in now; say how it went.
+
+        "rotated"; "skipped" (moved or deleted meanwhile); "failed" (refused, such as too
+        many grace secrets: the run goes on); or "stopped" (Vault did not answer: the run
+        ends). Failures are reported on standard error.
+        """
+        try:
+            services.credential_rotate(
+                acting=ACTOR,
+                credential=credential,
+                grace_period_seconds=grace_period,
+                from_storage=credential.storage,
+                client_secret=client_secret,
+                before_commit=before_commit,
+            )
+        except (services.StorageChanged, CredentialNotFound):
+            return "skipped"
+        except ApiError as exc:
+            self._failed(credential, exc.message)
+            return "failed"
+        except SecretStoreError as exc:
+            self._failed(credential, str(exc))
+            return "stopped"
+        return "rotated"
