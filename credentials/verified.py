@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import hmac
 import logging
@@ -49,6 +50,7 @@ class Trusted:
     # come back with another secret; the moment the credential came to trust it cannot.
     since: datetime.datetime
 
+    @functools.cached_property
     def name(self) -> str:
         stored = self.stored
         return "\x1f".join(
@@ -64,12 +66,12 @@ class Trusted:
 
 
 def _cache_key(trusted: Trusted) -> str:
-    return KEY_PREFIX + hashlib.sha256(trusted.name().encode()).hexdigest()
+    return KEY_PREFIX + hashlib.sha256(trusted.name.encode()).hexdigest()
 
 
 @sensitive_variables("secret")
 def _digest(trusted: Trusted, secret: str) -> str:
-    return salted_hmac(KEY_SALT, f"{trusted.name()}\x1e{secret}", algorithm="sha256").hexdigest()
+    return salted_hmac(KEY_SALT, f"{trusted.name}\x1e{secret}", algorithm="sha256").hexdigest()
 
 
 def _lifetime() -> int:
