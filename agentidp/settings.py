@@ -156,6 +156,9 @@ if VAULT_ADDR:
             "verify": env.str("VAULT_CACERT", default="") or not env.bool("VAULT_SKIP_VERIFY", default=False),
             "connect_timeout": env.float("VAULT_CONNECT_TIMEOUT", default=1.0),
             "read_timeout": env.float("VAULT_READ_TIMEOUT", default=3.0),
+            # After this many failures in a row, fail fast for breaker_seconds instead of waiting on Vault.
+            "breaker_failures": env.int("VAULT_BREAKER_FAILURES", default=3),
+            "breaker_seconds": env.float("VAULT_BREAKER_SECONDS", default=5.0),
         },
     }
 # Upgrade on use: a credential whose secret is kept by another store than the default (bcrypt,

@@ -40,6 +40,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -409,6 +410,8 @@ class VaultTestServer:
         self.mount = mount.strip("/")
         self.url = ""
         self.requests: list[RecordedRequest] = []
+        #: Called at the end of recover().
+        self.on_recover: list[Callable[[], None]] = []
         self._lock = threading.RLock()  # all state below
         self._kv: dict[str, _Key] = {}
         self._max_versions = max_versions
@@ -699,13 +702,20 @@ class VaultTestServer:
             self.inject(outage, path=path, method=method, times=times, delay=delay if outage == "slow" else None)
 
     def recover(self, *, timeout: float = 5.0) -> None:
-        """End every outage, then wait until the requests still in flight (a slow write) have been answered."""
+        """
+        End every outage, then wait until the requests still in flight (a slow write) have been answered.
+
+        Then run `on_recover`'s callbacks (the test fixtures let the app's circuit breaker
+        probe again there, as the passing of its open period would).
+        """
         self.clear_faults()
         self.unseal()
         self.come_up()
         deadline = time.monotonic() + timeout
         while not all(request.done for request in list(self.requests)) and time.monotonic() < deadline:
             time.sleep(0.02)
+        for callback in list(self.on_recover):
+            callback()
 
     def _take_fault(self, req: RecordedRequest, kinds) -> _Fault | None:
         """The first active fault of one of `kinds` matching `req`, using up one of its times."""

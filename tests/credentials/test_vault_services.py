@@ -570,8 +570,9 @@ def test_while_vault_is_unavailable_bcrypt_credentials_work_and_vault_ones_are_a
             credential_authenticate(client_id=vault_client_id, client_secret=presented)
         assert excinfo.value.code == "VAULT_READ_ERROR"
         assert excinfo.value.retry_after == 5
-    # The dummy read for an unknown client fails too, and is swallowed: an unknown client is still just that.
-    assert reason("no-such-client", "whatever") == "unknown_client"
+    # The dummy read for an unknown client fails too, as a Vault credential's read does: the answer cannot tell them apart.
+    with pytest.raises(SecretReadError):
+        credential_authenticate(client_id="no-such-client", client_secret="whatever")
 
     server.recover()
 
@@ -658,7 +659,9 @@ def test_delete_while_vault_is_down_takes_effect_at_once_and_queues_the_purge(
 
     after = timezone.now()
     assert not Credential.objects.filter(pk=issued.credential.pk).exists()
-    assert reason(issued.credential.client_id, issued.client_secret) == "unknown_client"  # Vault still down
+    # Refused: as an unknown client, whose dummy read fails while Vault is down, as a Vault credential's would.
+    with pytest.raises(SecretReadError):
+        credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
     purge = SecretPurge.objects.get()
     assert (purge.storage, purge.vault_path, purge.reason, purge.attempts) == (
         "vault",
@@ -795,9 +798,10 @@ def test_agent_delete_while_vault_is_down_deletes_everything_and_queues_each_pat
     assert len(events(AuditEvent.Action.CREDENTIAL_DELETED)) == 2
     assert len(events(AuditEvent.Action.AGENT_DELETED)) == 1
     for issued in (first, second):
-        assert reason(issued.credential.client_id, issued.client_secret) == "unknown_client"
+        with pytest.raises(SecretReadError):  # refused; Vault is down, so even the unknown client's dummy read fails
+            credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
 
-    server.come_up()
+    server.recover()
     run_every_queued_purge()
 
     assert [vault_enabled.metadata(path) for path in paths] == [None, None]

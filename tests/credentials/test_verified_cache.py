@@ -390,7 +390,7 @@ def test_a_recently_verified_vault_credential_gets_tokens_while_vault_is_down(
         assert token_response(warm.credential.client_id, warm.client_secret).status_code == 503
         assert asked_for(store_asked.vault) == [warm.credential.stored_secret]
 
-        server.come_up()
+        server.recover()
         reads = vault_reads(server, warm.credential)
         assert token_response(warm.credential.client_id, warm.client_secret).status_code == 200
         assert vault_reads(server, warm.credential) == reads + 1

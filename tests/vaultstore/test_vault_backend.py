@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -513,12 +514,146 @@ def test_verify_dummy_reads_the_dummy_key(server, vault, backend):
 
 
 @pytest.mark.parametrize("fault", ["down", "sealed", "403", "500", "429", "reset", "garbled"])
-def test_verify_dummy_swallows_every_vault_failure(server, vault, backend, caplog, fault):
+def test_verify_dummy_fails_as_a_verification_would_on_every_vault_failure(server, vault, backend, caplog, fault):
     caplog.set_level(logging.DEBUG)
     break_vault(server, fault)
 
-    assert backend.verify_dummy(secret=SECRET) is None
+    with pytest.raises(SecretReadError) as excinfo:
+        backend.verify_dummy(secret=SECRET)
+    assert excinfo.value.code == "VAULT_READ_ERROR"
+    assert SECRET not in str(excinfo.value) and vault.app_token not in str(excinfo.value)
     assert SECRET not in caplog.text and vault.app_token not in caplog.text
+
+
+# --- the circuit breaker ----------------------------------------------------------------------
+
+
+def breaker_backend(vault, **options) -> tuple[VaultSecretBackend, FakeClock]:
+    backend = VaultSecretBackend(**vault.backend_options(**options))
+    clock = FakeClock()
+    backend._clock = clock
+    return backend, clock
+
+
+def requests_to_keys(server) -> int:
+    return len([request for request in server.requests if AGENTIDP_KEYS in request.path])
+
+
+OUTAGE_KINDS = ["down", "slow", "sealed", "403", "429", "500", "502", "garbled", "reset"]
+
+
+@pytest.mark.parametrize("fault", OUTAGE_KINDS)
+def test_after_three_outages_in_a_row_every_operation_fails_fast_without_asking_vault(server, vault, owner, fault):
+    backend, clock = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
+    stored = backend.store(owner=owner, secret=SECRET)
+    break_vault(server, fault)
+    for _ in range(3):
+        with pytest.raises(SecretReadError):
+            backend.verify(stored=stored, secret=SECRET)
+    asked = requests_to_keys(server)
+
+    with pytest.raises(SecretReadError) as read:
+        backend.verify(stored=stored, secret=SECRET)
+    with pytest.raises(SecretReadError):
+        backend.verify_dummy(secret=SECRET)
+    with pytest.raises(SecretWriteError) as write:
+        backend.store(owner=owner, secret=OTHER, replacing=stored)
+    with pytest.raises(SecretStoreUnavailable):
+        backend.delete(stored=[stored])
+    problems = backend.check()
+
+    assert requests_to_keys(server) == asked
+    assert write.value.maybe_written is False
+    assert read.value.retry_after == write.value.retry_after == 5
+    assert problems == ["Vault failed repeatedly and is not asked again for 5 s."]
+    clock.advance(3.2)
+    with pytest.raises(SecretReadError) as later:
+        backend.verify(stored=stored, secret=SECRET)
+    assert later.value.retry_after == 2
+
+
+def test_once_its_period_passes_one_probe_is_let_through_and_a_success_closes_the_breaker(server, vault, owner):
+    backend, clock = breaker_backend(vault, breaker_failures=2, breaker_seconds=5)
+    stored = backend.store(owner=owner, secret=SECRET)
+    server.go_down()
+    for _ in range(2):
+        with pytest.raises(SecretReadError):
+            backend.verify(stored=stored, secret=SECRET)
+    server.come_up()
+    with pytest.raises(SecretReadError):
+        backend.verify(stored=stored, secret=SECRET)  # still open: Vault is back, but not asked yet
+
+    clock.advance(5)
+
+    assert backend.verify(stored=stored, secret=SECRET) is True
+    assert backend.verify(stored=stored, secret=OTHER) is False
+    assert not backend.breaker.is_open
+
+
+def test_a_failed_probe_opens_the_breaker_again_at_once(server, vault, owner):
+    backend, clock = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
+    stored = backend.store(owner=owner, secret=SECRET)
+    server.fail("500", path=AGENTIDP_KEYS)
+    for _ in range(3):
+        with pytest.raises(SecretReadError):
+            backend.verify(stored=stored, secret=SECRET)
+    clock.advance(5)
+    asked = requests_to_keys(server)
+
+    with pytest.raises(SecretReadError):
+        backend.verify(stored=stored, secret=SECRET)  # the probe: it reaches Vault, which is still down
+    with pytest.raises(SecretReadError):
+        backend.verify(stored=stored, secret=SECRET)  # open again after one failure, not three
+
+    assert requests_to_keys(server) == asked + 1
+
+
+def test_while_a_probe_is_out_the_other_callers_fail_fast(server, vault, owner):
+    backend, clock = breaker_backend(vault, breaker_failures=1, breaker_seconds=5)
+    stored = backend.store(owner=owner, secret=SECRET)
+    server.fail("500", path=AGENTIDP_KEYS, times=1)
+    with pytest.raises(SecretReadError):
+        backend.verify(stored=stored, secret=SECRET)
+    clock.advance(5)
+    server.inject("slow", path=AGENTIDP_KEYS, delay=0.3, times=1)
+    probe = threading.Thread(target=backend.verify, kwargs={"stored": stored, "secret": SECRET})
+    probe.start()
+    deadline = time.monotonic() + 5
+    while requests_to_keys(server) == 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    with pytest.raises(SecretReadError):
+        backend.verify(stored=stored, secret=SECRET)
+    probe.join(5)
+    assert backend.verify(stored=stored, secret=SECRET) is True
+    assert requests_to_keys(server) == 4  # the store, the failure, the probe, the last verification
+
+
+@pytest.mark.parametrize("answer", ["missing key", "cas mismatch"])
+def test_answers_about_one_key_are_not_outages(vault, owner, answer):
+    backend, _ = breaker_backend(vault, breaker_failures=1)
+    stored = backend.store(owner=owner, secret=SECRET)
+    for _ in range(3):
+        if answer == "missing key":
+            assert backend.verify(stored=StoredSecret(storage="vault", vault_path=stored.vault_path, vault_version=9), secret=SECRET) is False
+        else:
+            vault.write(stored.vault_path, {SECRET_KEY: "written by hand"})  # the row trusts version 1 no more
+            backend.store(owner=owner, secret=OTHER, replacing=stored)
+
+    assert not backend.breaker.is_open
+    assert backend.verify(stored=stored, secret=SECRET) is True
+
+
+def test_breaker_failures_zero_never_opens(server, vault, owner):
+    backend, _ = breaker_backend(vault, breaker_failures=0)
+    stored = backend.store(owner=owner, secret=SECRET)
+    server.go_down()
+    for _ in range(5):
+        with pytest.raises(SecretReadError):
+            backend.verify(stored=stored, secret=SECRET)
+    server.come_up()
+
+    assert backend.verify(stored=stored, secret=SECRET) is True
 
 
 # --- delete -----------------------------------------------------------------------------------
@@ -825,6 +960,10 @@ BAD_OPTIONS = {
     "connect-timeout-bool": ("connect_timeout", True),
     "read-timeout-over-60": ("read_timeout", 60.5),
     "read-timeout-string": ("read_timeout", "3"),
+    "breaker-failures-negative": ("breaker_failures", -1),
+    "breaker-failures-float": ("breaker_failures", 2.5),
+    "breaker-seconds-zero": ("breaker_seconds", 0),
+    "breaker-seconds-bool": ("breaker_seconds", True),
 }
 
 
@@ -849,12 +988,16 @@ def test_unset_options_take_their_defaults():
         "verify": True,
         "connect_timeout": 1.0,
         "read_timeout": 3.0,
+        "breaker_failures": 3,
+        "breaker_seconds": 5.0,
     }
 
 
 @pytest.mark.parametrize(
     "option, value",
     [
+        ("breaker_failures", 0),
+        ("breaker_seconds", 0.5),
         ("url", "http://127.0.0.1:8200"),
         ("mount", "kv/agentidp"),
         ("namespace", "team-a"),
@@ -953,6 +1096,8 @@ def test_vault_addr_puts_vault_first_with_every_vault_variable():
         VAULT_CACERT="/etc/ssl/vault-ca.pem",
         VAULT_CONNECT_TIMEOUT="0.25",
         VAULT_READ_TIMEOUT="2.5",
+        VAULT_BREAKER_FAILURES="5",
+        VAULT_BREAKER_SECONDS="10",
     )
 
     assert config["DEFAULT"] == "vault"
@@ -967,6 +1112,8 @@ def test_vault_addr_puts_vault_first_with_every_vault_variable():
             "verify": "/etc/ssl/vault-ca.pem",
             "connect_timeout": 0.25,
             "read_timeout": 2.5,
+            "breaker_failures": 5,
+            "breaker_seconds": 10.0,
         },
     }
 
@@ -987,6 +1134,8 @@ def test_vault_addr_alone_takes_the_defaults(environ, verify):
         "verify": verify,
         "connect_timeout": 1.0,
         "read_timeout": 3.0,
+        "breaker_failures": 3,
+        "breaker_seconds": 5.0,
     }
 
 

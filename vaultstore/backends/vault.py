@@ -15,6 +15,7 @@ No message, log line or exception raised here carries a secret or the Vault toke
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import math
@@ -22,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,6 +54,8 @@ DUMMY_KEY = f"{KEY_PREFIX}/agents/{uuid.UUID(int=0)}/credentials/{uuid.UUID(int=
 RENEW_AT_FRACTION = 2 / 3
 #: After a failed look at the token, try again this many seconds later.
 TOKEN_RETRY_SECONDS = 10.0
+#: What an operation refused by the open breaker says.
+_FAILING_FAST = "Vault failed repeatedly and is not asked again for a few seconds."
 
 # Statuses with which Vault refused a request before applying it.
 _NOT_APPLIED_ERRORS = (
@@ -89,7 +92,7 @@ def _describe(exc: BaseException) -> str:
         return "did not answer in time"
     if isinstance(exc, requests.exceptions.ConnectionError):
         return "could not be reached"
-    if isinstance(exc, requests.exceptions.RequestException):
+    if isinstance(exc, requests.exceptions.RequestException | ValueError):
         return "sent an unreadable answer"
     if isinstance(exc, hvac.exceptions.VaultDown):
         return "is sealed or has no active node"
@@ -147,6 +150,89 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _is_outage(exc: BaseException) -> bool:
+    """Return whether `exc` says Vault cannot serve now (as opposed to an answer about one key)."""
+    if isinstance(exc, hvac.exceptions.InvalidPath | hvac.exceptions.InvalidRequest):
+        return False  # 404 and 400 (a cas mismatch): Vault answered
+    return isinstance(exc, hvac.exceptions.VaultError | requests.exceptions.RequestException | ValueError)
+
+
+class _Open(Exception):
+    """The breaker is open: Vault is not asked; try again in `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Vault is failing; not asked")
+        self.retry_after = retry_after
+
+
+class _Unhealthy(hvac.exceptions.VaultDown):
+    """Vault's health endpoint says it cannot serve (sealed, not initialised): an outage for the breaker."""
+
+
+class CircuitBreaker:
+    """
+    Stop asking a Vault that keeps failing, so requests fail fast and Vault is not hammered.
+
+    After `failures` outages in a row (unreachable, slow, sealed, 5xx, 429, 403, a garbled
+    answer) every operation fails at once for `seconds`. Then one caller is let through
+    as a probe while the others keep failing fast: a success closes the breaker, a failure
+    opens it again. Per process and thread-safe; `failures` 0 turns it off.
+    """
+
+    def __init__(self, *, failures: int, seconds: float, clock: Callable[[], float]) -> None:
+        self.failures = failures
+        self.seconds = seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._open_until: float | None = None
+        self._probing = False
+
+    def allow(self) -> None:
+        """Return if Vault may be asked now; raise _Open otherwise."""
+        if not self.failures:
+            return
+        with self._lock:
+            if self._open_until is None:
+                return
+            left = self._open_until - self.clock()
+            if left <= 0 and not self._probing:
+                self._probing = True  # this caller is the probe
+                return
+            raise _Open(max(1, math.ceil(left if left > 0 else self.seconds)))
+
+    def succeeded(self) -> None:
+        with self._lock:
+            if self._open_until is not None:
+                logger.info("Vault answers again; the breaker is closed")
+            self._consecutive = 0
+            self._open_until = None
+            self._probing = False
+
+    def failed(self) -> None:
+        with self._lock:
+            self._consecutive += 1
+            if self.failures and (self._probing or self._consecutive >= self.failures):
+                if self._open_until is None:
+                    logger.warning(
+                        "Vault failed %s times in a row; failing fast for %ss", self._consecutive, self.seconds
+                    )
+                self._open_until = self.clock() + self.seconds
+            self._probing = False
+
+    def outcome(self, exc: BaseException | None) -> None:
+        """Record how one request to Vault ended: None for an answer, else what it raised."""
+        if exc is None or not _is_outage(exc):
+            self.succeeded()
+        else:
+            self.failed()
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._open_until is not None
+
+
 class VaultSecretBackend(BaseSecretBackend):
     """Keep each secret as a KV v2 entry; verify by reading the trusted version and comparing in constant time."""
 
@@ -160,6 +246,9 @@ class VaultSecretBackend(BaseSecretBackend):
         "verify": True,
         "connect_timeout": 1.0,
         "read_timeout": 3.0,
+        # Outages in a row before failing fast (0: never), and for how long (CircuitBreaker).
+        "breaker_failures": 3,
+        "breaker_seconds": 5.0,
     }
 
     def __init__(self, **options: Any) -> None:
@@ -171,6 +260,11 @@ class VaultSecretBackend(BaseSecretBackend):
         self._renewal_timer: threading.Timer | None = None
         self._closed = False
         self._clock: Callable[[], float] = time.monotonic
+        self.breaker = CircuitBreaker(
+            failures=self.options["breaker_failures"],
+            seconds=self.options["breaker_seconds"],
+            clock=lambda: self._clock(),
+        )
 
     def validate_options(self) -> None:
         options = self.options
@@ -194,6 +288,14 @@ class VaultSecretBackend(BaseSecretBackend):
                 raise ImproperlyConfigured(
                     f"VAULTSTORE backend 'vault': {option!r} must be a number of seconds from 0 to 60."
                 )
+        failures = options["breaker_failures"]
+        if isinstance(failures, bool) or not isinstance(failures, int) or not 0 <= failures <= 1000:
+            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'breaker_failures' must be an integer from 0 to 1000.")
+        seconds = options["breaker_seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
+            raise ImproperlyConfigured(
+                "VAULTSTORE backend 'vault': 'breaker_seconds' must be a number of seconds from 0 to 3600."
+            )
 
     @property
     def mount(self) -> str:
@@ -287,6 +389,17 @@ class VaultSecretBackend(BaseSecretBackend):
             return math.inf
         return now + max(lease * RENEW_AT_FRACTION, 1.0)
 
+    @contextlib.contextmanager
+    def _asking(self) -> Iterator[None]:
+        """Ask Vault through the breaker: raise _Open at once while it is open, and record how the asking ended."""
+        self.breaker.allow()
+        try:
+            yield
+        except BaseException as exc:
+            self.breaker.outcome(exc)
+            raise
+        self.breaker.outcome(None)
+
     def _call(self, operation: Callable[..., Any], **kwargs: Any) -> Any:
         """Run one hvac operation, once more if Vault asks for a retry while a KV mount upgrades."""
         try:
@@ -339,22 +452,26 @@ class VaultSecretBackend(BaseSecretBackend):
         if replacing is not None and replacing.storage == self.name and replacing.vault_path == path:
             expected = replacing.vault_version or 0
         try:
-            client = self._client()
-            try:
-                version = self._write(client, key, secret, cas=expected)
-            except hvac.exceptions.InvalidRequest as exc:
-                if not _mismatched_cas(exc):
-                    raise
-                current = self._current_version(client, key)
-                if current <= expected:
-                    raise
-                logger.warning(
-                    "Vault holds versions the database never recorded; writing after them path=%s trusted=%s current=%s",
-                    path,
-                    expected,
-                    current,
-                )
-                version = self._write(client, key, secret, cas=current)
+            with self._asking():
+                client = self._client()
+                try:
+                    version = self._write(client, key, secret, cas=expected)
+                except hvac.exceptions.InvalidRequest as exc:
+                    if not _mismatched_cas(exc):
+                        raise
+                    current = self._current_version(client, key)
+                    if current <= expected:
+                        raise
+                    logger.warning(
+                        "Vault holds versions the database never recorded; writing after them "
+                        "path=%s trusted=%s current=%s",
+                        path,
+                        expected,
+                        current,
+                    )
+                    version = self._write(client, key, secret, cas=current)
+        except _Open as exc:
+            raise SecretWriteError(_FAILING_FAST, retry_after=exc.retry_after) from None
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
             maybe_written = _applied_possibly(exc)
             logger.warning(
@@ -399,17 +516,20 @@ class VaultSecretBackend(BaseSecretBackend):
             return False
         key = self._key(stored, SecretReadError)
         try:
-            response = self._call(
-                self._client().secrets.kv.v2.read_secret_version,
-                path=key,
-                version=stored.vault_version,
-                raise_on_deleted_version=True,
-            )
-            entry = _data(response)  # {"data": {"clientSecret": ...}, "metadata": {...}}
-            values = entry.get("data")
-            kept = values.get(SECRET_KEY) if isinstance(values, dict) else None
-            if not isinstance(kept, str):
-                raise ValueError("no client secret in the entry")
+            with self._asking():
+                response = self._call(
+                    self._client().secrets.kv.v2.read_secret_version,
+                    path=key,
+                    version=stored.vault_version,
+                    raise_on_deleted_version=True,
+                )
+                entry = _data(response)  # {"data": {"clientSecret": ...}, "metadata": {...}}
+                values = entry.get("data")
+                kept = values.get(SECRET_KEY) if isinstance(values, dict) else None
+                if not isinstance(kept, str):
+                    raise ValueError("no client secret in the entry")
+        except _Open as exc:
+            raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
         except hvac.exceptions.InvalidPath:
             logger.warning(
                 "Vault has no secret at the trusted version path=%s version=%s", stored.vault_path, stored.vault_version
@@ -422,14 +542,27 @@ class VaultSecretBackend(BaseSecretBackend):
 
     def _read_dummy(self, client: hvac.Client) -> None:
         """Read a key no credential has: as costly as a verification, and a 404 when the token may read."""
-        self._call(client.secrets.kv.v2.read_secret_version, path=DUMMY_KEY, version=1, raise_on_deleted_version=True)
+        response = self._call(
+            client.secrets.kv.v2.read_secret_version, path=DUMMY_KEY, version=1, raise_on_deleted_version=True
+        )
+        _data(response)  # a 200 must at least be a Vault answer (else ValueError, as for a garbled read)
 
     def verify_dummy(self, *, secret: str) -> None:
-        """Pay one Vault read of a key no credential has, as a known client's verification does."""
+        """
+        Pay one Vault read of a key no credential has, as a known client's verification does.
+
+        It fails as that verification would (SecretReadError while Vault cannot answer), so
+        an unknown client cannot be told from a Vault credential's by the answer either.
+        """
         try:
-            self._read_dummy(self._client())
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException):
-            pass
+            with self._asking():
+                self._read_dummy(self._client())
+        except hvac.exceptions.InvalidPath:
+            pass  # the expected answer: no such key
+        except _Open as exc:
+            raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
+            raise SecretReadError(f"Vault {_describe(exc)} while reading a client secret.") from None
 
     def delete(self, *, stored: Iterable[StoredSecret]) -> None:
         """Destroy every version and the metadata of each path (idempotent: a missing key is fine)."""
@@ -437,7 +570,10 @@ class VaultSecretBackend(BaseSecretBackend):
         for path in paths:
             key = self._key(StoredSecret(storage=self.name, vault_path=path), SecretWriteError)
             try:
-                self._call(self._client().secrets.kv.v2.delete_metadata_and_all_versions, path=key)
+                with self._asking():
+                    self._call(self._client().secrets.kv.v2.delete_metadata_and_all_versions, path=key)
+            except _Open as exc:
+                raise SecretStoreUnavailable(_FAILING_FAST, retry_after=exc.retry_after) from None
             except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
                 logger.warning("Vault delete failed path=%s error=%s", path, type(exc).__name__)
                 if isinstance(exc, hvac.exceptions.VaultDown | requests.exceptions.ConnectionError):
@@ -448,19 +584,20 @@ class VaultSecretBackend(BaseSecretBackend):
     def check(self) -> list[str]:
         """Ask Vault whether it is unsealed and active, then whether the token may read AgentIdP's keys."""
         try:
-            client = self._client()
-            health = client.sys.read_health_status(method="GET")
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
-            return [f"Vault {_describe(exc)}."]
-        status = health.status_code if isinstance(health, requests.Response) else 200
-        if status == 503:
-            return ["Vault is sealed."]
-        if status == 501:
-            return ["Vault is not initialised."]
-        try:
-            self._read_dummy(client)
-        except hvac.exceptions.InvalidPath:
-            pass  # the token may read under agentidp/, and nothing is there: as expected
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            with self._asking():
+                client = self._client()
+                health = client.sys.read_health_status(method="GET")
+                status = health.status_code if isinstance(health, requests.Response) else 200
+                if status in (501, 503):
+                    raise _Unhealthy("Vault is sealed." if status == 503 else "Vault is not initialised.")
+                try:
+                    self._read_dummy(client)
+                except hvac.exceptions.InvalidPath:
+                    pass  # the token may read under agentidp/, and nothing is there: as expected
+        except _Open as exc:
+            return [f"Vault failed repeatedly and is not asked again for {exc.retry_after} s."]
+        except _Unhealthy as exc:
+            return [str(exc)]
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
             return [f"Vault {_describe(exc)}."]
         return []
