@@ -74,6 +74,6 @@ def credential_active_count(*, agent: Agent) -> int:
     return Credential.objects.filter(agent=agent).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).count()
 
 
-def grace_secrets_live(*, credential: Credential) -> list[GraceSecret]:
+def grace_secrets_live(*, credential_id: uuid.UUID) -> list[GraceSecret]:
     """Return the credential's previous secrets whose grace period has not ended."""
-    return list(credential.grace_secrets.filter(valid_until__gt=timezone.now()))
+    return list(GraceSecret.objects.filter(credential_id=credential_id, valid_until__gt=timezone.now()))

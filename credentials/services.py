@@ -13,12 +13,13 @@ import dataclasses
 import datetime
 import logging
 import secrets
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -63,6 +64,10 @@ class InvalidClient(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class VerificationWithheld(Exception):
+    """The caller forbade asking a store (its client is throttled), and no recent verification vouched for the secret."""
 
 
 def generate_client_id() -> str:
@@ -308,6 +313,10 @@ def _discard_unrecorded_write(
     if not stored.kept_outside_database:
         return
     location = get_backend(stored.storage).location(owner=credential)
+    if not connection.in_atomic_block:
+        # The failure may have been the connection itself (lost between the store's write and
+        # the commit): drop a broken one, so that the job below is written over a new one.
+        connection.close_if_unusable_or_obsolete()
     try:
         with transaction.atomic():
             purge_ids = _purges_record(
@@ -593,28 +602,42 @@ def credential_delete(*, acting: Any, credential: Credential) -> None:
     logger.info("credential deleted credential_id=%s agent_id=%s", credential_id, locked.agent_id)
 
 
-def credential_authenticate(*, client_id: str, client_secret: str) -> Credential:
+def credential_authenticate(*, client_id: str, client_secret: str, store_allowed: bool = True) -> Credential:
     """
     Return the credential that this client id and secret authenticate, or raise InvalidClient.
 
-    An unknown client id pays one dummy verification in the default store (a bcrypt check,
-    or a Vault read), and a known one is verified before its expiry or its agent's status
-    is looked at, so the time taken does not tell a wrong secret from an expired or
-    suspended credential. (A right secret verified lately is matched from the verified-
-    secret cache, so refusing it for expiry or suspension is quicker; that tells only a
-    holder of the right secret something.) The current secret is tried first, then
-    previous secrets still inside their grace period; each is verified by the store that
-    holds it, so bcrypt credentials keep working while Vault is down.
+    An unknown client id pays what a known one with a wrong secret pays: one dummy
+    verification in the default store (a bcrypt check, or a Vault read) and the query for
+    previous secrets. A known one is verified before its expiry or its agent's status is
+    looked at, so the time taken does not tell a wrong secret from an expired or suspended
+    credential. (A right secret verified lately is matched from the verified-secret cache,
+    so refusing it for expiry or suspension is quicker; that tells only a holder of the
+    right secret something.) The current secret is tried first, then previous secrets
+    still inside their grace period; each is verified by the store that holds it, so
+    bcrypt credentials keep working while Vault is down.
+
+    A secret that a store verified (not the cache) is checked once more against the row
+    as it is now: a rotation or deletion that committed during a slow verification
+    refuses the request instead of letting the old secret through.
+
+    With `store_allowed=False` (the client is throttled) no store is asked: a secret the
+    verified-secret cache vouches for still authenticates, anything else raises
+    VerificationWithheld, an unknown client id included.
     Raises SecretStoreError (SecretReadError) when the store that holds this credential's
     secret cannot answer: the token endpoint's 503 temporarily_unavailable, not invalid_client.
     """
     credential = selectors.credential_find_by_client_id(client_id=client_id)
     if credential is None:
+        if not store_allowed:
+            raise VerificationWithheld()
         get_default_backend().verify_dummy(secret=client_secret)
+        selectors.grace_secrets_live(credential_id=NO_CREDENTIAL_ID)
         raise InvalidClient("unknown_client")
-    matched = _secret_matching(credential, client_secret)
+    matched, by_store = _secret_matching(credential, client_secret, store_allowed=store_allowed)
     if matched is None:
         raise InvalidClient("wrong_secret")
+    if by_store:
+        credential = _still_trusting(credential, matched)
     if credential.is_expired():
         raise InvalidClient("credential_expired")
     if not credential.agent.is_active:
@@ -625,30 +648,54 @@ def credential_authenticate(*, client_id: str, client_secret: str) -> Credential
     return credential
 
 
-def _secret_matching(credential: Credential, secret: str) -> StoredSecret | None:
+#: The id no credential has, for the unknown client's share of the work.
+NO_CREDENTIAL_ID = uuid.UUID(int=0)
+
+
+def _secret_matching(
+    credential: Credential, secret: str, *, store_allowed: bool = True
+) -> tuple[StoredSecret | None, bool]:
     """
-    Return which of the credential's secrets `secret` is: the current one or a previous one in its grace period.
+    Return which of the credential's secrets `secret` is (the current one or a previous one in its grace
+    period), and whether a store said so (False: the verified-secret cache did).
 
     A secret the store verified within AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS matches
     without asking it again (credentials.verified). A store that cannot answer does not
     stop the others from being asked (a bcrypt secret in its grace period still works
     while Vault is down); its error is raised only when nothing else matched, since the
-    secret might be the one it holds.
+    secret might be the one it holds. Without `store_allowed`, only the cache is asked,
+    and VerificationWithheld is raised when it does not vouch for the secret.
     """
     unavailable: SecretStoreError | None = None
     for trusted in _candidate_secrets(credential):
         stored = trusted.stored
         if verified_recently(trusted=trusted, secret=secret):
-            return stored
+            return stored, False
+        if not store_allowed:
+            continue
         try:
             if get_backend_for(stored).verify(stored=stored, secret=secret):
                 remember_verified(trusted=trusted, secret=secret)
-                return stored
+                return stored, True
         except SecretStoreError as exc:
             unavailable = unavailable or exc
+    if not store_allowed:
+        raise VerificationWithheld()
     if unavailable is not None:
         raise unavailable
-    return None
+    return None, False
+
+
+def _still_trusting(credential: Credential, matched: StoredSecret) -> Credential:
+    """Return the credential's row as it is now if it still trusts `matched`; else raise InvalidClient."""
+    now = selectors.credential_find_by_client_id(client_id=credential.client_id)
+    if now is None or now.pk != credential.pk:
+        raise InvalidClient("deleted_during_verification")
+    if now.stored_secret != matched and matched not in [
+        grace.stored_secret for grace in selectors.grace_secrets_live(credential_id=now.pk)
+    ]:
+        raise InvalidClient("rotated_during_verification")
+    return now
 
 
 def _note_use(credential: Credential) -> None:
@@ -728,7 +775,7 @@ def credential_move_to_default(*, acting: Any, credential: Credential, secret: s
             written = new
             locked.set_stored_secret(new)
             locked.save(update_fields=list(Credential.LOCATION_FIELDS))
-            live = [grace.stored_secret for grace in selectors.grace_secrets_live(credential=locked)]
+            live = [grace.stored_secret for grace in selectors.grace_secrets_live(credential_id=locked.pk)]
             _queue_released(locked, dropped=[old], still_used=[new, *live])
             audit_record(
                 acting=acting,
@@ -751,5 +798,5 @@ def credential_move_to_default(*, acting: Any, credential: Credential, secret: s
 def _candidate_secrets(credential: Credential) -> Iterator[Trusted]:
     """Yield the current secret, then (queried only if asked for) the previous ones still in their grace period."""
     yield Trusted(credential.id, credential.stored_secret, since=credential.rotated_at or credential.created_at)
-    for grace in selectors.grace_secrets_live(credential=credential):
+    for grace in selectors.grace_secrets_live(credential_id=credential.pk):
         yield Trusted(credential.id, grace.stored_secret, since=grace.created_at)

@@ -744,12 +744,14 @@ def test_authenticate_with_the_current_secret_costs_one_query_even_with_grace_se
     issued, django_assert_num_queries
 ):
     rotated = credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=600)
-    # The first use writes last_used_at; later ones within the minute write nothing.
-    with django_assert_num_queries(2):
+    # The first use reads the row again once the store has verified the secret (a rotation or deletion
+    # meanwhile refuses it), and writes last_used_at; later ones, answered from the cache, do neither.
+    with django_assert_num_queries(3):
         credential_authenticate(client_id=issued.credential.client_id, client_secret=rotated.client_secret)
 
     # The credential and its agent in one query; the grace entries only when the current secret fails.
     with django_assert_num_queries(1):
         credential_authenticate(client_id=issued.credential.client_id, client_secret=rotated.client_secret)
-    with django_assert_num_queries(2):
+    # A previous secret, verified by the store: the row, its grace entries, then both again.
+    with django_assert_num_queries(4):
         credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
