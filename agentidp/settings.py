@@ -112,6 +112,21 @@ AGENTIDP_MAX_BODY_SIZE = env.int("AGENTIDP_MAX_BODY_SIZE", default=1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = AGENTIDP_MAX_BODY_SIZE
 DATA_UPLOAD_MAX_NUMBER_FIELDS = env.int("AGENTIDP_MAX_FORM_FIELDS", default=1000)
 
+# --- Abuse limits ---------------------------------------------------------------------------
+# How many proxies in front of AgentIdP append to X-Forwarded-For: 0 (the default) believes
+# REMOTE_ADDR only; N takes the client's address from the N-th entry from the right.
+AGENTIDP_TRUSTED_PROXIES = env.int("AGENTIDP_TRUSTED_PROXIES", default=0)
+# Fixed windows of this many seconds, counted in the Django cache (shared with CACHE_URL=redis://).
+AGENTIDP_RATE_LIMIT_WINDOW_SECONDS = env.int("AGENTIDP_RATE_LIMIT_WINDOW_SECONDS", default=60)
+# Per window; 0 turns a limit off. Requests to the token endpoint from one address...
+AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = env.int("AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS", default=600)
+# ...failed client authentications from one address, and for one clientId (from addresses
+# that have not authenticated it lately; those keep being heard).
+AGENTIDP_AUTH_FAILURES_PER_ADDRESS = env.int("AGENTIDP_AUTH_FAILURES_PER_ADDRESS", default=30)
+AGENTIDP_AUTH_FAILURES_PER_CLIENT = env.int("AGENTIDP_AUTH_FAILURES_PER_CLIENT", default=10)
+# How long an address that authenticated a clientId stays known to it.
+AGENTIDP_KNOWN_ADDRESS_SECONDS = env.int("AGENTIDP_KNOWN_ADDRESS_SECONDS", default=7 * 86400)
+
 # --- Tokens ---------------------------------------------------------------------------------
 AGENTIDP_ISSUER = env.str("AGENTIDP_ISSUER", default="http://localhost:8000").rstrip("/")
 AGENTIDP_AUDIENCE = env.str("AGENTIDP_AUDIENCE", default="") or AGENTIDP_ISSUER

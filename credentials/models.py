@@ -195,6 +195,7 @@ class AuditEvent(models.Model):
         CREDENTIAL_DELETED = "credential.deleted"
         CREDENTIAL_MOVED = "credential.moved"
         TOKEN_REVOKED = "token.revoked"
+        RATE_LIMITED = "client.rate_limited", "Client Rate Limited"
 
     class ActorType(models.TextChoices):
         USER = "user", "Staff user"

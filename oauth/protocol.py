@@ -18,10 +18,14 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, JsonResponse
 
 from credentials.models import Credential
-from credentials.services import InvalidClient, credential_authenticate
+from credentials.services import InvalidClient, VerificationWithheld, credential_authenticate
 from vaultstore.exceptions import SecretStoreError
 
+from .throttling import AuthenticationGuard, Throttled, client_address, client_ref
+
 logger = logging.getLogger(__name__)
+#: One line per client authentication attempt, for operators to route on its own.
+auth_logger = logging.getLogger("agentidp.auth")
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 JSON_MEDIA_TYPE = "application/json"
@@ -187,21 +191,90 @@ def client_credentials_from(request: HttpRequest, params: dict[str, str]) -> Cli
     raise _invalid_client("Client authentication is required.", basic=True)
 
 
+def rate_limited(throttled: Throttled) -> OAuthError:
+    """The answer to a throttled request: 429 with Retry-After, and the contract's RATE_LIMITED code."""
+    return OAuthError(
+        "temporarily_unavailable",
+        f"Too many requests; try again in {throttled.retry_after} seconds.",
+        status=429,
+        headers={"Retry-After": str(throttled.retry_after)},
+        extra={"code": "RATE_LIMITED"},
+    )
+
+
+def _printable(value: str, limit: int = 128) -> str:
+    """Quote a client-supplied value for a log line: cut short, control characters and quotes escaped."""
+    return json.dumps(value[:limit])
+
+
+def _log_attempt(
+    request: HttpRequest,
+    *,
+    outcome: str,
+    reason: str,
+    presented: ClientCredentials | None = None,
+    credential: Credential | None = None,
+    level: int = logging.INFO,
+) -> None:
+    """
+    Log one client authentication: outcome and reason, ids and the client's address, never a secret.
+
+    A presented clientId is logged only when it is a credential's; otherwise its keyed
+    digest (client_ref), since a client that swapped its id and secret presents its secret
+    as the id. The same fields go to `extra` for structured (JSON) log handlers.
+    """
+    fields = {
+        "event": "client_authentication",
+        "outcome": outcome,
+        "reason": reason,
+        "endpoint": request.resolver_match.url_name if request.resolver_match else "",
+        "auth_method": presented.method if presented else "",
+        "client_id": credential.client_id if credential else "",
+        "client_ref": client_ref(presented.client_id) if presented else "",
+        "credential_id": str(credential.id) if credential else "",
+        "agent_id": str(credential.agent_id) if credential else "",
+        "address": client_address(request),
+        "user_agent": _printable(request.META["HTTP_USER_AGENT"]) if request.META.get("HTTP_USER_AGENT") else "",
+    }
+    auth_logger.log(
+        level,
+        "client authentication " + " ".join(f"{name}=%s" for name in fields if name != "event"),
+        *[value or "-" for name, value in fields.items() if name != "event"],
+        extra={"auth": fields},
+    )
+
+
 def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credential:
     """
     Return the authenticated client's credential, or raise the OAuthError to answer with.
 
     Every failure is the same invalid_client, whatever the reason (logged, with ids only).
     A store that cannot answer (Vault down) is temporarily_unavailable with Retry-After.
+    The failure limits (oauth.throttling) apply before any secret is verified: 429.
     """
-    presented = client_credentials_from(request, params)
     try:
-        credential = credential_authenticate(client_id=presented.client_id, client_secret=presented.client_secret)
+        presented = client_credentials_from(request, params)
+    except OAuthError as exc:
+        _log_attempt(request, outcome="failure", reason="malformed_credentials" if exc.status == 401 else exc.error)
+        raise
+    guard = AuthenticationGuard.for_request(request, presented.client_id)
+    try:
+        guard.check()
+        credential = credential_authenticate(
+            client_id=presented.client_id, client_secret=presented.client_secret, store_allowed=guard.store_allowed
+        )
+    except (Throttled, VerificationWithheld) as exc:
+        throttled = exc if isinstance(exc, Throttled) else guard.withheld()
+        _log_attempt(request, outcome="throttled", reason=throttled.limit, presented=presented, level=logging.WARNING)
+        raise rate_limited(throttled) from None
     except InvalidClient as exc:
-        logger.info("client authentication failed path=%s reason=%s", request.path, exc.reason)
+        guard.failed()
+        _log_attempt(request, outcome="failure", reason=exc.reason, presented=presented)
         raise _invalid_client("Client authentication failed.", basic=presented.used_basic) from None
     except SecretStoreError as exc:
-        logger.warning("client authentication unavailable path=%s error=%s", request.path, type(exc).__name__)
+        _log_attempt(
+            request, outcome="unavailable", reason=type(exc).__name__, presented=presented, level=logging.WARNING
+        )
         raise OAuthError(
             "temporarily_unavailable",
             "The secret store is unavailable; try again shortly.",
@@ -209,4 +282,6 @@ def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credent
             headers={"Retry-After": str(exc.retry_after or 5)},
             extra={"code": "VAULT_READ_ERROR"},
         ) from None
+    guard.succeeded()
+    _log_attempt(request, outcome="success", reason="verified", presented=presented, credential=credential)
     return credential

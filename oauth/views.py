@@ -21,7 +21,8 @@ from django.views.decorators.debug import sensitive_post_parameters
 from credentials.scopes import parse_scope_parameter
 
 from .keys import jwks
-from .protocol import OAuthError, authenticate_client, invalid_request, oauth_response, parse_parameters
+from .protocol import OAuthError, authenticate_client, invalid_request, oauth_response, parse_parameters, rate_limited
+from .throttling import Throttled, count_token_request
 from .tokens import RevocationRefused, access_token_issue, access_token_revoke, access_token_validate
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,16 @@ class OAuthEndpoint(View):
     """A POST-only endpoint that answers every failure in the RFC 6749 section 5.2 shape."""
 
     http_method_names = ["post", "options"]
+    #: Whether each request counts against its address's ceiling, before it is read (oauth.throttling).
+    counts_requests = False
 
     def post(self, request: HttpRequest) -> HttpResponse:
         try:
+            if self.counts_requests:
+                count_token_request(request)
             return self.handle(request, parse_parameters(request))
+        except Throttled as exc:
+            return rate_limited(exc).response()
         except OAuthError as exc:
             return exc.response()
 
@@ -56,6 +63,8 @@ class OAuthEndpoint(View):
 
 class TokenView(OAuthEndpoint):
     """Exchange a client's id and secret for an access token (client credentials grant, RFC 6749 section 4.4)."""
+
+    counts_requests = True
 
     def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         grant_type = params.get("grant_type")

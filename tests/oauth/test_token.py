@@ -542,7 +542,7 @@ def test_failed_authentication_logs_neither_the_secret_nor_an_unknown_client_id(
     form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(issued.credential.client_id, wrong_secret))
 
     messages = [record.getMessage() for record in caplog.records]
-    assert any("client authentication failed" in message for message in messages), messages
+    assert any("client authentication outcome=failure" in message for message in messages), messages
     for message in messages:
         assert unknown_id not in message
         assert unknown_secret not in message

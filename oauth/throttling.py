@@ -1,0 +1,234 @@
+"""
+Limits on the OAuth endpoints against guessing secrets and flooding the token endpoint.
+
+Three counters per fixed window of AGENTIDP_RATE_LIMIT_WINDOW_SECONDS, kept in the Django
+cache so that every server process shares them (Redis with CACHE_URL=redis://...):
+
+- token requests per client address (AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS), counted before
+  the request is read;
+- failed client authentications per address (AGENTIDP_AUTH_FAILURES_PER_ADDRESS);
+- failed client authentications per clientId (AGENTIDP_AUTH_FAILURES_PER_CLIENT), presented
+  ids that match no credential included.
+
+A request over a limit is answered 429 with Retry-After before any secret is verified, so
+a throttled attacker costs no bcrypt or Vault work. A clientId's failures must not lock its
+owner out: once they are over the limit, an address that authenticated that clientId
+within AGENTIDP_KNOWN_ADDRESS_SECONDS is still heard, and so is a secret the
+verified-secret cache vouches for (no store work); only unknown addresses are refused.
+Each limit reached writes one audit event per window and key, never one per refusal.
+
+If the cache fails, the limits are not applied (logged): they protect the service, and
+must not become the way to take it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import math
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest
+from django.utils.crypto import salted_hmac
+
+from credentials import selectors
+from credentials.audit import audit_record
+from credentials.models import AuditEvent
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "agentidp:limit:"
+REF_SALT = "agentidp.oauth.throttling"
+
+
+class Throttled(Exception):
+    """A request over a limit: `limit` names which, `retry_after` says when the window ends."""
+
+    def __init__(self, *, limit: str, retry_after: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+def client_address(request: HttpRequest) -> str:
+    """
+    Return the address to count a request against.
+
+    REMOTE_ADDR, unless AGENTIDP_TRUSTED_PROXIES says how many proxies in front append to
+    X-Forwarded-For: then the entry that many places from the right, which the outermost
+    trusted proxy wrote (what a client puts further left is never believed). A value that
+    is not an IP address falls back to REMOTE_ADDR. IPv6 addresses count by their /64,
+    which one host can change at will.
+    """
+    address = request.META.get("REMOTE_ADDR", "")
+    trusted = settings.AGENTIDP_TRUSTED_PROXIES
+    if trusted > 0:
+        hops = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+        if len(hops) >= trusted and hops[-trusted].strip():
+            address = hops[-trusted].strip()
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        try:
+            parsed = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        except ValueError:
+            return "unknown"
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
+
+
+def client_ref(client_id: str) -> str:
+    """A short keyed digest of a presented clientId: names it in keys and logs without repeating it."""
+    return salted_hmac(REF_SALT, client_id, algorithm="sha256").hexdigest()[:16]
+
+
+def _window() -> tuple[int, int, int]:
+    """Return (window length, the current window's number, seconds until it ends)."""
+    length = max(1, settings.AGENTIDP_RATE_LIMIT_WINDOW_SECONDS)
+    now = time.time()
+    return length, int(now // length), max(1, math.ceil(length - now % length))
+
+
+def _key(kind: str, value: str, window: int) -> str:
+    return f"{KEY_PREFIX}{kind}:{value}:{window}"
+
+
+def _count(kind: str, value: str) -> int:
+    """Add one to a counter of this window and return the new count (0 when the cache fails)."""
+    length, window, _ = _window()
+    key = _key(kind, value, window)
+    try:
+        cache.add(key, 0, timeout=length + 1)
+        try:
+            return cache.incr(key)
+        except ValueError:  # evicted between add and incr
+            cache.set(key, 1, timeout=length + 1)
+            return 1
+    except Exception as exc:
+        logger.warning("rate limit counter unavailable; not limiting kind=%s error=%s", kind, type(exc).__name__)
+        return 0
+
+
+def _peek(*keys: tuple[str, str]) -> dict[tuple[str, str], int]:
+    _, window, _ = _window()
+    names = {_key(kind, value, window): (kind, value) for kind, value in keys}
+    try:
+        found = cache.get_many(list(names))
+    except Exception as exc:
+        logger.warning("rate limit counters unavailable; not limiting error=%s", type(exc).__name__)
+        return {}
+    return {names[name]: int(count) for name, count in found.items()}
+
+
+def _refuse(limit: str) -> Throttled:
+    return Throttled(limit=limit, retry_after=_window()[2])
+
+
+def _reached(limit: str, *, address: str, client_id: str | None = None) -> None:
+    """Record, once per window and key, that a limit was reached: an audit event and a log line."""
+    credential = selectors.credential_find_by_client_id(client_id=client_id) if client_id else None
+    details = {"limit": limit, "address": address, "windowSeconds": _window()[0]}
+    if client_id is not None:
+        details["clientRef"] = client_ref(client_id)
+        if credential is not None:
+            details["clientId"] = credential.client_id
+    logger.warning(
+        "rate limit reached limit=%s address=%s client_ref=%s credential_id=%s",
+        limit,
+        address,
+        details.get("clientRef", "-"),
+        credential.id if credential is not None else "-",
+    )
+    try:
+        audit_record(
+            acting=None,
+            action=AuditEvent.Action.RATE_LIMITED,
+            agent_id=credential.agent_id if credential is not None else None,
+            credential_id=credential.id if credential is not None else None,
+            details=details,
+        )
+    except Exception:
+        logger.exception("could not record a reached rate limit in the audit trail")
+
+
+def count_token_request(request: HttpRequest) -> None:
+    """Count a token request against its address; raise Throttled once the address is over its ceiling."""
+    limit = settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS
+    if limit <= 0:
+        return
+    address = client_address(request)
+    count = _count("requests", address)
+    if count == limit + 1:
+        _reached("address_requests", address=address)
+    if count > limit:
+        raise _refuse("address_requests")
+
+
+@dataclasses.dataclass
+class AuthenticationGuard:
+    """
+    The failure limits for one client authentication: check before verifying, record after.
+
+    `check()` raises Throttled when the address is over its failure limit, and decides
+    whether a store may be asked (`store_allowed`): not when the clientId is over its
+    limit and this address has not authenticated it lately.
+    """
+
+    address: str
+    client_id: str
+    store_allowed: bool = True
+
+    @classmethod
+    def for_request(cls, request: HttpRequest, client_id: str) -> AuthenticationGuard:
+        return cls(address=client_address(request), client_id=client_id)
+
+    @property
+    def ref(self) -> str:
+        return client_ref(self.client_id)
+
+    def check(self) -> None:
+        per_address = settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS
+        per_client = settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT
+        if per_address <= 0 and per_client <= 0:
+            return
+        counts = _peek(("failures-address", self.address), ("failures-client", self.ref))
+        if 0 < per_address <= counts.get(("failures-address", self.address), 0):
+            raise _refuse("address_failures")
+        if 0 < per_client <= counts.get(("failures-client", self.ref), 0) and not self._known_address():
+            self.store_allowed = False
+
+    def withheld(self) -> Throttled:
+        """The refusal when the store could not be asked and the cache did not vouch for the secret."""
+        return _refuse("client_failures")
+
+    def failed(self) -> None:
+        per_address = settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS
+        per_client = settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT
+        if per_address > 0 and _count("failures-address", self.address) == per_address:
+            _reached("address_failures", address=self.address)
+        if per_client > 0 and _count("failures-client", self.ref) == per_client:
+            _reached("client_failures", address=self.address, client_id=self.client_id)
+
+    def succeeded(self) -> None:
+        if settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT <= 0:
+            return
+        try:
+            cache.set(self._known_key, 1, timeout=settings.AGENTIDP_KNOWN_ADDRESS_SECONDS)
+        except Exception as exc:
+            logger.warning("could not remember a known address error=%s", type(exc).__name__)
+
+    @property
+    def _known_key(self) -> str:
+        return f"{KEY_PREFIX}known:{self.ref}:{self.address}"
+
+    def _known_address(self) -> bool:
+        try:
+            return bool(cache.get(self._known_key))
+        except Exception:
+            return False

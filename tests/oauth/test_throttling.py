@@ -1,0 +1,332 @@
+"""Rate limits at the OAuth endpoints: failed authentications per address and per clientId, and a ceiling per address."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from django.test import RequestFactory
+
+from credentials.models import AuditEvent
+from oauth import throttling
+from oauth.throttling import client_address
+from tests.conftest import basic_auth, form_post
+from tests.credentials.test_verified_cache import REDIS_HOST, REDIS_PORT, redis_listening
+from tests.oauth.conftest import INTROSPECT_URL, TOKEN_URL
+
+GRANT = {"grant_type": "client_credentials"}
+ATTACKER, OWNER, ELSEWHERE = "203.0.113.66", "198.51.100.7", "192.0.2.44"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def limits(settings):
+    """Small limits, one per kind, so that tests reach them in a few requests."""
+    settings.AGENTIDP_RATE_LIMIT_WINDOW_SECONDS = 60
+    settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 0
+    settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 0
+    settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 0
+    return settings
+
+
+@pytest.fixture
+def bcrypt_checks(monkeypatch):
+    """Count bcrypt verifications (the dummy one for unknown clients included)."""
+    import bcrypt
+
+    calls = []
+    original = bcrypt.checkpw
+
+    def counting(password, hashed):
+        calls.append(1)
+        return original(password, hashed)
+
+    monkeypatch.setattr("vaultstore.backends.bcrypt.bcrypt.checkpw", counting)
+    return calls
+
+
+def token(client, client_id: str, secret: str, address: str, **extra):
+    return form_post(
+        client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, secret), REMOTE_ADDR=address, **extra
+    )
+
+
+def assert_rate_limited(response) -> int:
+    assert response.status_code == 429, response.content
+    body = response.json()
+    assert body == {
+        "error": "temporarily_unavailable",
+        "error_description": body["error_description"],
+        "code": "RATE_LIMITED",
+    }
+    retry_after = int(response["Retry-After"])
+    assert 1 <= retry_after <= 60
+    assert f"{retry_after} seconds" in body["error_description"]
+    assert response["Cache-Control"] == "no-store"
+    return retry_after
+
+
+def rate_limit_events() -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=AuditEvent.Action.RATE_LIMITED).order_by("id"))
+
+
+# --- failures per clientId ----------------------------------------------------------------------
+
+
+def test_a_client_id_over_its_failure_limit_is_refused_from_new_addresses_without_any_bcrypt_work(
+    client, issued, limits, bcrypt_checks
+):
+    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 3
+    client_id = issued.credential.client_id
+    for _ in range(3):
+        assert token(client, client_id, "wrong-secret", ATTACKER).status_code == 401
+    assert len(bcrypt_checks) == 3
+
+    for presented in ("wrong-secret", issued.client_secret):
+        assert_rate_limited(token(client, client_id, presented, ATTACKER))
+    assert_rate_limited(token(client, client_id, issued.client_secret, ELSEWHERE))
+
+    assert len(bcrypt_checks) == 3
+    [event] = rate_limit_events()
+    assert (event.action, event.actor_type, event.agent_id, event.credential_id) == (
+        "client.rate_limited",
+        "system",
+        issued.credential.agent_id,
+        issued.credential.id,
+    )
+    assert event.details == {
+        "limit": "client_failures",
+        "address": ATTACKER,
+        "windowSeconds": 60,
+        "clientRef": throttling.client_ref(client_id),
+        "clientId": client_id,
+    }
+
+
+def test_the_owner_keeps_getting_tokens_from_its_known_address_during_an_attack_on_its_client_id(
+    client, issued, limits, settings
+):
+    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 3
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0  # no help from the cache: the address alone
+    client_id = issued.credential.client_id
+    assert token(client, client_id, issued.client_secret, OWNER).status_code == 200
+
+    for _ in range(10):
+        token(client, client_id, "wrong-secret", ATTACKER)
+
+    for _ in range(3):
+        assert token(client, client_id, issued.client_secret, OWNER).status_code == 200
+    assert token(client, client_id, "wrong-secret", OWNER).status_code == 401  # heard, and refused as usual
+    assert_rate_limited(token(client, client_id, "wrong-secret", ATTACKER))
+
+
+def test_a_secret_the_verified_cache_vouches_for_gets_tokens_from_a_new_address_during_an_attack(
+    client, issued, limits, bcrypt_checks
+):
+    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 3
+    client_id = issued.credential.client_id
+    assert token(client, client_id, issued.client_secret, OWNER).status_code == 200
+    for _ in range(3):
+        token(client, client_id, "wrong-secret", ATTACKER)
+    checks = len(bcrypt_checks)
+
+    assert token(client, client_id, issued.client_secret, ELSEWHERE).status_code == 200
+    assert len(bcrypt_checks) == checks
+
+
+def test_an_unknown_client_id_is_limited_like_a_known_one(client, db, limits, bcrypt_checks):
+    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 2
+    for _ in range(2):
+        assert token(client, "no-such-client", "guess", ATTACKER).status_code == 401
+    assert_rate_limited(token(client, "no-such-client", "guess", ELSEWHERE))
+
+    assert len(bcrypt_checks) == 2  # the two dummy verifications, none once throttled
+    [event] = rate_limit_events()
+    assert event.agent_id is None and "clientId" not in event.details
+    assert event.details["clientRef"] == throttling.client_ref("no-such-client")
+
+
+# --- failures per address -----------------------------------------------------------------------
+
+
+def test_an_address_spraying_client_ids_is_refused_for_every_client_and_others_are_not(
+    client, issued, limits, bcrypt_checks
+):
+    limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 4
+    for index in range(4):
+        assert token(client, f"guessed-{index}", "guess", ATTACKER).status_code == 401
+
+    assert_rate_limited(token(client, "guessed-9", "guess", ATTACKER))
+    assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))
+    assert len(bcrypt_checks) == 4
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+    assert [event.details["limit"] for event in rate_limit_events()] == ["address_failures"]
+
+
+def test_failure_limits_apply_at_introspection_too(client, issued, limits):
+    limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 2
+    wrong = {"HTTP_AUTHORIZATION": basic_auth(issued.credential.client_id, "wrong"), "REMOTE_ADDR": ATTACKER}
+    for _ in range(2):
+        assert form_post(client, INTROSPECT_URL, {"token": "x"}, **wrong).status_code == 401
+
+    assert_rate_limited(form_post(client, INTROSPECT_URL, {"token": "x"}, **wrong))
+
+
+def test_limits_lift_when_the_window_ends(client, issued, limits):
+    limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 2
+    with mock.patch("oauth.throttling.time.time", return_value=6_000_000.0):
+        for _ in range(2):
+            token(client, "guessed", "guess", ATTACKER)
+        assert assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER)) == 60
+    with mock.patch("oauth.throttling.time.time", return_value=6_000_045.5):
+        assert assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER)) == 15
+    with mock.patch("oauth.throttling.time.time", return_value=6_000_060.0):
+        assert token(client, issued.credential.client_id, issued.client_secret, ATTACKER).status_code == 200
+
+
+def test_successes_and_malformed_requests_do_not_count_as_failures(client, issued, limits):
+    limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 2
+    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 2
+    for _ in range(5):
+        assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+        malformed = form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION="Basic !!", REMOTE_ADDR=OWNER)
+        assert malformed.status_code == 401
+
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+    assert rate_limit_events() == []
+
+
+# --- the ceiling per address --------------------------------------------------------------------
+
+
+def test_the_token_endpoint_refuses_an_address_over_its_ceiling_before_reading_the_request(
+    client, issued, limits, bcrypt_checks
+):
+    limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 3
+    for _ in range(3):
+        assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+    checks = len(bcrypt_checks)
+
+    assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, OWNER))
+    assert_rate_limited(
+        client.post(TOKEN_URL, b"\xff\xfe not even a form", content_type="text/plain", REMOTE_ADDR=OWNER)
+    )
+    assert token(client, issued.credential.client_id, issued.client_secret, ELSEWHERE).status_code == 200
+
+    assert len(bcrypt_checks) == checks
+    [event] = rate_limit_events()
+    assert event.details == {"limit": "address_requests", "address": OWNER, "windowSeconds": 60}
+
+
+# --- the client's address -----------------------------------------------------------------------
+
+
+def request_from(remote: str, forwarded: str | None = None):
+    extra = {"REMOTE_ADDR": remote}
+    if forwarded is not None:
+        extra["HTTP_X_FORWARDED_FOR"] = forwarded
+    return RequestFactory().post(TOKEN_URL, **extra)
+
+
+@pytest.mark.parametrize(
+    "trusted, remote, forwarded, expected",
+    [
+        (0, "10.0.0.5", "1.2.3.4", "10.0.0.5"),  # no proxy trusted: the header is anyone's
+        (1, "10.0.0.5", "1.2.3.4", "1.2.3.4"),
+        (1, "10.0.0.5", "6.6.6.6, 1.2.3.4", "1.2.3.4"),  # what the client wrote on the left is ignored
+        (2, "10.0.0.5", "6.6.6.6, 1.2.3.4, 10.0.0.9", "1.2.3.4"),
+        (2, "10.0.0.5", "1.2.3.4", "10.0.0.5"),  # fewer hops than proxies: not through them
+        (1, "10.0.0.5", "not-an-address", "10.0.0.5"),
+        (1, "10.0.0.5", "", "10.0.0.5"),
+        (0, "2001:db8:1:2:aaaa::1", None, "2001:db8:1:2::/64"),
+        (0, "::ffff:192.0.2.1", None, "192.0.2.1"),
+    ],
+)
+def test_the_client_address_believes_only_the_trusted_proxies(settings, trusted, remote, forwarded, expected):
+    settings.AGENTIDP_TRUSTED_PROXIES = trusted
+
+    assert client_address(request_from(remote, forwarded)) == expected
+
+
+@pytest.mark.parametrize("trusted", [0, 1])
+def test_a_spoofed_x_forwarded_for_never_resets_a_limit(client, issued, limits, trusted):
+    limits.AGENTIDP_TRUSTED_PROXIES = trusted
+    limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 3
+    # With a trusted proxy, the proxy appends the address it saw; the attacker controls only what comes before.
+    seen_by_proxy = ATTACKER if trusted else None
+    for index in range(6):
+        spoofed = f"10.9.{index}.1" + (f", {seen_by_proxy}" if seen_by_proxy else "")
+        response = token(
+            client, f"guessed-{index}", "guess", "10.0.0.2" if trusted else ATTACKER, HTTP_X_FORWARDED_FOR=spoofed
+        )
+        assert response.status_code == (401 if index < 3 else 429)
+
+
+# --- the cache fails open -------------------------------------------------------------------------
+
+
+def test_a_cache_that_fails_does_not_limit_and_does_not_fail_requests(client, issued, limits, settings, caplog):
+    limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 1
+    limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 1
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    }
+    caplog.set_level(logging.WARNING)
+
+    for _ in range(3):
+        assert token(client, "guessed", "guess", ATTACKER).status_code == 401
+    assert token(client, issued.credential.client_id, issued.client_secret, ATTACKER).status_code == 200
+    assert "rate limit counter unavailable; not limiting" in caplog.text
+
+
+# --- shared between processes through Redis -------------------------------------------------------
+
+
+REDIS_DB = 14
+
+
+@pytest.fixture
+def redis_cache(settings):
+    if not redis_listening():
+        pytest.skip(f"nothing listens on {REDIS_HOST}:{REDIS_PORT}: start Redis to test limits shared by processes")
+    import redis
+
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}}
+    direct = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    direct.flushdb()
+    yield url
+    direct.flushdb()
+    direct.close()
+
+
+def test_failures_counted_by_another_process_through_redis_count_here(client, issued, limits, redis_cache):
+    limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 5
+    code = (
+        "import django, json; django.setup()\n"
+        "from oauth.throttling import AuthenticationGuard\n"
+        f"guard = AuthenticationGuard(address={ATTACKER!r}, client_id='guessed')\n"
+        "for _ in range(4): guard.failed()\n"
+        "guard.check(); print(json.dumps({'heard': guard.store_allowed}))\n"
+    )
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "agentidp.settings",
+        "SECRET_KEY": "another-process",
+        "CACHE_URL": redis_cache,
+        "AGENTIDP_AUTH_FAILURES_PER_ADDRESS": "5",
+        "AGENTIDP_AUTH_FAILURES_PER_CLIENT": "0",
+    }
+    other = subprocess.run(
+        [sys.executable, "-c", code], env=environment, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert other.returncode == 0, other.stderr
+    assert json.loads(other.stdout) == {"heard": True}
+
+    assert token(client, "guessed", "guess", ATTACKER).status_code == 401  # the fifth failure, counted here
+    assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
