@@ -8,9 +8,12 @@ import secrets
 from unittest import mock
 from urllib.parse import quote_plus
 
+import bcrypt
 import pytest
 from django.conf import settings
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from credentials import services
@@ -560,3 +563,35 @@ def test_successful_authentication_logs_ids_but_not_the_secret_or_token(client, 
     assert str(issued.credential.id) in messages
     assert issued.client_secret not in messages
     assert token not in messages
+
+
+@pytest.mark.parametrize("change", ["truncated", "one-character-short", "upper-cased", "padded", "doubled"])
+def test_a_secret_near_the_right_one_is_invalid_client(client, issued, change):
+    secret = issued.client_secret
+    presented = {
+        "truncated": secret[:16],
+        "one-character-short": secret[:-1],
+        "upper-cased": secret.upper() if secret.upper() != secret else secret.lower(),
+        "padded": f" {secret} ",
+        "doubled": secret + secret,
+    }[change]
+
+    response = form_post(
+        client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(issued.credential.client_id, presented)
+    )
+
+    assert_oauth_error(response, 401, "invalid_client")
+
+
+def test_unknown_client_and_wrong_secret_cost_the_same_queries_and_verifications(client, db):
+    cases = _failure_cases()
+    costs = {}
+    for reason in ("unknown_client", "wrong_secret"):
+        client_id, secret = cases[reason]
+        with CaptureQueriesContext(connection) as queries, mock.patch("bcrypt.checkpw", wraps=bcrypt.checkpw) as checks:
+            assert (
+                form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, secret)).status_code == 401
+            )
+        costs[reason] = (len(queries), checks.call_count)
+
+    assert costs["unknown_client"] == costs["wrong_secret"] == (2, 1)
