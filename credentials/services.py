@@ -59,11 +59,15 @@ class IssuedCredential:
 
 
 class InvalidClient(Exception):
-    """Client authentication failed. `reason` is for logs and audit only; clients see invalid_client."""
+    """
+    Client authentication failed. `reason` and `credential` (the one the clientId names, if
+    any) are for logs and audit only; clients see invalid_client.
+    """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, credential: Credential | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.credential = credential
 
 
 class VerificationWithheld(Exception):
@@ -635,13 +639,13 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
         raise InvalidClient("unknown_client")
     matched, by_store = _secret_matching(credential, client_secret, store_allowed=store_allowed)
     if matched is None:
-        raise InvalidClient("wrong_secret")
+        raise InvalidClient("wrong_secret", credential=credential)
     if by_store:
         credential = _still_trusting(credential, matched)
     if credential.is_expired():
-        raise InvalidClient("credential_expired")
+        raise InvalidClient("credential_expired", credential=credential)
     if not credential.agent.is_active:
-        raise InvalidClient("agent_suspended")
+        raise InvalidClient("agent_suspended", credential=credential)
     _note_use(credential)
     if matched == credential.stored_secret:
         _upgrade_on_use(credential, client_secret)
@@ -694,7 +698,7 @@ def _still_trusting(credential: Credential, matched: StoredSecret) -> Credential
     if now.stored_secret != matched and matched not in [
         grace.stored_secret for grace in selectors.grace_secrets_live(credential_id=now.pk)
     ]:
-        raise InvalidClient("rotated_during_verification")
+        raise InvalidClient("rotated_during_verification", credential=now)
     return now
 
 

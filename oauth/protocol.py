@@ -269,7 +269,7 @@ def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credent
         raise rate_limited(throttled) from None
     except InvalidClient as exc:
         guard.failed()
-        _log_attempt(request, outcome="failure", reason=exc.reason, presented=presented)
+        _log_attempt(request, outcome="failure", reason=exc.reason, presented=presented, credential=exc.credential)
         raise _invalid_client("Client authentication failed.", basic=presented.used_basic) from None
     except SecretStoreError as exc:
         _log_attempt(

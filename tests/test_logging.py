@@ -1,0 +1,129 @@
+"""Log records: one line each, control characters escaped, client authentications structured."""
+
+import io
+import json
+import logging
+import logging.config
+
+import pytest
+from django.conf import settings
+
+from agentidp.logformat import EscapingFormatter
+from tests.conftest import basic_auth, form_post
+from tests.oauth.conftest import TOKEN_URL
+
+FORGED = "\r\n2026-11-28 12:00:00,000 INFO agentidp.auth client authentication outcome=success"
+
+
+@pytest.fixture
+def auth_records():
+    """The records of agentidp.auth, whatever the configured handlers."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = logging.getLogger("agentidp.auth")
+    handler = Keep(level=logging.DEBUG)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+
+
+def formatter(name: str) -> logging.Formatter:
+    """Build a formatter of settings.LOGGING exactly as logging.config would."""
+    stream = io.StringIO()
+    config = {
+        "version": 1,
+        "formatters": {name: settings.LOGGING["formatters"][name]},
+        "handlers": {"h": {"class": "logging.StreamHandler", "formatter": name, "stream": stream}},
+        "loggers": {"agentidp-log-format-test": {"handlers": ["h"], "propagate": False}},
+    }
+    logging.config.dictConfig({**config, "disable_existing_loggers": False})
+    return logging.getLogger("agentidp-log-format-test").handlers[0].formatter
+
+
+def test_the_plain_format_escapes_control_characters_so_no_value_forges_a_line():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "value=%s", ("a" + FORGED + "\x1b[31m\u2028",), None)
+
+    line = formatter("plain").format(record)
+
+    assert isinstance(formatter("plain"), EscapingFormatter)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\u2028" not in line
+    assert line.endswith(
+        "value=a\\r\\n2026-11-28 12:00:00,000 INFO agentidp.auth client authentication outcome=success\\x1b[31m\\u2028"
+    )
+
+
+def test_a_traceback_still_follows_the_escaped_message_on_its_own_lines():
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed\nhere", (), sys.exc_info())
+
+    text = formatter("plain").format(record)
+
+    assert text.splitlines()[0].endswith("failed\\nhere")
+    assert "Traceback (most recent call last):" in text.splitlines()[1]
+
+
+def test_each_client_authentication_is_one_structured_record_with_outcome_reason_and_ids(client, issued, auth_records):
+    hostile_agent = "curl/8" + FORGED + "\x00"
+    form_post(
+        client,
+        TOKEN_URL,
+        {"grant_type": "client_credentials"},
+        HTTP_AUTHORIZATION=basic_auth(issued.credential.client_id, issued.client_secret),
+        HTTP_USER_AGENT=hostile_agent,
+    )
+    form_post(
+        client, TOKEN_URL, {"grant_type": "client_credentials"}, HTTP_AUTHORIZATION=basic_auth("unknown\nid", "guess")
+    )
+    form_post(client, TOKEN_URL, {"grant_type": "client_credentials"}, HTTP_AUTHORIZATION="Basic %%%")
+
+    success, unknown, malformed = (record.auth for record in auth_records)
+    assert {key: success[key] for key in ("outcome", "reason", "endpoint", "auth_method", "client_id")} == {
+        "outcome": "success",
+        "reason": "verified",
+        "endpoint": "token",
+        "auth_method": "client_secret_basic",
+        "client_id": issued.credential.client_id,
+    }
+    assert (success["credential_id"], success["agent_id"]) == (
+        str(issued.credential.id),
+        str(issued.credential.agent_id),
+    )
+    assert success["address"] == "127.0.0.1"
+    assert success["user_agent"] == json.dumps(hostile_agent)
+    assert (unknown["outcome"], unknown["reason"], unknown["client_id"]) == ("failure", "unknown_client", "")
+    assert len(unknown["client_ref"]) == 16 and "unknown" not in unknown["client_ref"]
+    assert (malformed["outcome"], malformed["reason"]) == ("failure", "malformed_credentials")
+    for record in auth_records:
+        line = formatter("plain").format(record)
+        assert "\n" not in line and "\r" not in line and "\x00" not in line
+        assert issued.client_secret not in line
+
+
+def test_the_json_format_writes_one_object_per_record_with_the_authentication_fields(client, issued, auth_records):
+    form_post(
+        client,
+        TOKEN_URL,
+        {"grant_type": "client_credentials"},
+        HTTP_AUTHORIZATION=basic_auth(issued.credential.client_id, "wrong"),
+        HTTP_USER_AGENT="agent\nline",
+    )
+
+    [record] = auth_records
+    line = formatter("json").format(record)
+
+    assert "\n" not in line
+    document = json.loads(line)
+    assert (document["level"], document["logger"]) == ("INFO", "agentidp.auth")
+    assert document["message"].startswith("client authentication outcome=failure reason=wrong_secret")
+    assert document["auth"]["outcome"] == "failure" and document["auth"]["reason"] == "wrong_secret"
+    assert document["auth"]["client_id"] == issued.credential.client_id
