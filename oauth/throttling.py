@@ -116,8 +116,9 @@ def _count(kind: str, value: str) -> int:
 
 
 def _peek(*keys: tuple[str, str]) -> dict[tuple[str, str], int]:
+    """Read counters of this window (and the unwindowed "known" marks) in one cache call."""
     _, window, _ = _window()
-    names = {_key(kind, value, window): (kind, value) for kind, value in keys}
+    names = {_key(kind, value, 0 if kind == "known" else window): (kind, value) for kind, value in keys}
     try:
         found = cache.get_many(list(names))
     except Exception as exc:
@@ -183,6 +184,7 @@ class AuthenticationGuard:
     address: str
     client_id: str
     store_allowed: bool = True
+    known: bool = False
 
     @classmethod
     def for_request(cls, request: HttpRequest, client_id: str) -> AuthenticationGuard:
@@ -197,10 +199,12 @@ class AuthenticationGuard:
         per_client = settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT
         if per_address <= 0 and per_client <= 0:
             return
-        counts = _peek(("failures-address", self.address), ("failures-client", self.ref))
+        # One cache read for all three: the two counters, and whether this address is known to the clientId.
+        counts = _peek(("failures-address", self.address), ("failures-client", self.ref), self._known_key)
+        self.known = bool(counts.get(self._known_key))
         if 0 < per_address <= counts.get(("failures-address", self.address), 0):
             raise _refuse("address_failures")
-        if 0 < per_client <= counts.get(("failures-client", self.ref), 0) and not self._known_address():
+        if 0 < per_client <= counts.get(("failures-client", self.ref), 0) and not self.known:
             self.store_allowed = False
 
     def withheld(self) -> Throttled:
@@ -216,19 +220,15 @@ class AuthenticationGuard:
             _reached("client_failures", address=self.address, client_id=self.client_id)
 
     def succeeded(self) -> None:
-        if settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT <= 0:
+        """Remember that this address authenticated the clientId (written once, not on every success)."""
+        if settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT <= 0 or self.known:
             return
+        kind, value = self._known_key
         try:
-            cache.set(self._known_key, 1, timeout=settings.AGENTIDP_KNOWN_ADDRESS_SECONDS)
+            cache.set(_key(kind, value, 0), 1, timeout=settings.AGENTIDP_KNOWN_ADDRESS_SECONDS)
         except Exception as exc:
             logger.warning("could not remember a known address error=%s", type(exc).__name__)
 
     @property
-    def _known_key(self) -> str:
-        return f"{KEY_PREFIX}known:{self.ref}:{self.address}"
-
-    def _known_address(self) -> bool:
-        try:
-            return bool(cache.get(self._known_key))
-        except Exception:
-            return False
+    def _known_key(self) -> tuple[str, str]:
+        return ("known", f"{self.ref}:{self.address}")
