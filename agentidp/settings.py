@@ -165,6 +165,8 @@ if VAULT_ADDR:
         "OPTIONS": {
             "url": VAULT_ADDR,
             "token": env.str("VAULT_TOKEN", default=""),
+            # Or a file holding it, kept fresh by Vault Agent's auto-auth; read again whenever Vault refuses the token.
+            "token_file": env.str("VAULT_TOKEN_FILE", default=""),
             "mount": env.str("VAULT_MOUNT", default="secret").strip("/"),
             "namespace": env.str("VAULT_NAMESPACE", default=""),
             # A CA bundle to trust, else the system's; VAULT_SKIP_VERIFY=true turns checking off (never in production).

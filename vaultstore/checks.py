@@ -22,8 +22,8 @@ def check_vaultstore_configuration(app_configs=None, **kwargs):
     from .backends import get_backends, reset_backends
 
     options = _vault_options()
-    if options is not None and not options.get("token"):
-        return [Error("VAULT_ADDR is set but VAULT_TOKEN is not.", hint=HINT, id="vaultstore.E001")]
+    if options is not None and not options.get("token") and not options.get("token_file"):
+        return [Error("VAULT_ADDR is set but neither VAULT_TOKEN nor VAULT_TOKEN_FILE is.", hint=HINT, id="vaultstore.E001")]
     reset_backends()
     try:
         get_backends()

@@ -525,7 +525,6 @@ def test_verify_dummy_fails_as_a_verification_would_on_every_vault_failure(serve
     assert SECRET not in caplog.text and vault.app_token not in caplog.text
 
 
-# --- the circuit breaker ----------------------------------------------------------------------
 
 
 def breaker_backend(vault, **options) -> tuple[VaultSecretBackend, FakeClock]:
@@ -654,6 +653,43 @@ def test_breaker_failures_zero_never_opens(server, vault, owner):
     server.come_up()
 
     assert backend.verify(stored=stored, secret=SECRET) is True
+
+
+# --- a token file --------------------------------------------------------------------------------
+
+
+def test_a_token_from_a_file_is_read_again_when_vault_refuses_it_so_an_expired_token_recovers_without_a_restart(
+    server, vault, owner, tmp_path
+):
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(server.create_token(policies=("agentidp",)) + "\n")
+    backend, clock = breaker_backend(vault, token="", token_file=str(token_file), breaker_failures=3)
+    stored = backend.store(owner=owner, secret=SECRET)
+    server.revoke_token(token_file.read_text().strip())  # as an expired token: 403 from now on
+
+    with pytest.raises(SecretReadError):
+        backend.verify(stored=stored, secret=SECRET)
+    token_file.write_text(server.create_token(policies=("agentidp",)))  # Vault Agent writes a new one
+    clock.advance(1)
+
+    assert backend.verify(stored=stored, secret=SECRET) is True
+    assert backend.store(owner=owner, secret=OTHER, replacing=stored).vault_version == 2
+
+
+def test_the_token_file_is_not_read_again_while_vault_accepts_the_token(server, vault, owner, tmp_path):
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(server.create_token(policies=("agentidp",)))
+    backend, _ = breaker_backend(vault, token="", token_file=str(token_file))
+    stored = backend.store(owner=owner, secret=SECRET)
+    token_file.write_text("hvs.not-a-token-vault-knows")
+
+    assert backend.verify(stored=stored, secret=SECRET) is True
+
+
+@pytest.mark.parametrize("options", [{"token": "", "token_file": ""}, {"token": "hvs.x", "token_file": "/run/token"}])
+def test_exactly_one_of_token_and_token_file_is_set(options):
+    with pytest.raises(ImproperlyConfigured, match="exactly one of 'token' and 'token_file'"):
+        VaultSecretBackend(**{**GOOD_OPTIONS, **options})
 
 
 # --- delete -----------------------------------------------------------------------------------
@@ -983,6 +1019,7 @@ def test_an_unknown_option_is_improperly_configured_naming_it():
 def test_unset_options_take_their_defaults():
     assert VaultSecretBackend(**GOOD_OPTIONS).options == {
         **GOOD_OPTIONS,
+        "token_file": "",
         "mount": "secret",
         "namespace": "",
         "verify": True,
@@ -1107,6 +1144,7 @@ def test_vault_addr_puts_vault_first_with_every_vault_variable():
         "OPTIONS": {
             "url": "https://vault.internal:8200",
             "token": "hvs.from-env",
+            "token_file": "",
             "mount": "kv-agentidp",
             "namespace": "team-a",
             "verify": "/etc/ssl/vault-ca.pem",
@@ -1129,6 +1167,7 @@ def test_vault_addr_alone_takes_the_defaults(environ, verify):
     assert config["BACKENDS"]["vault"]["OPTIONS"] == {
         "url": "https://vault.internal:8200",
         "token": "",
+        "token_file": "",
         "mount": "secret",
         "namespace": "",
         "verify": verify,

@@ -240,6 +240,8 @@ class VaultSecretBackend(BaseSecretBackend):
     default_options = {
         "url": "",
         "token": "",
+        # A file holding the token instead (a Vault Agent sink): read again when Vault refuses the token.
+        "token_file": "",
         "mount": "secret",
         "namespace": "",
         # True, False, or the path of a CA bundle (requests' `verify`).
@@ -255,11 +257,15 @@ class VaultSecretBackend(BaseSecretBackend):
         super().__init__(**options)
         self._local = threading.local()
         self._token_lock = threading.Lock()
+        self._token_lock_file = threading.Lock()
         self._next_token_check = 0.0
         self._token_renewable: bool | None = None
         self._renewal_timer: threading.Timer | None = None
         self._closed = False
         self._clock: Callable[[], float] = time.monotonic
+        self._token: str = self.options["token"]
+        self._token_read_at: float | None = None
+        self._token_refused = False
         self.breaker = CircuitBreaker(
             failures=self.options["breaker_failures"],
             seconds=self.options["breaker_seconds"],
@@ -271,8 +277,10 @@ class VaultSecretBackend(BaseSecretBackend):
         url = options["url"]
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'url' must be an http:// or https:// URL.")
-        if not isinstance(options["token"], str) or not options["token"]:
-            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'token' must be set.")
+        if not isinstance(options["token"], str) or not isinstance(options["token_file"], str):
+            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'token' and 'token_file' must be strings.")
+        if bool(options["token"]) == bool(options["token_file"]):
+            raise ImproperlyConfigured("VAULTSTORE backend 'vault': set exactly one of 'token' and 'token_file'.")
         mount = options["mount"]
         if not isinstance(mount, str) or not mount.strip("/") or mount != mount.strip("/"):
             raise ImproperlyConfigured(
@@ -310,11 +318,14 @@ class VaultSecretBackend(BaseSecretBackend):
         return client
 
     def _client_without_renewal(self) -> hvac.Client:
+        token = self._current_token()
         client = getattr(self._local, "client", None)
+        if client is not None and client.token != token:
+            client.token = token  # the token file changed
         if client is None:
             client = hvac.Client(
                 url=self.options["url"],
-                token=self.options["token"],
+                token=token,
                 namespace=self.options["namespace"] or None,
                 verify=self.options["verify"],
                 timeout=(self.options["connect_timeout"], self.options["read_timeout"]),
@@ -389,6 +400,39 @@ class VaultSecretBackend(BaseSecretBackend):
             return math.inf
         return now + max(lease * RENEW_AT_FRACTION, 1.0)
 
+    @sensitive_variables("token")
+    def _current_token(self) -> str:
+        """Return the token: VAULT_TOKEN, or the token file's content, read on first use and after a refusal."""
+        if not self.options["token_file"] or not self._token_due():
+            return self._token
+        with self._token_lock_file:
+            if self._token_due():
+                try:
+                    with open(self.options["token_file"], encoding="utf-8") as file:
+                        token = file.read().strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    logger.warning("cannot read the Vault token file error=%s", type(exc).__name__)
+                    token = ""
+                if token != self._token:
+                    if self._token:
+                        logger.info("read a new Vault token from the token file")
+                    self._token, self._token_renewable = token, None
+                    self._next_token_check = 0.0
+                self._token_read_at = self._clock()
+                self._token_refused = False
+        return self._token
+
+    def _token_due(self) -> bool:
+        """Whether to read the token file: never read yet, or Vault refused the token (at most once a second)."""
+        if self._token_read_at is None:
+            return True
+        return self._token_refused and self._clock() - self._token_read_at >= 1.0
+
+    def _refused(self) -> None:
+        """Vault refused the token: read the token file again before a later request."""
+        if self.options["token_file"]:
+            self._token_refused = True
+
     @contextlib.contextmanager
     def _asking(self) -> Iterator[None]:
         """Ask Vault through the breaker: raise _Open at once while it is open, and record how the asking ended."""
@@ -397,6 +441,8 @@ class VaultSecretBackend(BaseSecretBackend):
             yield
         except BaseException as exc:
             self.breaker.outcome(exc)
+            if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
+                self._refused()
             raise
         self.breaker.outcome(None)
 
