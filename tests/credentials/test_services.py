@@ -755,3 +755,48 @@ def test_authenticate_with_the_current_secret_costs_one_query_even_with_grace_se
     # A previous secret, verified by the store: the row, its grace entries, then both again.
     with django_assert_num_queries(4):
         credential_authenticate(client_id=issued.credential.client_id, client_secret=issued.client_secret)
+
+
+# --- a change that commits while a secret is being verified ------------------------------------
+
+
+@pytest.fixture
+def during_verification(monkeypatch):
+    """Run `change()` right after the bcrypt store verified a secret, as if it committed meanwhile."""
+    from vaultstore.backends.bcrypt import BcryptSecretBackend
+
+    changes = []
+    original = BcryptSecretBackend.verify
+
+    def verify_then_change(self, *, stored, secret):
+        matched = original(self, stored=stored, secret=secret)
+        while changes:
+            changes.pop()()
+        return matched
+
+    monkeypatch.setattr(BcryptSecretBackend, "verify", verify_then_change)
+    return changes.append
+
+
+def test_a_deletion_during_verification_refuses_the_request(issued, during_verification):
+    during_verification(lambda: credential_delete(acting=None, credential=issued.credential))
+
+    assert reason(issued.credential.client_id, issued.client_secret) == "deleted_during_verification"
+
+
+def test_a_rotation_during_verification_refuses_the_old_secret(issued, during_verification):
+    during_verification(lambda: credential_rotate(acting=None, credential=issued.credential))
+
+    assert reason(issued.credential.client_id, issued.client_secret) == "rotated_during_verification"
+
+
+def test_a_rotation_with_grace_during_verification_still_accepts_the_old_secret(issued, during_verification):
+    during_verification(lambda: credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=60))
+
+    assert authenticates(issued.credential.client_id, issued.client_secret)
+
+
+def test_a_suspension_during_verification_refuses_the_request(issued, during_verification):
+    during_verification(lambda: agent_update(acting=None, agent=issued.credential.agent, status="suspended"))
+
+    assert reason(issued.credential.client_id, issued.client_secret) == "agent_suspended"
