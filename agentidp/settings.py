@@ -124,6 +124,8 @@ AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = env.int("AGENTIDP_TOKEN_REQUESTS_PER_ADDRE
 # that have not authenticated it lately; those keep being heard).
 AGENTIDP_AUTH_FAILURES_PER_ADDRESS = env.int("AGENTIDP_AUTH_FAILURES_PER_ADDRESS", default=30)
 AGENTIDP_AUTH_FAILURES_PER_CLIENT = env.int("AGENTIDP_AUTH_FAILURES_PER_CLIENT", default=10)
+# ...and failed client authentications in all, however spread over addresses and clientIds.
+AGENTIDP_AUTH_FAILURES_TOTAL = env.int("AGENTIDP_AUTH_FAILURES_TOTAL", default=120)
 # How long an address that authenticated a clientId stays known to it.
 AGENTIDP_KNOWN_ADDRESS_SECONDS = env.int("AGENTIDP_KNOWN_ADDRESS_SECONDS", default=7 * 86400)
 

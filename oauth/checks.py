@@ -33,3 +33,22 @@ def check_issuer(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+@register(deploy=True)
+def check_shared_cache(app_configs=None, **kwargs):
+    """Warn when the rate limits and the verified-secret cache are kept per process (local memory)."""
+    from django.conf import settings
+
+    backend = settings.CACHES.get("default", {}).get("BACKEND", "")
+    if backend.endswith("LocMemCache") or backend.endswith("DummyCache"):
+        return [
+            Warning(
+                "The cache is local to each process: with several server processes the rate limits count "
+                "per process, an address known to one process is unknown to the others, and each process "
+                "verifies secrets for its own verified-secret cache.",
+                hint="Point CACHE_URL at one Redis for every process (CACHE_URL=redis://host:6379/0).",
+                id="oauth.W002",
+            )
+        ]
+    return []

@@ -8,13 +8,16 @@ cache so that every server process shares them (Redis with CACHE_URL=redis://...
   the request is read;
 - failed client authentications per address (AGENTIDP_AUTH_FAILURES_PER_ADDRESS);
 - failed client authentications per clientId (AGENTIDP_AUTH_FAILURES_PER_CLIENT), presented
-  ids that match no credential included.
+  ids that match no credential included;
+- failed client authentications in all (AGENTIDP_AUTH_FAILURES_TOTAL), against attacks
+  spread over many addresses and clientIds.
 
 A request over a limit is answered 429 with Retry-After before any secret is verified, so
-a throttled attacker costs no bcrypt or Vault work. A clientId's failures must not lock its
-owner out: once they are over the limit, an address that authenticated that clientId
-within AGENTIDP_KNOWN_ADDRESS_SECONDS is still heard, and so is a secret the
-verified-secret cache vouches for (no store work); only unknown addresses are refused.
+a throttled attacker costs no bcrypt or Vault work. Failures must not lock legitimate
+clients out: once a clientId's failures (or all failures) are over their limit, an address
+that authenticated that clientId within AGENTIDP_KNOWN_ADDRESS_SECONDS is still heard, and
+so is a secret the verified-secret cache vouches for (no store work); only addresses new to
+the clientId are refused.
 Each limit reached writes one audit event per window and key, never one per refusal.
 
 If the cache fails, the limits are not applied (logged): they protect the service, and
@@ -177,14 +180,16 @@ class AuthenticationGuard:
     The failure limits for one client authentication: check before verifying, record after.
 
     `check()` raises Throttled when the address is over its failure limit, and decides
-    whether a store may be asked (`store_allowed`): not when the clientId is over its
-    limit and this address has not authenticated it lately.
+    whether a store may be asked (`store_allowed`): not when the clientId's failures, or
+    all failures, are over their limit and this address has not authenticated it lately.
     """
 
     address: str
     client_id: str
     store_allowed: bool = True
     known: bool = False
+    #: Which limit withheld the store (when store_allowed is False).
+    limit: str = ""
 
     @classmethod
     def for_request(cls, request: HttpRequest, client_id: str) -> AuthenticationGuard:
@@ -197,31 +202,46 @@ class AuthenticationGuard:
     def check(self) -> None:
         per_address = settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS
         per_client = settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT
-        if per_address <= 0 and per_client <= 0:
+        total = settings.AGENTIDP_AUTH_FAILURES_TOTAL
+        if per_address <= 0 and per_client <= 0 and total <= 0:
             return
-        # One cache read for all three: the two counters, and whether this address is known to the clientId.
-        counts = _peek(("failures-address", self.address), ("failures-client", self.ref), self._known_key)
+        # One cache read for all: the three counters, and whether this address is known to the clientId.
+        counts = _peek(
+            ("failures-address", self.address),
+            ("failures-client", self.ref),
+            ("failures-total", "all"),
+            self._known_key,
+        )
         self.known = bool(counts.get(self._known_key))
         if 0 < per_address <= counts.get(("failures-address", self.address), 0):
             raise _refuse("address_failures")
-        if 0 < per_client <= counts.get(("failures-client", self.ref), 0) and not self.known:
-            self.store_allowed = False
+        if self.known:
+            return
+        if 0 < per_client <= counts.get(("failures-client", self.ref), 0):
+            self.store_allowed, self.limit = False, "client_failures"
+        elif 0 < total <= counts.get(("failures-total", "all"), 0):
+            self.store_allowed, self.limit = False, "total_failures"
 
     def withheld(self) -> Throttled:
         """The refusal when the store could not be asked and the cache did not vouch for the secret."""
-        return _refuse("client_failures")
+        return _refuse(self.limit)
 
     def failed(self) -> None:
         per_address = settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS
         per_client = settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT
+        total = settings.AGENTIDP_AUTH_FAILURES_TOTAL
         if per_address > 0 and _count("failures-address", self.address) == per_address:
             _reached("address_failures", address=self.address)
         if per_client > 0 and _count("failures-client", self.ref) == per_client:
             _reached("client_failures", address=self.address, client_id=self.client_id)
+        if total > 0 and _count("failures-total", "all") == total:
+            _reached("total_failures", address=self.address)
 
     def succeeded(self) -> None:
         """Remember that this address authenticated the clientId (written once, not on every success)."""
-        if settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT <= 0 or self.known:
+        if (
+            settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT <= 0 and settings.AGENTIDP_AUTH_FAILURES_TOTAL <= 0
+        ) or self.known:
             return
         kind, value = self._known_key
         try:

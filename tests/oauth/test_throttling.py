@@ -30,6 +30,7 @@ def limits(settings):
     settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 0
     settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 0
     settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 0
+    settings.AGENTIDP_AUTH_FAILURES_TOTAL = 0
     return settings
 
 
@@ -148,6 +149,27 @@ def test_an_unknown_client_id_is_limited_like_a_known_one(client, db, limits, bc
     [event] = rate_limit_events()
     assert event.agent_id is None and "clientId" not in event.details
     assert event.details["clientRef"] == throttling.client_ref("no-such-client")
+
+
+# --- failures in all ------------------------------------------------------------------------------
+
+
+def test_failures_spread_over_addresses_and_client_ids_are_limited_in_all_and_known_addresses_still_heard(
+    client, issued, limits, bcrypt_checks
+):
+    limits.AGENTIDP_AUTH_FAILURES_TOTAL = 5
+    limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 2
+    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 2
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+    for index in range(5):
+        assert token(client, f"guessed-{index}", "guess", f"203.0.113.{index}").status_code == 401
+    checks = len(bcrypt_checks)
+
+    assert_rate_limited(token(client, "guessed-9", "guess", "203.0.113.99"))
+    assert_rate_limited(token(client, issued.credential.client_id, "wrong", ELSEWHERE))
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+    assert len(bcrypt_checks) == checks
+    assert [event.details["limit"] for event in rate_limit_events()] == ["total_failures"]
 
 
 # --- failures per address -----------------------------------------------------------------------
@@ -330,3 +352,12 @@ def test_failures_counted_by_another_process_through_redis_count_here(client, is
     assert token(client, "guessed", "guess", ATTACKER).status_code == 401  # the fifth failure, counted here
     assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+
+
+def test_check_deploy_warns_that_a_local_memory_cache_counts_per_process(settings):
+    from oauth.checks import check_shared_cache
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    assert [warning.id for warning in check_shared_cache()] == ["oauth.W002"]
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://x"}}
+    assert check_shared_cache() == []
