@@ -55,6 +55,14 @@ TOKEN_PATH = "/api/v1/token"
 GROUPS = ("gunicorn", "postgres", "loadgen", "vault")
 #: Warn when other processes kept this share of one core busy during a window.
 OTHER_CPU_WARNING = 0.15
+#: The rate limits, off: every request of this benchmark comes from one address (127.0.0.1), and its
+#: wrong-secret scenarios measure what a failure costs the store, not the 429 that a limit answers.
+RATE_LIMITS_OFF = {
+    "AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS": "0",
+    "AGENTIDP_AUTH_FAILURES_PER_ADDRESS": "0",
+    "AGENTIDP_AUTH_FAILURES_PER_CLIENT": "0",
+    "AGENTIDP_AUTH_FAILURES_TOTAL": "0",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +187,9 @@ def machine_info(pg_version: str) -> dict[str, Any]:
 class Bench:
     """The resources of one run; `close` releases whatever was acquired."""
 
+    #: AgentIdP settings of this kind of run, applied before --set.
+    extra_environment: dict[str, str] = RATE_LIMITS_OFF
+
     def __init__(self, args) -> None:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="agentidp-bench-"))  # mode 0700: it holds the secrets files
@@ -249,6 +260,7 @@ class Bench:
                 "AGENTIDP_UPGRADE_ON_USE": "false",
             }
         )
+        env.update(self.extra_environment)
         env.update(self.args.settings)  # --set NAME=VALUE, last so that it wins
         return env
 
@@ -289,15 +301,16 @@ class Bench:
         out = Path(arguments[arguments.index("--out") + 1])
         return json.loads(out.read_text())
 
-    def start_gunicorn(self) -> None:
+    def start_gunicorn(self, *, workers: int = WORKERS, worker_class: str = "sync", threads: int = 1) -> None:
+        """Start AgentIdP under gunicorn (by default the benchmark's shape) and wait until every worker is up."""
         from gunicorn.config import KNOWN_SETTINGS
 
         self.port = free_port()
         self.env["AGENTIDP_ISSUER"] = f"http://127.0.0.1:{self.port}"
         command = [
             PYTHON, "-m", "gunicorn", "agentidp.wsgi:application",
-            "--workers", str(WORKERS),
-            "--worker-class", "sync",
+            "--workers", str(workers),
+            "--worker-class", worker_class,
             "--bind", f"127.0.0.1:{self.port}",
             "--chdir", str(ROOT),
             "--log-level", "warning",
@@ -305,6 +318,8 @@ class Bench:
             "--timeout", "120",
             "--graceful-timeout", "10",
         ]  # fmt: skip
+        if worker_class == "gthread":
+            command += ["--threads", str(threads)]
         if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
             command.append("--no-control-socket")
         with open(self.tmp / "gunicorn.out", "wb") as output:  # AgentIdP's own log lines (LOG_LEVEL=WARNING)
@@ -324,7 +339,7 @@ class Bench:
             with contextlib.suppress(OSError, http.client.HTTPException):
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 connection.request("GET", "/healthz")
-                if connection.getresponse().status == 200 and len(self.workers()) == WORKERS:
+                if connection.getresponse().status == 200 and len(self.workers()) == workers:
                     return
             time.sleep(0.2)
         raise BenchError(f"gunicorn did not answer /healthz within {STARTUP_TIMEOUT} s.\n{self.gunicorn_log()}")
@@ -598,6 +613,7 @@ def _run(bench: Bench, names: list[str], started: float) -> int:
             "vault": "tests/vaultserver.py VaultTestServer (KV v2 over HTTP, in its own process), agentidp policy",
             "vault_default_store": True,
             "upgrade_on_use": False,
+            "rate_limits": "off (" + ", ".join(f"{name}={value}" for name, value in RATE_LIMITS_OFF.items()) + ")",
             "extra_environment": {name: shown(name, value) for name, value in args.settings},
             "database": args.database,
             "postgres": without_password(args.postgres),

@@ -8,10 +8,13 @@ policy (`agentidp`) and never expires. Then it answers commands, one JSON line e
     {"op": "count"}              -> {"count": <requests received since the last clear>}
     {"op": "clear"}              -> {"ok": true}   (also forgets the recorded requests)
     {"op": "load", "file": PATH} -> {"written": N} PATH holds JSON [[kv_key, secret], ...]
+    {"op": "down"}               -> {"ok": true}   stop listening: connections are refused, open ones closed
+    {"op": "up"}                 -> {"ok": true}   listen again on the same port, with the same secrets
 
 and stops when its standard input closes. `load` writes each secret as version 1 of its
 key directly into the server's memory: it fills Vault for cold-credential scenarios much
 faster than HTTP writes would, and the read path that the benchmark measures is unchanged.
+`down` and `up` are the Vault outage of bench/load.py: the process and its data stay.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ def main() -> None:
                 for key, secret in entries:
                     server.write_secret(key, {SECRET_KEY: secret})
                 reply({"written": len(entries)})
+            elif op == "down":
+                server.go_down()
+                reply({"ok": True})
+            elif op == "up":
+                server.come_up()
+                reply({"ok": True})
             else:
                 reply({"error": f"unknown op {op!r}"})
     finally:

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""
+Load AgentIdP's token endpoint with many clients at once, through a Vault outage and an attack.
+
+    python3 bench/load.py [--requests 12000] [--concurrency 100] [--bcrypt-rounds 12]
+                          [--workers 4] [--scenarios clean,vault-outage,attack] [--keep]
+
+Needs Python 3.11+ and PostgreSQL on 127.0.0.1:5432 (trust authentication, user postgres;
+--postgres to point elsewhere), and redis-server for the shared cache (else --cache locmem).
+Like bench/run.py, it creates ./.venv and installs the project there (with the `bench`
+extra) when needed, then runs itself from that environment. Prints a table and writes
+bench/results/load-<UTC time>.json and bench/results/load-latest.json; exits 1 when a
+check failed. See bench/README.md, "Load under faults and abuse".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # the project root, not bench/, so that `bench.*` and dev.py import as packages
+
+from bench.run import REEXEC_MARK, in_project_environment, positive, setting  # noqa: E402
+
+SCENARIO_NAMES = ("clean", "vault-outage", "attack")
+ATTACK_KINDS = ("known-bcrypt", "known-vault", "unknown")
+
+
+def scenario_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCENARIO_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {unknown[0] if unknown else text!r}; choose from " + ", ".join(SCENARIO_NAMES)
+        )
+    return [name for name in SCENARIO_NAMES if name in names]
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
+def attack_mix(text: str) -> list[list]:
+    parts = text.split(":")
+    if len(parts) != len(ATTACK_KINDS) or not all(part.isdigit() for part in parts) or not any(int(p) for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected three whole weights known-bcrypt:known-vault:unknown such as 1:1:1, not {text!r}"
+        )
+    return [[kind, int(part)] for kind, part in zip(ATTACK_KINDS, parts, strict=True)]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 bench/load.py",
+        description="Sustained mixed load on AgentIdP's token endpoint: clean, Vault outage, attack (bench/README.md).",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=scenario_list,
+        default=list(SCENARIO_NAMES),
+        help="comma-separated, run in this order: " + ",".join(SCENARIO_NAMES) + " (default: all)",
+    )
+    parser.add_argument(
+        "--requests", type=positive(int), default=12000, help="requests per scenario, at least (default 12000)"
+    )
+    parser.add_argument("--concurrency", type=positive(int), default=100, help="concurrent connections (default 100)")
+    parser.add_argument(
+        "--agents", type=positive(int), default=1000, help="legitimate clients, each its own address (default 1000)"
+    )
+    parser.add_argument("--vault-share", type=share, default=0.5, help="share of agents on Vault (default 0.5)")
+    parser.add_argument(
+        "--credentials",
+        type=positive(int),
+        default=10,
+        help="warm credentials per store, shared by agents (default 10)",
+    )
+    parser.add_argument(
+        "--vault-cold-share",
+        type=share,
+        default=0.05,
+        help="share of a Vault agent's requests with a never-used credential (default 0.05)",
+    )
+    parser.add_argument(
+        "--bcrypt-cold-share",
+        type=share,
+        default=0.001,
+        help="share of a bcrypt agent's requests with a never-used credential (default 0.001)",
+    )
+    parser.add_argument(
+        "--bcrypt-rounds",
+        type=int,
+        default=12,
+        choices=range(4, 32),
+        metavar="4..31",
+        help="bcrypt cost of the seeded credentials and the dummy check (default 12, production's)",
+    )
+    parser.add_argument("--workers", type=positive(int), default=4, help="gunicorn workers (default 4)")
+    parser.add_argument(
+        "--worker-class", choices=("sync", "gthread"), default="sync", help="gunicorn worker class (default sync)"
+    )
+    parser.add_argument("--threads", type=positive(int), default=4, help="threads per gthread worker (default 4)")
+    parser.add_argument(
+        "--cache",
+        choices=("auto", "redis", "locmem"),
+        default="auto",
+        help="AgentIdP's cache: a private redis-server shared by the workers, or each worker's own memory "
+        "(default auto: redis when redis-server is installed)",
+    )
+    parser.add_argument(
+        "--outage-seconds", type=positive(float), default=20.0, help="how long Vault is down (default 20)"
+    )
+    parser.add_argument(
+        "--attack-ratio", type=positive(int), default=10, help="attackers' requests per legitimate one (default 10)"
+    )
+    parser.add_argument(
+        "--attack-mix",
+        type=attack_mix,
+        default=attack_mix("1:1:1"),
+        help="weights known-bcrypt:known-vault:unknown of the attackers' requests (default 1:1:1)",
+    )
+    parser.add_argument(
+        "--attacker-addresses", type=positive(int), default=1000, help="addresses the attack comes from (default 1000)"
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=positive(float),
+        default=300.0,
+        help="a scenario stops after this long even if its requests were not all sent (default 300)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a PostgreSQL connection URL of a role that may create databases (default: postgres@127.0.0.1:5432)",
+    )
+    parser.add_argument("--database", default="agentidp_load", help="database to (re)create (default agentidp_load)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for AgentIdP, e.g. --set AGENTIDP_AUTH_FAILURES_PER_CLIENT=0 (repeatable)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--output-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes (default bench/results)"
+    )
+    args = parser.parse_args(argv)
+    if args.agents < args.concurrency:
+        parser.error("--agents must be at least --concurrency (each connection serves its own agents)")
+    if args.agents > 65536 or args.attacker_addresses > 65536:
+        parser.error("--agents and --attacker-addresses go up to 65536 (addresses 10.1.x.y and 10.2.x.y)")
+    return args
+
+
+def enter_project_environment() -> None:
+    """Create or update ./.venv as dev.py does, add the bench extra, and run this script again from it."""
+    import dev
+
+    if os.environ.get(REEXEC_MARK):
+        sys.exit(f"bench: {sys.executable} is still not a usable project environment; try: rm -rf {dev.VENV}")
+    dev.ensure_environment()
+    check = subprocess.run([str(dev.PYTHON), "-c", "import gunicorn, psutil"], capture_output=True)
+    if check.returncode != 0:
+        dev.say("Installing the bench extra (gunicorn, psutil)")
+        dev.run(dev.PYTHON, "-m", "pip", "install", "--quiet", "--editable", ".[test,bench]")
+    os.environ[REEXEC_MARK] = "1"
+    os.execv(dev.PYTHON, [str(dev.PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+def main() -> int:
+    args = parse_args(sys.argv[1:])
+    if not in_project_environment():
+        enter_project_environment()  # does not return
+    os.chdir(ROOT)
+    from bench import loadrun
+
+    return loadrun.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
