@@ -712,6 +712,26 @@ def evaluate_targets(rows: list[dict], soak: dict | None) -> list[dict]:
             f"p50 {a['latency_ms']['p50']} vs {b['latency_ms']['p50']} ms",
         )
 
+    # Enumeration by timing: an unknown clientId must cost what a wrong secret for a known one does. Both
+    # pay one verification in the default store (Vault here), so compare their latencies directly.
+    unknown, wrong = by_name.get("unknown-client"), by_name.get("wrong-secret-vault")
+    label = "unknown-client vs wrong-secret-vault: p50 and mean latency within 10%"
+    if unknown is None or wrong is None:
+        add(label, None, "not run")
+    else:
+        gaps = {}
+        for stat in ("p50", "mean"):
+            a, b = unknown["latency_ms"].get(stat), wrong["latency_ms"].get(stat)
+            gaps[stat] = (a - b) / b if a is not None and b else math.inf
+        add(
+            label,
+            all(abs(gap) <= 0.10 for gap in gaps.values()) and unknown["errors"] == 0 and wrong["errors"] == 0,
+            ", ".join(
+                f"{stat} {unknown['latency_ms'].get(stat)} vs {wrong['latency_ms'].get(stat)} ms ({gaps[stat]:+.1%})"
+                for stat in gaps
+            ),
+        )
+
     if soak is None:
         add("worker RSS < 120 MB after 100,000 requests (--soak 100000)", None, "not run")
     else:
