@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, pagination, serializers
 from rest_framework.response import Response
@@ -19,6 +20,9 @@ from vaultstore.exceptions import SecretStoreError
 from . import errors
 
 logger = logging.getLogger(__name__)
+
+#: Retry-After when the database could not serve a request.
+DATABASE_RETRY_AFTER = 2
 
 _DRF_ERRORS: list[tuple[type[Exception], type[errors.ApiError]]] = [
     (exceptions.ParseError, errors.ValidationFailed),
@@ -56,13 +60,19 @@ def as_api_error(exc: Exception) -> errors.ApiError | None:
             headers={"Retry-After": str(exc.retry_after or 5)},
             code=exc.code,
         )
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is unreachable, restarting, or chose this transaction as a deadlock's victim.
+        logger.warning("database unavailable error=%s", type(exc).__name__)
+        return errors.ServiceUnavailable(
+            "The database is unavailable; try again shortly.", headers={"Retry-After": str(DATABASE_RETRY_AFTER)}
+        )
     if isinstance(exc, Http404):
         return errors.NotFound()
     if isinstance(exc, PermissionDenied):
         return errors.Forbidden()
     if isinstance(exc, RequestDataTooBig):
         return errors.PayloadTooLarge()
-    if isinstance(exc, SuspiciousOperation):
+    if isinstance(exc, (SuspiciousOperation, BadRequest)):
         return errors.ValidationFailed("The request could not be read.")
     for drf_class, api_class in _DRF_ERRORS:
         if isinstance(exc, drf_class):
@@ -88,7 +98,18 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if error is None:
         return None  # a bug: Django's 500 handler answers, with the same body shape
     set_rollback()
-    return Response(error.as_body(), status=error.status, headers=error.headers)
+    return Response(_encodable(error.as_body()), status=error.status, headers=error.headers)
+
+
+def _encodable(value: Any) -> Any:
+    """Escape lone surrogates (JSON's \\ud800) that an error echoes from the request, so the body encodes as UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    return value
 
 
 def error_response(error: errors.ApiError) -> JsonResponse:

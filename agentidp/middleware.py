@@ -42,16 +42,23 @@ class ApiRequestMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if is_api_request(request) and self._declared_length(request) > settings.AGENTIDP_MAX_BODY_SIZE:
-            return api_error_response(request, errors.PayloadTooLarge())
+        if is_api_request(request):
+            length = self._declared_length(request)
+            if length is None:
+                # Django would fail with a ValueError (a 500) the first time the view reads the body.
+                return api_error_response(request, errors.ValidationFailed("The Content-Length header is malformed."))
+            if length > settings.AGENTIDP_MAX_BODY_SIZE:
+                return api_error_response(request, errors.PayloadTooLarge())
         return self.get_response(request)
 
     @staticmethod
-    def _declared_length(request: HttpRequest) -> int:
+    def _declared_length(request: HttpRequest) -> int | None:
+        """Return the declared Content-Length (0 when absent), or None when it is not a length."""
         try:
-            return int(request.META.get("CONTENT_LENGTH") or 0)
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return 0
+            return None
+        return length if length >= 0 else None
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
         if not is_api_request(request):
