@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from django.db.models import Q, QuerySet
@@ -15,13 +16,16 @@ from .models import Agent, Credential, GraceSecret
 MAX_CLIENT_ID_LENGTH = 64
 
 
+# The one spelling of an id AgentIdP hands out (any case): not urn:uuid:, braces or bare hex.
+_UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _as_uuid(value: object) -> uuid.UUID | None:
     if isinstance(value, uuid.UUID):
         return value
-    try:
-        return uuid.UUID(str(value))
-    except (ValueError, TypeError, AttributeError):
+    if not isinstance(value, str) or not _UUID_FORM.fullmatch(value):
         return None
+    return uuid.UUID(value)
 
 
 def agent_list(*, status: str | None = None, search: str | None = None) -> QuerySet[Agent]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agentidp.api import StrictCharField, StrictIntegerField, StrictSerializer
@@ -13,6 +14,7 @@ MAX_DESCRIPTION_LENGTH = 1000
 MAX_OWNER_LENGTH = 256
 
 
+@extend_schema_field({"type": "string", "minLength": 1, "maxLength": 128, "pattern": f"^{SCOPE_TOKEN_RE.pattern}$"})
 class ScopeField(StrictCharField):
     def __init__(self, **kwargs):
         super().__init__(min_length=1, max_length=128, trim_whitespace=False, **kwargs)

@@ -57,7 +57,11 @@ def _validated(serializer_class, data):
             OpenApiParameter("status", str, enum=Agent.Status.values),
             OpenApiParameter("search", str, description="Part of the name, description or owner."),
         ],
-        responses={200: AgentOutput(many=True), **_errors(400)},
+        responses={
+            200: AgentOutput(many=True),
+            **_errors(400),
+            404: OpenApiResponse(ErrorOutput, description="NOT_FOUND: no such page"),
+        },
     ),
     create=extend_schema(summary="Register an agent", request=AgentCreateInput, responses={201: AgentOutput, **_errors(400, 409, 415)}),
     retrieve=extend_schema(summary="Get an agent", parameters=[AGENT_ID], responses={200: AgentOutput, **_errors(404)}),
