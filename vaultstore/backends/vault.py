@@ -617,10 +617,13 @@ class VaultSecretBackend(BaseSecretBackend):
             key = self._key(StoredSecret(storage=self.name, vault_path=path), SecretWriteError)
             try:
                 with self._asking():
-                    self._call(self._client().secrets.kv.v2.delete_metadata_and_all_versions, path=key)
+                    response = self._call(self._client().secrets.kv.v2.delete_metadata_and_all_versions, path=key)
+                    # Vault answers 204; hvac returns anything that is not JSON as the raw response.
+                    if isinstance(response, requests.Response) and response.status_code != 204:
+                        raise ValueError("not Vault's answer to a delete")
             except _Open as exc:
                 raise SecretStoreUnavailable(_FAILING_FAST, retry_after=exc.retry_after) from None
-            except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
                 logger.warning("Vault delete failed path=%s error=%s", path, type(exc).__name__)
                 if isinstance(exc, hvac.exceptions.VaultDown | requests.exceptions.ConnectionError):
                     raise SecretStoreUnavailable(f"Vault {_describe(exc)} while destroying a client secret.") from None
