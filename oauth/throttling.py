@@ -14,10 +14,11 @@ cache so that every server process shares them (Redis with CACHE_URL=redis://...
 
 A request over a limit is answered 429 with Retry-After before any secret is verified, so
 a throttled attacker costs no bcrypt or Vault work. Failures must not lock legitimate
-clients out: once a clientId's failures (or all failures) are over their limit, an address
-that authenticated that clientId within AGENTIDP_KNOWN_ADDRESS_SECONDS is still heard, and
-so is a secret the verified-secret cache vouches for (no store work); only addresses new to
-the clientId are refused.
+clients out: once a clientId's failures are over their limit, an address that
+authenticated that clientId within AGENTIDP_KNOWN_ADDRESS_SECONDS is still heard; once all
+failures are over theirs, an address that authenticated any clientId in that time is (a
+new agent on a known host). A secret the verified-secret cache vouches for is always heard
+(it costs no store work). Only addresses new to the clientId, or new altogether, wait.
 Each limit reached writes one audit event per window and key, never one per refusal.
 
 If the cache fails, the limits are not applied (logged): they protect the service, and
@@ -180,14 +181,17 @@ class AuthenticationGuard:
     The failure limits for one client authentication: check before verifying, record after.
 
     `check()` raises Throttled when the address is over its failure limit, and decides
-    whether a store may be asked (`store_allowed`): not when the clientId's failures, or
-    all failures, are over their limit and this address has not authenticated it lately.
+    whether a store may be asked (`store_allowed`): not when the clientId's failures are
+    over their limit and this address has not authenticated that clientId lately, nor when
+    all failures are over theirs and this address has not authenticated any clientId lately.
     """
 
     address: str
     client_id: str
     store_allowed: bool = True
-    known: bool = False
+    #: This address authenticated this clientId lately / any clientId lately.
+    known_to_client: bool = False
+    known_address: bool = False
     #: Which limit withheld the store (when store_allowed is False).
     limit: str = ""
 
@@ -205,21 +209,21 @@ class AuthenticationGuard:
         total = settings.AGENTIDP_AUTH_FAILURES_TOTAL
         if per_address <= 0 and per_client <= 0 and total <= 0:
             return
-        # One cache read for all: the three counters, and whether this address is known to the clientId.
+        # One cache read for all: the three counters, and what this address authenticated lately.
         counts = _peek(
             ("failures-address", self.address),
             ("failures-client", self.ref),
             ("failures-total", "all"),
-            self._known_key,
+            self._known_to_client_key,
+            self._known_address_key,
         )
-        self.known = bool(counts.get(self._known_key))
+        self.known_to_client = bool(counts.get(self._known_to_client_key))
+        self.known_address = self.known_to_client or bool(counts.get(self._known_address_key))
         if 0 < per_address <= counts.get(("failures-address", self.address), 0):
             raise _refuse("address_failures")
-        if self.known:
-            return
-        if 0 < per_client <= counts.get(("failures-client", self.ref), 0):
+        if 0 < per_client <= counts.get(("failures-client", self.ref), 0) and not self.known_to_client:
             self.store_allowed, self.limit = False, "client_failures"
-        elif 0 < total <= counts.get(("failures-total", "all"), 0):
+        elif 0 < total <= counts.get(("failures-total", "all"), 0) and not self.known_address:
             self.store_allowed, self.limit = False, "total_failures"
 
     def withheld(self) -> Throttled:
@@ -238,17 +242,27 @@ class AuthenticationGuard:
             _reached("total_failures", address=self.address)
 
     def succeeded(self) -> None:
-        """Remember that this address authenticated the clientId (written once, not on every success)."""
-        if (
-            settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT <= 0 and settings.AGENTIDP_AUTH_FAILURES_TOTAL <= 0
-        ) or self.known:
+        """Remember that this address authenticated the clientId (each mark written once, not on every success)."""
+        if settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT <= 0 and settings.AGENTIDP_AUTH_FAILURES_TOTAL <= 0:
             return
-        kind, value = self._known_key
+        marks = [
+            key
+            for key, known in (
+                (self._known_to_client_key, self.known_to_client),
+                (self._known_address_key, self.known_address),
+            )
+            if not known
+        ]
         try:
-            cache.set(_key(kind, value, 0), 1, timeout=settings.AGENTIDP_KNOWN_ADDRESS_SECONDS)
+            for kind, value in marks:
+                cache.set(_key(kind, value, 0), 1, timeout=settings.AGENTIDP_KNOWN_ADDRESS_SECONDS)
         except Exception as exc:
             logger.warning("could not remember a known address error=%s", type(exc).__name__)
 
     @property
-    def _known_key(self) -> tuple[str, str]:
+    def _known_to_client_key(self) -> tuple[str, str]:
         return ("known", f"{self.ref}:{self.address}")
+
+    @property
+    def _known_address_key(self) -> tuple[str, str]:
+        return ("known", f"*:{self.address}")

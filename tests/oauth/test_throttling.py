@@ -15,6 +15,7 @@ from credentials.models import AuditEvent
 from oauth import throttling
 from oauth.throttling import client_address
 from tests.conftest import basic_auth, form_post
+from tests.factories import make_credential
 from tests.credentials.test_verified_cache import REDIS_HOST, REDIS_PORT, redis_listening
 from tests.oauth.conftest import INTROSPECT_URL, TOKEN_URL
 
@@ -170,6 +171,20 @@ def test_failures_spread_over_addresses_and_client_ids_are_limited_in_all_and_kn
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
     assert len(bcrypt_checks) == checks
     assert [event.details["limit"] for event in rate_limit_events()] == ["total_failures"]
+
+
+def test_over_the_total_limit_a_new_client_on_a_known_host_is_heard_and_one_on_a_new_address_is_not(
+    client, agent, issued, limits, settings
+):
+    limits.AGENTIDP_AUTH_FAILURES_TOTAL = 3
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+    for index in range(3):
+        token(client, f"guessed-{index}", "guess", f"203.0.113.{index}")
+    newcomer = make_credential(agent)  # a new agent's first token: no address knows its clientId yet
+
+    assert token(client, newcomer.credential.client_id, newcomer.client_secret, OWNER).status_code == 200
+    assert_rate_limited(token(client, make_credential(agent).credential.client_id, "whatever", ELSEWHERE))
 
 
 # --- failures per address -----------------------------------------------------------------------
