@@ -634,7 +634,10 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
     if credential is None:
         if not store_allowed:
             raise VerificationWithheld()
-        get_default_backend().verify_dummy(secret=client_secret)
+        # What a known clientId with a wrong secret pays: a look in the cache, the store, the grace query.
+        backend = get_default_backend()
+        verified_recently(trusted=Trusted(NO_CREDENTIAL_ID, StoredSecret(storage=backend.name), since=EPOCH), secret="")
+        backend.verify_dummy(secret=client_secret)
         selectors.grace_secrets_live(credential_id=NO_CREDENTIAL_ID)
         raise InvalidClient("unknown_client")
     matched, by_store = _secret_matching(credential, client_secret, store_allowed=store_allowed)
@@ -652,8 +655,9 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
     return credential
 
 
-#: The id no credential has, for the unknown client's share of the work.
+#: The id no credential has, and a moment none was trusted since, for the unknown client's share of the work.
 NO_CREDENTIAL_ID = uuid.UUID(int=0)
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 def _secret_matching(

@@ -23,7 +23,9 @@ def check_vaultstore_configuration(app_configs=None, **kwargs):
 
     options = _vault_options()
     if options is not None and not options.get("token") and not options.get("token_file"):
-        return [Error("VAULT_ADDR is set but neither VAULT_TOKEN nor VAULT_TOKEN_FILE is.", hint=HINT, id="vaultstore.E001")]
+        return [
+            Error("VAULT_ADDR is set but neither VAULT_TOKEN nor VAULT_TOKEN_FILE is.", hint=HINT, id="vaultstore.E001")
+        ]
     reset_backends()
     try:
         get_backends()

@@ -4,15 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('credentials', '0006_credential_last_used_permissions'),
+        ("credentials", "0006_credential_last_used_permissions"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditevent',
-            name='action',
-            field=models.CharField(choices=[('agent.created', 'Agent Created'), ('agent.updated', 'Agent Updated'), ('agent.deleted', 'Agent Deleted'), ('credential.created', 'Credential Created'), ('credential.rotated', 'Credential Rotated'), ('credential.deleted', 'Credential Deleted'), ('credential.moved', 'Credential Moved'), ('token.revoked', 'Token Revoked'), ('client.rate_limited', 'Client Rate Limited')], editable=False, max_length=32),
+            model_name="auditevent",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("agent.created", "Agent Created"),
+                    ("agent.updated", "Agent Updated"),
+                    ("agent.deleted", "Agent Deleted"),
+                    ("credential.created", "Credential Created"),
+                    ("credential.rotated", "Credential Rotated"),
+                    ("credential.deleted", "Credential Deleted"),
+                    ("credential.moved", "Credential Moved"),
+                    ("token.revoked", "Token Revoked"),
+                    ("client.rate_limited", "Client Rate Limited"),
+                ],
+                editable=False,
+                max_length=32,
+            ),
         ),
     ]

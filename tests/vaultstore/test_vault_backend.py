@@ -504,13 +504,16 @@ def test_an_upgrade_outlasting_the_one_retry_fails_the_store_without_writing(ser
 # --- verify_dummy -----------------------------------------------------------------------------
 
 
-def test_verify_dummy_reads_the_dummy_key(server, vault, backend):
-    assert backend.verify_dummy(secret=SECRET) is None
+def test_verify_dummy_reads_the_dummy_key_and_plants_an_entry_there_once(server, vault, backend):
+    for _ in range(3):
+        assert backend.verify_dummy(secret=SECRET) is None
 
-    reads = sent(server, token=vault.app_token, contains=DUMMY_KEY)
-    assert [(r.method, r.path, r.query) for r in reads] == [
-        ("GET", f"/v1/{vault.mount}/data/{DUMMY_KEY}", {"version": "1"})
-    ]
+    dummy = f"/v1/{vault.mount}/data/{DUMMY_KEY}"
+    calls = [(r.method, r.path, r.query) for r in sent(server, token=vault.app_token, contains=DUMMY_KEY)]
+    assert calls == [("GET", dummy, {"version": "1"}), ("POST", dummy, {})] + [("GET", dummy, {"version": "1"})] * 2
+    # Later dummy reads find an entry, as a real verification does: Vault answers them alike.
+    planted = vault.read(f"{vault.mount}/data/{DUMMY_KEY}", 1)
+    assert set(planted) == {SECRET_KEY} and len(planted[SECRET_KEY]) == 43
 
 
 @pytest.mark.parametrize("fault", ["down", "sealed", "403", "500", "429", "reset", "garbled"])
@@ -523,8 +526,6 @@ def test_verify_dummy_fails_as_a_verification_would_on_every_vault_failure(serve
     assert excinfo.value.code == "VAULT_READ_ERROR"
     assert SECRET not in str(excinfo.value) and vault.app_token not in str(excinfo.value)
     assert SECRET not in caplog.text and vault.app_token not in caplog.text
-
-
 
 
 def breaker_backend(vault, **options) -> tuple[VaultSecretBackend, FakeClock]:
@@ -634,7 +635,12 @@ def test_answers_about_one_key_are_not_outages(vault, owner, answer):
     stored = backend.store(owner=owner, secret=SECRET)
     for _ in range(3):
         if answer == "missing key":
-            assert backend.verify(stored=StoredSecret(storage="vault", vault_path=stored.vault_path, vault_version=9), secret=SECRET) is False
+            assert (
+                backend.verify(
+                    stored=StoredSecret(storage="vault", vault_path=stored.vault_path, vault_version=9), secret=SECRET
+                )
+                is False
+            )
         else:
             vault.write(stored.vault_path, {SECRET_KEY: "written by hand"})  # the row trusts version 1 no more
             backend.store(owner=owner, secret=OTHER, replacing=stored)
@@ -842,6 +848,7 @@ def test_a_renewable_token_is_renewed_on_first_use_and_after_two_thirds_of_its_l
         "/v1/auth/token/lookup-self",
         "/v1/auth/token/renew-self",
         f"/v1/{vault.mount}/data/{DUMMY_KEY}",
+        f"/v1/{vault.mount}/data/{DUMMY_KEY}",  # the dummy entry planted
     ]
     assert server.token_info(token)["renewals"] == 1
 

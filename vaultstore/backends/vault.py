@@ -20,6 +20,7 @@ import hmac
 import logging
 import math
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -298,7 +299,9 @@ class VaultSecretBackend(BaseSecretBackend):
                 )
         failures = options["breaker_failures"]
         if isinstance(failures, bool) or not isinstance(failures, int) or not 0 <= failures <= 1000:
-            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'breaker_failures' must be an integer from 0 to 1000.")
+            raise ImproperlyConfigured(
+                "VAULTSTORE backend 'vault': 'breaker_failures' must be an integer from 0 to 1000."
+            )
         seconds = options["breaker_seconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
             raise ImproperlyConfigured(
@@ -586,12 +589,12 @@ class VaultSecretBackend(BaseSecretBackend):
             raise SecretReadError(f"Vault {_describe(exc)} while reading a client secret.") from None
         return hmac.compare_digest(kept.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
 
-    def _read_dummy(self, client: hvac.Client) -> None:
-        """Read a key no credential has: as costly as a verification, and a 404 when the token may read."""
+    def _read_dummy(self, client: hvac.Client) -> dict[str, Any]:
+        """Read the key no credential has (InvalidPath until verify_dummy has planted its entry there)."""
         response = self._call(
             client.secrets.kv.v2.read_secret_version, path=DUMMY_KEY, version=1, raise_on_deleted_version=True
         )
-        _data(response)  # a 200 must at least be a Vault answer (else ValueError, as for a garbled read)
+        return _data(response)  # a 200 must at least be a Vault answer (else ValueError, as for a garbled read)
 
     def verify_dummy(self, *, secret: str) -> None:
         """
@@ -602,13 +605,42 @@ class VaultSecretBackend(BaseSecretBackend):
         """
         try:
             with self._asking():
-                self._read_dummy(self._client())
-        except hvac.exceptions.InvalidPath:
-            pass  # the expected answer: no such key
+                client = self._client()
+                try:
+                    entry = self._read_dummy(client)
+                except hvac.exceptions.InvalidPath:
+                    self._plant_dummy(client)
+                    return
+                values = entry.get("data")
+                kept = values.get(SECRET_KEY) if isinstance(values, dict) else None
+                if isinstance(kept, str):
+                    hmac.compare_digest(kept.encode("utf-8"), secret.encode("utf-8", "surrogatepass"))
         except _Open as exc:
             raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
             raise SecretReadError(f"Vault {_describe(exc)} while reading a client secret.") from None
+
+    def _plant_dummy(self, client: hvac.Client) -> None:
+        """
+        Write a random secret at the dummy key, once, so that dummy reads find an entry as real ones do.
+
+        A read that finds nothing costs Vault less than one that returns an entry, which
+        would tell an unknown clientId from a Vault credential's by time. Another process
+        planting it first (a check-and-set mismatch) is as good.
+        """
+        try:
+            self._call(
+                client.secrets.kv.v2.create_or_update_secret,
+                path=DUMMY_KEY,
+                secret={SECRET_KEY: secrets.token_urlsafe(32)},
+                cas=0,
+            )
+        except hvac.exceptions.InvalidRequest:
+            pass
+        else:
+            logger.info(
+                "planted the dummy entry that unknown clients' verifications read path=%s", self._path(DUMMY_KEY)
+            )
 
     def delete(self, *, stored: Iterable[StoredSecret]) -> None:
         """Destroy every version and the metadata of each path (idempotent: a missing key is fine)."""
