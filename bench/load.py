@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the project root, not bench/, so that `bench.*` and dev.py import as packages
 
-from bench.run import REEXEC_MARK, in_project_environment, positive, setting  # noqa: E402
+from bench.run import (  # noqa: E402
+    add_installation_arguments,
+    enter_project_environment,
+    in_project_environment,
+    positive,
+)
 
 SCENARIO_NAMES = ("clean", "vault-outage", "attack")
 ATTACK_KINDS = ("known-bcrypt", "known-vault", "unknown")
@@ -134,25 +138,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=300.0,
         help="a scenario stops after this long even if its requests were not all sent (default 300)",
     )
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"),
-        help="a PostgreSQL connection URL of a role that may create databases (default: postgres@127.0.0.1:5432)",
-    )
-    parser.add_argument("--database", default="agentidp_load", help="database to (re)create (default agentidp_load)")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        type=setting,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for AgentIdP, e.g. --set AGENTIDP_AUTH_FAILURES_PER_CLIENT=0 (repeatable)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
-    parser.add_argument(
-        "--output-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes (default bench/results)"
-    )
+    add_installation_arguments(parser, database="agentidp_load", example_setting="AGENTIDP_AUTH_FAILURES_PER_CLIENT=0")
     args = parser.parse_args(argv)
     if args.agents < args.concurrency:
         parser.error("--agents must be at least --concurrency (each connection serves its own agents)")
@@ -161,25 +147,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def enter_project_environment() -> None:
-    """Create or update ./.venv as dev.py does, add the bench extra, and run this script again from it."""
-    import dev
-
-    if os.environ.get(REEXEC_MARK):
-        sys.exit(f"bench: {sys.executable} is still not a usable project environment; try: rm -rf {dev.VENV}")
-    dev.ensure_environment()
-    check = subprocess.run([str(dev.PYTHON), "-c", "import gunicorn, psutil"], capture_output=True)
-    if check.returncode != 0:
-        dev.say("Installing the bench extra (gunicorn, psutil)")
-        dev.run(dev.PYTHON, "-m", "pip", "install", "--quiet", "--editable", ".[test,bench]")
-    os.environ[REEXEC_MARK] = "1"
-    os.execv(dev.PYTHON, [str(dev.PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])
-
-
 def main() -> int:
     args = parse_args(sys.argv[1:])
     if not in_project_environment():
-        enter_project_environment()  # does not return
+        enter_project_environment(__file__)  # does not return
     os.chdir(ROOT)
     from bench import loadrun
 

@@ -96,12 +96,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1800.0,
         help="stop the soak after this long even if N requests were not sent (default 1800)",
     )
+    add_installation_arguments(
+        parser, database="agentidp_bench", example_setting="AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS=0"
+    )
+    return parser.parse_args(argv)
+
+
+def add_installation_arguments(parser: argparse.ArgumentParser, *, database: str, example_setting: str) -> None:
+    """The options every benchmark here shares: where PostgreSQL is, AgentIdP's settings, where results go."""
     parser.add_argument(
         "--postgres",
         default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a PostgreSQL connection URL of a role that may create databases (default: postgres@127.0.0.1:5432)",
     )
-    parser.add_argument("--database", default="agentidp_bench", help="database to (re)create (default agentidp_bench)")
+    parser.add_argument("--database", default=database, help=f"database to (re)create (default {database})")
     parser.add_argument(
         "--set",
         dest="settings",
@@ -109,13 +117,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="an environment variable for AgentIdP, e.g. --set AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS=0 (repeatable)",
+        help=f"an environment variable for AgentIdP, e.g. --set {example_setting} (repeatable)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument(
         "--output-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes (default bench/results)"
     )
-    return parser.parse_args(argv)
 
 
 def in_project_environment() -> bool:
@@ -140,8 +147,8 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def enter_project_environment() -> None:
-    """Create or update ./.venv as dev.py does, add the bench extra, and run this script again from it."""
+def enter_project_environment(script: str = __file__) -> None:
+    """Create or update ./.venv as dev.py does, add the bench extra, and run `script` again from it."""
     import dev
 
     if os.environ.get(REEXEC_MARK):
@@ -152,7 +159,7 @@ def enter_project_environment() -> None:
         dev.say("Installing the bench extra (gunicorn, psutil)")
         dev.run(dev.PYTHON, "-m", "pip", "install", "--quiet", "--editable", ".[test,bench]")
     os.environ[REEXEC_MARK] = "1"
-    os.execv(dev.PYTHON, [str(dev.PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])
+    os.execv(dev.PYTHON, [str(dev.PYTHON), str(Path(script).resolve()), *sys.argv[1:]])
 
 
 def main() -> int:
