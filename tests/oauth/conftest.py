@@ -1,14 +1,19 @@
 """Fixtures and helpers shared by the OAuth endpoint tests."""
 
 import base64
+import datetime
 import json
+import secrets
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
+from django.utils import timezone
 from joserfc.jwk import RSAKey
 
+from credentials import services
+from credentials.models import Credential
 from credentials.services import IssuedCredential
 from oauth.keys import get_signing_key
 from tests.conftest import basic_auth, form_post
@@ -78,3 +83,22 @@ def assert_oauth_error(response, status: int, error: str) -> None:
     assert body["error"] == error
     assert isinstance(body["error_description"], str) and body["error_description"]
     assert response["Cache-Control"] == "no-store"
+
+
+def failure_cases() -> dict[str, tuple[str, str]]:
+    """Client ids and secrets that must each fail client authentication, by reason."""
+    wrong = make_credential(AgentFactory())
+    deleted = make_credential(AgentFactory())
+    services.credential_delete(acting=None, credential=deleted.credential)
+    expired = make_credential(AgentFactory(), expires_at=timezone.now() + datetime.timedelta(hours=1))
+    past = timezone.now() - datetime.timedelta(seconds=1)
+    Credential.objects.filter(pk=expired.credential.pk).update(expires_at=past)
+    suspended = make_credential(AgentFactory())
+    services.agent_update(acting=None, agent=suspended.credential.agent, status="suspended")
+    return {
+        "unknown_client": (secrets.token_hex(16), secrets.token_urlsafe(32)),
+        "wrong_secret": (wrong.credential.client_id, secrets.token_urlsafe(32)),
+        "deleted_credential": (deleted.credential.client_id, deleted.client_secret),
+        "expired_credential": (expired.credential.client_id, expired.client_secret),
+        "suspended_agent": (suspended.credential.client_id, suspended.client_secret),
+    }

@@ -1,7 +1,6 @@
 """POST /api/v1/token: the client credentials grant (RFC 6749 section 4.4)."""
 
 import base64
-import datetime
 import json
 import logging
 import secrets
@@ -14,13 +13,11 @@ from django.conf import settings
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
 from credentials import services
 from credentials.models import Credential
 from tests.conftest import basic_auth, form_post
-from tests.factories import AgentFactory, make_credential
-from tests.oauth.conftest import TOKEN_URL, assert_oauth_error, client_auth, unverified_claims
+from tests.oauth.conftest import TOKEN_URL, assert_oauth_error, client_auth, failure_cases, unverified_claims
 from vaultstore.backends import get_default_backend
 
 GRANT = {"grant_type": "client_credentials"}
@@ -345,25 +342,6 @@ def test_failed_client_secret_post_has_no_basic_challenge(client, issued):
     assert "WWW-Authenticate" not in response
 
 
-def _failure_cases() -> dict[str, tuple[str, str]]:
-    """Client ids and secrets that must each fail client authentication, by reason."""
-    wrong = make_credential(AgentFactory())
-    deleted = make_credential(AgentFactory())
-    services.credential_delete(acting=None, credential=deleted.credential)
-    expired = make_credential(AgentFactory(), expires_at=timezone.now() + datetime.timedelta(hours=1))
-    past = timezone.now() - datetime.timedelta(seconds=1)
-    Credential.objects.filter(pk=expired.credential.pk).update(expires_at=past)
-    suspended = make_credential(AgentFactory())
-    services.agent_update(acting=None, agent=suspended.credential.agent, status="suspended")
-    return {
-        "unknown_client": (secrets.token_hex(16), secrets.token_urlsafe(32)),
-        "wrong_secret": (wrong.credential.client_id, secrets.token_urlsafe(32)),
-        "deleted_credential": (deleted.credential.client_id, deleted.client_secret),
-        "expired_credential": (expired.credential.client_id, expired.client_secret),
-        "suspended_agent": (suspended.credential.client_id, suspended.client_secret),
-    }
-
-
 def _answer(response) -> tuple:
     return (response.status_code, response.content, response.get("WWW-Authenticate"), response.get("Cache-Control"))
 
@@ -371,7 +349,7 @@ def _answer(response) -> tuple:
 def test_unknown_client_wrong_secret_deleted_expired_and_suspended_answer_alike_over_basic(client, db):
     answers = {
         reason: _answer(form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, secret)))
-        for reason, (client_id, secret) in _failure_cases().items()
+        for reason, (client_id, secret) in failure_cases().items()
     }
 
     assert len(set(answers.values())) == 1, answers
@@ -384,7 +362,7 @@ def test_unknown_client_wrong_secret_deleted_expired_and_suspended_answer_alike_
 def test_unknown_client_wrong_secret_deleted_expired_and_suspended_answer_alike_in_the_body(client, db):
     answers = {
         reason: _answer(form_post(client, TOKEN_URL, {**GRANT, "client_id": client_id, "client_secret": secret}))
-        for reason, (client_id, secret) in _failure_cases().items()
+        for reason, (client_id, secret) in failure_cases().items()
     }
 
     assert len(set(answers.values())) == 1, answers
@@ -405,7 +383,7 @@ def test_unknown_client_wrong_secret_deleted_expired_and_suspended_answer_alike_
     ],
 )
 def test_every_failed_authentication_pays_exactly_one_verification(client, db, reason, dummy_calls):
-    client_id, secret = _failure_cases()[reason]
+    client_id, secret = failure_cases()[reason]
     backend = get_default_backend()
 
     with (
@@ -584,7 +562,7 @@ def test_a_secret_near_the_right_one_is_invalid_client(client, issued, change):
 
 
 def test_unknown_client_and_wrong_secret_cost_the_same_queries_and_verifications(client, db):
-    cases = _failure_cases()
+    cases = failure_cases()
     costs = {}
     for reason in ("unknown_client", "wrong_secret"):
         client_id, secret = cases[reason]

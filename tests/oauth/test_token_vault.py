@@ -1,7 +1,6 @@
 """POST /api/v1/token for credentials whose secrets Vault keeps, and while Vault is unavailable."""
 
 import logging
-import secrets
 
 import pytest
 from django.db import connection
@@ -10,9 +9,9 @@ from django.test.utils import CaptureQueriesContext
 
 from credentials import services
 from tests.conftest import assert_logs_keep, basic_auth, form_post
-from tests.credentials.helpers import end_grace_periods, expire
+from tests.credentials.helpers import end_grace_periods
 from tests.factories import AgentFactory, make_credential
-from tests.oauth.conftest import TOKEN_URL, assert_oauth_error, client_auth, unverified_claims
+from tests.oauth.conftest import TOKEN_URL, assert_oauth_error, client_auth, failure_cases, unverified_claims
 
 GRANT = {"grant_type": "client_credentials"}
 OUTAGES = ["down", "sealed", "slow", "403", "500", "garbled"]
@@ -117,28 +116,10 @@ def test_previous_vault_version_gets_tokens_during_its_grace_period_and_not_afte
     assert_logs_keep(caplog, vault_issued.client_secret, rotated.client_secret, vault.app_token)
 
 
-def vault_failure_cases(agent_factory=AgentFactory) -> dict[str, tuple[str, str]]:
-    """With Vault the default store: a client id and secret for each way client authentication fails."""
-    wrong = make_credential(agent_factory())
-    deleted = make_credential(agent_factory())
-    services.credential_delete(acting=None, credential=deleted.credential)
-    expired = make_credential(agent_factory())
-    expire(expired.credential)
-    suspended = make_credential(agent_factory())
-    services.agent_update(acting=None, agent=suspended.credential.agent, status="suspended")
-    return {
-        "unknown_client": (secrets.token_hex(16), secrets.token_urlsafe(32)),
-        "wrong_secret": (wrong.credential.client_id, secrets.token_urlsafe(32)),
-        "deleted_credential": (deleted.credential.client_id, deleted.client_secret),
-        "expired_credential": (expired.credential.client_id, expired.client_secret),
-        "suspended_agent": (suspended.credential.client_id, suspended.client_secret),
-    }
-
-
 @pytest.mark.parametrize("transport", ["basic", "body"])
 def test_with_vault_every_failed_authentication_answers_alike(client, db, vault_enabled, transport):
     answers = {}
-    for reason, (client_id, secret) in vault_failure_cases().items():
+    for reason, (client_id, secret) in failure_cases().items():
         if transport == "basic":
             response = token_request(client, client_id, secret)
         else:
@@ -153,7 +134,7 @@ def test_with_vault_an_unknown_client_and_a_wrong_secret_cost_the_same_queries_a
     server = vault.require_server()
     cases = {}
     with override_settings(VAULTSTORE=vault.vaultstore_setting()):
-        cases = vault_failure_cases()
+        cases = failure_cases()
         costs = {}
         for reason in ("unknown_client", "wrong_secret"):
             client_id, secret = cases[reason]
