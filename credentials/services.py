@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -317,10 +317,6 @@ def _discard_unrecorded_write(
     if not stored.kept_outside_database:
         return
     location = get_backend(stored.storage).location(owner=credential)
-    if not connection.in_atomic_block:
-        # The failure may have been the connection itself (lost between the store's write and
-        # the commit): drop a broken one, so that the job below is written over a new one.
-        connection.close_if_unusable_or_obsolete()
     try:
         with transaction.atomic():
             purge_ids = _purges_record(
