@@ -28,6 +28,7 @@ must not become the way to take it down.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import math
@@ -69,6 +70,8 @@ def client_address(request: HttpRequest) -> str:
     """
     address = request.META.get("REMOTE_ADDR", "")
     trusted = settings.AGENTIDP_TRUSTED_PROXIES
+    if trusted <= 0 and "HTTP_X_FORWARDED_FOR" in request.META:
+        _warn_untrusted_forwarding()
     if trusted > 0:
         hops = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
         if len(hops) >= trusted and hops[-trusted].strip():
@@ -85,6 +88,16 @@ def client_address(request: HttpRequest) -> str:
             return str(parsed.ipv4_mapped)
         return str(ipaddress.IPv6Network((parsed, 64), strict=False))
     return str(parsed)
+
+
+@functools.cache
+def _warn_untrusted_forwarding() -> None:
+    """Say once per process that X-Forwarded-For arrives but is not believed (a proxy nobody declared?)."""
+    logger.warning(
+        "requests carry X-Forwarded-For but AGENTIDP_TRUSTED_PROXIES is 0: every limit counts the sending "
+        "address (REMOTE_ADDR). Behind a proxy that is the proxy's, for all clients at once; set "
+        "AGENTIDP_TRUSTED_PROXIES to the number of proxies in front of AgentIdP."
+    )
 
 
 def client_ref(client_id: str) -> str:

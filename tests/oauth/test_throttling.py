@@ -289,6 +289,20 @@ def test_the_client_address_believes_only_the_trusted_proxies(settings, trusted,
     assert client_address(request_from(remote, forwarded)) == expected
 
 
+def test_x_forwarded_for_without_trusted_proxies_is_ignored_and_said_once(settings, caplog):
+    settings.AGENTIDP_TRUSTED_PROXIES = 0
+    throttling._warn_untrusted_forwarding.cache_clear()
+    caplog.set_level(logging.WARNING, logger="oauth.throttling")
+
+    for _ in range(3):
+        assert client_address(request_from("10.0.0.5", "1.2.3.4")) == "10.0.0.5"
+    assert client_address(request_from("10.0.0.6")) == "10.0.0.6"
+
+    warnings = [record.getMessage() for record in caplog.records if "X-Forwarded-For" in record.getMessage()]
+    assert len(warnings) == 1 and "AGENTIDP_TRUSTED_PROXIES" in warnings[0]
+    throttling._warn_untrusted_forwarding.cache_clear()
+
+
 @pytest.mark.parametrize("trusted", [0, 1])
 def test_a_spoofed_x_forwarded_for_never_resets_a_limit(client, issued, limits, trusted):
     limits.AGENTIDP_TRUSTED_PROXIES = trusted
