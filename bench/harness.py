@@ -384,6 +384,16 @@ class Bench:
             pids += [psutil.Process(pids[0]).ppid()] if pids else []
         return pids
 
+    def start_loadgen(self, command: list[str], job: dict) -> dict:
+        """Start a load generator with `job`, wait until it is ready (its warm-up done), clear Vault's request count."""
+        self.loadgen = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        send(self.loadgen.stdin, json.dumps(job))
+        ready = receive(self.loadgen.stdout, "ready")
+        self.vault_command({"op": "clear"})
+        return ready
+
     def worker_rss_mb(self) -> list[float]:
         sizes = []
         for worker in self.workers():
@@ -412,17 +422,7 @@ class Bench:
             "random_client": scenario.random_client,
             "warmup_workers": WORKERS if scenario.warm_up else 0,
         }
-        self.loadgen = subprocess.Popen(
-            [PYTHON, str(ROOT / "bench" / "loadgen.py")],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        send(self.loadgen.stdin, json.dumps(job))
-        ready = receive(self.loadgen.stdout, "ready")
-        self.vault_command({"op": "clear"})
+        ready = self.start_loadgen([PYTHON, str(ROOT / "bench" / "loadgen.py")], job)
         before = self.cpu_snapshot()
         send(self.loadgen.stdin, "go")
         receive(self.loadgen.stdout, "done")

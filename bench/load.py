@@ -28,20 +28,11 @@ from bench.run import (  # noqa: E402
     enter_project_environment,
     in_project_environment,
     positive,
+    scenario_list,
 )
 
 SCENARIO_NAMES = ("clean", "vault-outage", "attack")
 ATTACK_KINDS = ("known-bcrypt", "known-vault", "unknown")
-
-
-def scenario_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in SCENARIO_NAMES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown scenario {unknown[0] if unknown else text!r}; choose from " + ", ".join(SCENARIO_NAMES)
-        )
-    return [name for name in SCENARIO_NAMES if name in names]
 
 
 def share(text: str) -> float:
@@ -67,7 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        type=scenario_list,
+        type=scenario_list(SCENARIO_NAMES),
         default=list(SCENARIO_NAMES),
         help="comma-separated, run in this order: " + ",".join(SCENARIO_NAMES) + " (default: all)",
     )

@@ -263,17 +263,7 @@ def measure(bench: LoadBench, name: str, credentials: dict[str, list]) -> dict[s
         "attacker_addresses": args.attacker_addresses,
         "warmup_workers": args.workers,
     }
-    bench.loadgen = subprocess.Popen(
-        [PYTHON, "-m", "bench.loadmix"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    send(bench.loadgen.stdin, json.dumps(job))
-    ready = receive(bench.loadgen.stdout, "ready")
-    bench.vault_command({"op": "clear"})
+    ready = bench.start_loadgen([PYTHON, "-m", "bench.loadmix"], job)
     before = bench.cpu_snapshot()
     send(bench.loadgen.stdin, "go")
     marks: dict[str, float] = {}
