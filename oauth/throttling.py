@@ -66,8 +66,17 @@ def client_address(request: HttpRequest) -> str:
     X-Forwarded-For: then the entry that many places from the right, which the outermost
     trusted proxy wrote (what a client puts further left is never believed). A value that
     is not an IP address falls back to REMOTE_ADDR. IPv6 addresses count by their /64,
-    which one host can change at will.
+    which one host can change at will. Worked out once per request (the ceiling, the failure
+    limits and the log line all ask).
     """
+    try:
+        return request._agentidp_client_address  # type: ignore[attr-defined]
+    except AttributeError:
+        request._agentidp_client_address = _client_address(request)  # type: ignore[attr-defined]
+        return request._agentidp_client_address  # type: ignore[attr-defined]
+
+
+def _client_address(request: HttpRequest) -> str:
     address = request.META.get("REMOTE_ADDR", "")
     trusted = settings.AGENTIDP_TRUSTED_PROXIES
     if trusted <= 0 and "HTTP_X_FORWARDED_FOR" in request.META:
@@ -212,7 +221,7 @@ class AuthenticationGuard:
     def for_request(cls, request: HttpRequest, client_id: str) -> AuthenticationGuard:
         return cls(address=client_address(request), client_id=client_id)
 
-    @property
+    @functools.cached_property
     def ref(self) -> str:
         return client_ref(self.client_id)
 
