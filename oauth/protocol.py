@@ -23,7 +23,6 @@ from vaultstore.exceptions import SecretStoreError
 
 from .throttling import AuthenticationGuard, Throttled, client_address, client_ref
 
-logger = logging.getLogger(__name__)
 #: One line per client authentication attempt, for operators to route on its own.
 auth_logger = logging.getLogger("agentidp.auth")
 
