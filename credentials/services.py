@@ -628,25 +628,30 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
     """
     credential = selectors.credential_find_by_client_id(client_id=client_id)
     if credential is None:
+        # What a known clientId with a wrong secret pays, throttled or not: a look in the
+        # cache, the store (unless withheld), the grace query.
+        backend = get_default_backend()
+        verified_recently(
+            trusted=Trusted(NO_CREDENTIAL_ID, StoredSecret(storage=backend.name), since=EPOCH), secret=client_secret
+        )
+        if store_allowed:
+            backend.verify_dummy(secret=client_secret)
+        selectors.grace_secrets_live(credential_id=NO_CREDENTIAL_ID)
         if not store_allowed:
             raise VerificationWithheld()
-        # What a known clientId with a wrong secret pays: a look in the cache, the store, the grace query.
-        backend = get_default_backend()
-        verified_recently(trusted=Trusted(NO_CREDENTIAL_ID, StoredSecret(storage=backend.name), since=EPOCH), secret="")
-        backend.verify_dummy(secret=client_secret)
-        selectors.grace_secrets_live(credential_id=NO_CREDENTIAL_ID)
         raise InvalidClient("unknown_client")
     matched, by_store = _secret_matching(credential, client_secret, store_allowed=store_allowed)
     if matched is None:
         raise InvalidClient("wrong_secret", credential=credential)
+    current = matched.stored == credential.stored_secret
     if by_store:
-        credential = _still_trusting(credential, matched)
+        credential = _still_trusting(credential, matched, was_current=current)
     if credential.is_expired():
         raise InvalidClient("credential_expired", credential=credential)
     if not credential.agent.is_active:
         raise InvalidClient("agent_suspended", credential=credential)
     _note_use(credential)
-    if matched == credential.stored_secret:
+    if matched.stored == credential.stored_secret:
         _upgrade_on_use(credential, client_secret)
     return credential
 
@@ -658,7 +663,7 @@ EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 def _secret_matching(
     credential: Credential, secret: str, *, store_allowed: bool = True
-) -> tuple[StoredSecret | None, bool]:
+) -> tuple[Trusted | None, bool]:
     """
     Return which of the credential's secrets `secret` is (the current one or a previous one in its grace
     period), and whether a store said so (False: the verified-secret cache did).
@@ -674,13 +679,13 @@ def _secret_matching(
     for trusted in _candidate_secrets(credential):
         stored = trusted.stored
         if verified_recently(trusted=trusted, secret=secret):
-            return stored, False
+            return trusted, False
         if not store_allowed:
             continue
         try:
             if get_backend_for(stored).verify(stored=stored, secret=secret):
                 remember_verified(trusted=trusted, secret=secret)
-                return stored, True
+                return trusted, True
         except SecretStoreError as exc:
             unavailable = unavailable or exc
     if not store_allowed:
@@ -690,14 +695,24 @@ def _secret_matching(
     return None, False
 
 
-def _still_trusting(credential: Credential, matched: StoredSecret) -> Credential:
-    """Return the credential's row as it is now if it still trusts `matched`; else raise InvalidClient."""
+def _still_trusting(credential: Credential, matched: Trusted, *, was_current: bool) -> Credential:
+    """
+    Return the credential's row as it is now if it still trusts `matched`; else raise InvalidClient.
+
+    It does if the secret is where it was verified (the current secret, or a previous one
+    still in its grace period), or if it was the current secret and has only moved to
+    another store meanwhile (upgrade on use, by a concurrent request): a move keeps the
+    moment the credential came to trust its secret, a rotation never does. Without that,
+    every request racing a move would be refused with the right secret.
+    """
     now = selectors.credential_find_by_client_id(client_id=credential.client_id)
     if now is None or now.pk != credential.pk:
         raise InvalidClient("deleted_during_verification")
-    if now.stored_secret != matched and matched not in [
-        grace.stored_secret for grace in selectors.grace_secrets_live(credential_id=now.pk)
-    ]:
+    if now.stored_secret == matched.stored:
+        return now
+    if was_current and _current_secret(now).since == matched.since:
+        return now
+    if matched.stored not in [grace.stored_secret for grace in selectors.grace_secrets_live(credential_id=now.pk)]:
         raise InvalidClient("rotated_during_verification", credential=now)
     return now
 
@@ -799,8 +814,12 @@ def credential_move_to_default(*, acting: Any, credential: Credential, secret: s
     return True
 
 
+def _current_secret(credential: Credential) -> Trusted:
+    return Trusted(credential.id, credential.stored_secret, since=credential.rotated_at or credential.created_at)
+
+
 def _candidate_secrets(credential: Credential) -> Iterator[Trusted]:
     """Yield the current secret, then (queried only if asked for) the previous ones still in their grace period."""
-    yield Trusted(credential.id, credential.stored_secret, since=credential.rotated_at or credential.created_at)
+    yield _current_secret(credential)
     for grace in selectors.grace_secrets_live(credential_id=credential.pk):
         yield Trusted(credential.id, grace.stored_secret, since=grace.created_at)

@@ -359,3 +359,82 @@ def test_concurrent_creates_rotations_deletes_and_authentications_keep_vault_and
 def end_grace_periods_of_all() -> None:
     for credential in Credential.objects.all():
         end_grace_periods(credential)
+
+
+# --- upgrade on use racing the same secret ------------------------------------------------------------
+
+
+def test_concurrent_requests_with_the_right_secret_all_get_tokens_while_one_of_them_moves_it_into_vault(
+    vault, settings, agent, monkeypatch, caplog
+):
+    vault.require_server()
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0  # every request verifies with bcrypt, as cold workers do
+    issued = make_credential(agent)  # bcrypt: Vault is not on yet
+    credential = issued.credential
+    settings.VAULTSTORE = vault.vaultstore_setting()  # an operator switches Vault on
+
+    # Force the order the race needs: every bcrypt check but the first returns only once the
+    # first request has moved the secret into Vault, so each re-checks a row that moved.
+    import bcrypt
+
+    original, first = bcrypt.checkpw, threading.Lock()
+
+    def checkpw(password, hashed):
+        matched = original(password, hashed)
+        if not first.acquire(blocking=False):
+            wait_until(
+                lambda: Credential.objects.filter(pk=credential.pk, storage="vault").exists(), "the secret moved"
+            )
+        return matched
+
+    monkeypatch.setattr("vaultstore.backends.bcrypt.bcrypt.checkpw", checkpw)
+
+    def request_token() -> int:
+        return token_status(Client(raise_request_exception=False), credential.client_id, issued.client_secret)
+
+    statuses = [outcome.get() for outcome in run_together(*[request_token] * 6)]
+
+    assert statuses == [200] * 6
+    assert "rotated_during_verification" not in caplog.text
+    row = Credential.objects.get(pk=credential.pk)
+    assert row.storage == "vault"
+    assert vault.read(row.vault_path, version=row.vault_version) == {"clientSecret": issued.client_secret}
+    assert token_status(Client(), credential.client_id, issued.client_secret) == 200
+    assert_store_consistent(vault)
+
+
+def test_a_rotation_during_verification_still_refuses_the_old_secret_when_vault_has_just_been_switched_on(
+    vault, settings, agent, monkeypatch
+):
+    vault.require_server()
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0
+    issued = make_credential(agent)
+    credential = issued.credential
+    settings.VAULTSTORE = vault.vaultstore_setting()
+
+    import bcrypt
+
+    original = bcrypt.checkpw
+    checking, rotated = threading.Event(), threading.Event()
+
+    def checkpw(password, hashed):
+        checking.set()
+        matched = original(password, hashed)
+        wait_until(rotated.is_set, "the rotation committed")
+        return matched
+
+    monkeypatch.setattr("vaultstore.backends.bcrypt.bcrypt.checkpw", checkpw)
+
+    def rotate() -> None:
+        wait_until(checking.is_set, "the request is verifying the old secret")
+        credential_rotate(acting=None, credential=credential)  # into Vault: a new secret, a new moment trusted
+        rotated.set()
+
+    request, rotation = run_together(
+        lambda: token_status(Client(raise_request_exception=False), credential.client_id, issued.client_secret),
+        rotate,
+    )
+
+    rotation.get()
+    assert request.get() == 401
+    assert_store_consistent(vault)
