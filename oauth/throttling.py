@@ -14,12 +14,13 @@ cache so that every server process shares them (Redis with CACHE_URL=redis://...
 
 A request over a limit is answered 429 with Retry-After before any secret is verified, so
 a throttled attacker costs no bcrypt or Vault work. Failures must not lock legitimate
-clients out: once a clientId's failures are over their limit, an address that
-authenticated that clientId within AGENTIDP_KNOWN_ADDRESS_SECONDS is still heard; once all
-failures are over theirs, an address that authenticated any clientId in that time is (a
-new agent on a known host). A secret the verified-secret cache vouches for is always heard
-(it costs no store work). Only addresses new to the clientId, or new altogether, wait.
-Each limit reached writes one audit event per window and key, never one per refusal.
+clients out, not even those that share an address with an attacker: over any failure
+limit, an address that authenticated that clientId within AGENTIDP_KNOWN_ADDRESS_SECONDS
+is still heard; over the total, an address that authenticated any clientId in that time
+is too (a new agent on a known host). A secret the verified-secret cache vouches for is
+always heard (it costs no store work). Only what this address has not proven lately
+waits. Each limit reached writes one audit event per window and key, never one per
+refusal.
 
 If the cache fails, the limits are not applied (logged): they protect the service, and
 must not become the way to take it down.
@@ -202,10 +203,12 @@ class AuthenticationGuard:
     """
     The failure limits for one client authentication: check before verifying, record after.
 
-    `check()` raises Throttled when the address is over its failure limit, and decides
-    whether a store may be asked (`store_allowed`): not when the clientId's failures are
-    over their limit and this address has not authenticated that clientId lately, nor when
-    all failures are over theirs and this address has not authenticated any clientId lately.
+    `check()` decides whether a store may be asked (`store_allowed`). An address that
+    authenticated this clientId lately always may. Otherwise not when the address's
+    failures are over their limit (whoever else shares it: a NAT, a cluster's egress), nor
+    when the clientId's are, nor when all failures are over theirs and this address has
+    not authenticated any clientId lately. Withholding the store never refuses a secret
+    the verified-secret cache vouches for: only what needs store work to be believed waits.
     """
 
     address: str
@@ -241,9 +244,11 @@ class AuthenticationGuard:
         )
         self.known_to_client = bool(counts.get(self._known_to_client_key))
         self.known_address = self.known_to_client or bool(counts.get(self._known_address_key))
+        if self.known_to_client:
+            return  # this address proved this clientId lately: no neighbour's or attacker's failures silence it
         if 0 < per_address <= counts.get(("failures-address", self.address), 0):
-            raise _refuse("address_failures")
-        if 0 < per_client <= counts.get(("failures-client", self.ref), 0) and not self.known_to_client:
+            self.store_allowed, self.limit = False, "address_failures"
+        elif 0 < per_client <= counts.get(("failures-client", self.ref), 0):
             self.store_allowed, self.limit = False, "client_failures"
         elif 0 < total <= counts.get(("failures-total", "all"), 0) and not self.known_address:
             self.store_allowed, self.limit = False, "total_failures"
