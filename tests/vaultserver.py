@@ -20,7 +20,7 @@ documentation (KV v2, sys/health, token auth) and source (the KV plugin's ``path
 - AgentIdP's least-privilege policy (``agentidp``), ``root``, and policies a root token writes
   through ``sys/policy`` (the ``path "..." { capabilities = [...] }`` form of HCL), with token
   creation and revocation for test set-up;
-- fault injection (down, slow, sealed, any status, reset, garbled, applied-then-dropped,
+- fault injection (down, slow, sealed, any status, reset, garbled, shapeless, applied-then-dropped,
   cas_required, lower max_versions) and recording of every request.
 
 Standard library only. Usage::
@@ -61,10 +61,10 @@ UPGRADING = (
     "period and will resume service shortly."
 )
 FAULT_KINDS = frozenset(
-    {"status", "slow", "reset", "applied_then_dropped", "garbled", "missing_key", "charset", "upgrading"}
+    {"status", "slow", "reset", "applied_then_dropped", "garbled", "shapeless", "missing_key", "charset", "upgrading"}
 )
 # Faults that decide the whole answer; "slow", "missing_key" and "charset" modify a normal one.
-_ACTION_KINDS = frozenset({"status", "reset", "applied_then_dropped", "garbled", "upgrading"})
+_ACTION_KINDS = frozenset({"status", "reset", "applied_then_dropped", "garbled", "shapeless", "upgrading"})
 _KV_ROUTES = frozenset({"data", "metadata", "delete", "undelete", "destroy"})
 _TOKEN_ROUTES = frozenset({"lookup-self", "renew-self", "revoke-self", "create", "revoke"})
 # `path "<glob>" { capabilities = ["read", ...] }` blocks of an HCL policy, as far as tests write them.
@@ -610,7 +610,8 @@ class VaultTestServer:
                 for number, version in sorted(key.versions.items())
             }
 
-    def write_secret(self, path: str, data: dict) -> int:
+    def write_secret(self, path: str, data: object) -> int:
+        """Add a version as is, without the checks of the HTTP API: `data` may be any JSON value (null, a list)."""
         with self._lock:
             return self._add_version(path.strip("/"), json.loads(json.dumps(data))).current
 
@@ -661,6 +662,8 @@ class VaultTestServer:
         - "reset": read the request, then close the socket without answering; nothing applied.
         - "applied_then_dropped": handle the request fully, then close the socket without answering.
         - "garbled": 200, ``application/json``, body ``<html>oops``; nothing applied.
+        - "shapeless": 200, ``application/json``, body ``{"unexpected": true}``: JSON, but not Vault's
+          envelope (a proxy or a different service answering); nothing applied.
         - "missing_key": a successful data read answers ``data.data == {"other": "x"}``; only data
           reads use it up.
         - "charset": error responses say ``application/json; charset=utf-8``; only errors use it up.
@@ -680,7 +683,19 @@ class VaultTestServer:
             self._faults.clear()
 
     #: The outages tests name: any `inject` kind, an HTTP status ("403", "500", ...), "down" and "sealed".
-    OUTAGES = ("down", "sealed", "slow", "403", "429", "500", "502", "reset", "applied_then_dropped", "garbled")
+    OUTAGES = (
+        "down",
+        "sealed",
+        "slow",
+        "403",
+        "429",
+        "500",
+        "502",
+        "reset",
+        "applied_then_dropped",
+        "garbled",
+        "shapeless",
+    )
 
     def fail(
         self,
@@ -746,6 +761,8 @@ class VaultTestServer:
             return _Reply(0, drop=True)
         elif fault.kind == "garbled":
             return _Reply(200, raw=b"<html>oops")
+        elif fault.kind == "shapeless":
+            return _Reply(200, {"unexpected": True})
         else:  # upgrading
             reply = _error(400, UPGRADING)
         if reply.status >= 400 and self._take_fault(req, {"charset"}) is not None:
