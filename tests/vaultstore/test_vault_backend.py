@@ -539,7 +539,7 @@ def requests_to_keys(server) -> int:
     return len([request for request in server.requests if AGENTIDP_KEYS in request.path])
 
 
-OUTAGE_KINDS = ["down", "slow", "sealed", "403", "429", "500", "502", "garbled", "reset"]
+OUTAGE_KINDS = ["down", "slow", "sealed", "403", "429", "500", "502", "garbled", "shapeless", "reset"]
 
 
 @pytest.mark.parametrize("fault", OUTAGE_KINDS)
@@ -647,6 +647,97 @@ def test_answers_about_one_key_are_not_outages(vault, owner, answer):
 
     assert not backend.breaker.is_open
     assert backend.verify(stored=stored, secret=SECRET) is True
+
+
+def _write_entry(data):
+    """Write `data` as the entry at a new credential's path, as an operator could (any map Vault accepts)."""
+
+    def write(vault, backend):
+        path = backend.location(owner=make_owner()).vault_path
+        return StoredSecret(storage="vault", vault_path=path, vault_version=vault.write(path, data))
+
+    return write
+
+
+def _write_raw_entry(data):
+    """Write `data` as the entry, unchecked: a value the HTTP API would refuse (not a map, or null)."""
+
+    def write(vault, backend):
+        server = vault.require_server("writes an entry that Vault's HTTP API refuses")
+        path = backend.location(owner=make_owner()).vault_path
+        return StoredSecret(
+            storage="vault", vault_path=path, vault_version=server.write_secret(vault.key_of(path), data)
+        )
+
+    return write
+
+
+def _lose_version(lose):
+    def write(vault, backend):
+        stored = backend.store(owner=make_owner(), secret=SECRET)
+        lose(vault, stored)
+        return stored
+
+    return write
+
+
+#: entry -> (how it is made, what verifying it gives: the error it raises, or its answer)
+MALFORMED_ENTRIES = {
+    "no-client-secret": (_write_entry({"other": "kept-Qm4Zr8Xw2Lp6"}), SecretReadError),
+    "client-secret-a-number": (_write_entry({SECRET_KEY: 42}), SecretReadError),
+    "client-secret-null": (_write_entry({SECRET_KEY: None}), SecretReadError),
+    "client-secret-a-map": (_write_entry({SECRET_KEY: {"value": "kept-Qm4Zr8Xw2Lp6"}}), SecretReadError),
+    "data-a-list": (_write_raw_entry(["kept-Qm4Zr8Xw2Lp6"]), SecretReadError),
+    "data-a-string": (_write_raw_entry("kept-Qm4Zr8Xw2Lp6"), SecretReadError),
+    "data-null": (_write_raw_entry(None), SecretReadError),
+    "version-soft-deleted": (_lose_version(_soft_delete_version), False),
+    "version-destroyed": (_lose_version(_destroy_version), False),
+}
+
+
+@pytest.mark.parametrize("make, outcome", MALFORMED_ENTRIES.values(), ids=MALFORMED_ENTRIES)
+def test_malformed_entries_fail_their_own_verification_and_never_open_the_breaker(vault, owner, caplog, make, outcome):
+    caplog.set_level(logging.DEBUG)
+    backend, _ = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
+    good = backend.store(owner=owner, secret=SECRET)
+    malformed = [make(vault, backend) for _ in range(3)]
+
+    for stored in malformed:
+        for _ in range(4):
+            if outcome is False:
+                assert backend.verify(stored=stored, secret=SECRET) is False
+            else:
+                with pytest.raises(outcome) as excinfo:
+                    backend.verify(stored=stored, secret=SECRET)
+                assert (excinfo.value.code, excinfo.value.retry_after) == ("VAULT_READ_ERROR", 5)
+                assert_nothing_leaks(excinfo.value, caplog, "kept-Qm4Zr8Xw2Lp6", SECRET, vault.app_token)
+    asked = [r for r in vault.server.requests if good.vault_path in r.path] if vault.is_server else []
+
+    assert not backend.breaker.is_open
+    assert backend.verify(stored=good, secret=SECRET) is True
+    if vault.is_server:
+        assert len([r for r in vault.server.requests if good.vault_path in r.path]) == len(asked) + 1
+    for stored in malformed:
+        assert stored.vault_path in caplog.text
+    assert "kept-Qm4Zr8Xw2Lp6" not in caplog.text
+
+
+@pytest.mark.parametrize("fault", ["garbled", "shapeless"])
+def test_an_answer_that_is_not_vaults_counts_as_an_outage(server, vault, owner, fault):
+    backend, _ = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
+    stored = backend.store(owner=owner, secret=SECRET)
+    server.fail(fault, path=stored.vault_path, times=3)
+    for _ in range(3):
+        with pytest.raises(SecretReadError):
+            backend.verify(stored=stored, secret=SECRET)
+    asked = requests_to_keys(server)
+
+    with pytest.raises(SecretReadError) as excinfo:
+        backend.verify(stored=stored, secret=SECRET)
+
+    assert backend.breaker.is_open
+    assert excinfo.value.retry_after == 5
+    assert requests_to_keys(server) == asked
 
 
 def test_breaker_failures_zero_never_opens(server, vault, owner):

@@ -145,6 +145,30 @@ def _data(response: Any) -> dict[str, Any]:
     return response["data"]
 
 
+def _entry(response: Any) -> dict[str, Any]:
+    """
+    Return the entry of a KV v2 read (`{"data": ..., "metadata": {...}}`), or raise ValueError if it is not one.
+
+    Only the shape of Vault's answer is checked here: what the entry holds is about one key
+    (see _client_secret), whereas an answer in no KV v2 shape says Vault, or whatever answered
+    in its place, cannot serve.
+    """
+    entry = _data(response)
+    if not isinstance(entry.get("metadata"), dict):
+        raise ValueError("not a KV v2 read")
+    return entry
+
+
+@sensitive_variables("entry", "values", "kept")
+def _client_secret(entry: dict[str, Any]) -> str:
+    """Return the client secret an entry holds, or raise _MalformedEntry (an entry no one can verify against)."""
+    values = entry.get("data")
+    kept = values.get(SECRET_KEY) if isinstance(values, dict) else None
+    if not isinstance(kept, str):
+        raise _MalformedEntry()
+    return kept
+
+
 def _positive_int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError("not a KV version")
@@ -156,6 +180,16 @@ def _is_outage(exc: BaseException) -> bool:
     if isinstance(exc, hvac.exceptions.InvalidPath | hvac.exceptions.InvalidRequest):
         return False  # 404 and 400 (a cas mismatch): Vault answered
     return isinstance(exc, hvac.exceptions.VaultError | requests.exceptions.RequestException | ValueError)
+
+
+class _MalformedEntry(Exception):
+    """
+    Vault answered a read in its own shape, but the entry holds no client secret string.
+
+    The entry is about one key (written by hand, or by something other than AgentIdP), not
+    an outage: it fails that key's verifications and never counts towards the breaker, so
+    that a few bad entries cannot stop every Vault credential. It carries nothing of the entry.
+    """
 
 
 class _Open(Exception):
@@ -552,14 +586,18 @@ class VaultSecretBackend(BaseSecretBackend):
         metadata = data.get("metadata") if isinstance(data, dict) else None
         return _positive_int(metadata.get("version") if isinstance(metadata, dict) else None)
 
-    @sensitive_variables("secret", "kept", "response", "entry", "values")
+    @sensitive_variables("secret", "kept", "response", "entry")
     def verify(self, *, stored: StoredSecret, secret: str) -> bool:
         """
         Read the version the database trusts and compare it with `secret` in constant time.
 
-        A version that Vault no longer has (destroyed, or pruned past max_versions) matches
-        nothing. Vault being unreachable, sealed, slow or refusing raises SecretReadError,
-        so that the caller answers "try again" rather than "wrong secret".
+        A version that Vault no longer has (destroyed, soft-deleted, or pruned past
+        max_versions) matches nothing. Vault being unreachable, sealed, slow or refusing, or
+        answering in no KV v2 shape, raises SecretReadError, so that the caller answers "try
+        again" rather than "wrong secret"; these count towards the breaker. An entry that
+        Vault returns but that holds no client secret string (written by hand, say) raises
+        SecretReadError too, since the secret could not be read; it is about that key alone,
+        is logged with its path, and does not count towards the breaker.
         """
         if stored.storage != self.name or not stored.vault_version:
             return False
@@ -572,13 +610,15 @@ class VaultSecretBackend(BaseSecretBackend):
                     version=stored.vault_version,
                     raise_on_deleted_version=True,
                 )
-                entry = _data(response)  # {"data": {"clientSecret": ...}, "metadata": {...}}
-                values = entry.get("data")
-                kept = values.get(SECRET_KEY) if isinstance(values, dict) else None
-                if not isinstance(kept, str):
-                    raise ValueError("no client secret in the entry")
+                entry = _entry(response)
+            kept = _client_secret(entry)
         except _Open as exc:
             raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
+        except _MalformedEntry:
+            logger.warning(
+                "Vault entry holds no client secret string path=%s version=%s", stored.vault_path, stored.vault_version
+            )
+            raise SecretReadError("The Vault entry at this credential's path holds no client secret.") from None
         except hvac.exceptions.InvalidPath:
             logger.warning(
                 "Vault has no secret at the trusted version path=%s version=%s", stored.vault_path, stored.vault_version
@@ -594,7 +634,7 @@ class VaultSecretBackend(BaseSecretBackend):
         response = self._call(
             client.secrets.kv.v2.read_secret_version, path=DUMMY_KEY, version=1, raise_on_deleted_version=True
         )
-        return _data(response)  # a 200 must at least be a Vault answer (else ValueError, as for a garbled read)
+        return _entry(response)  # a 200 must at least be a KV v2 read (else ValueError, as for a garbled read)
 
     def verify_dummy(self, *, secret: str) -> None:
         """
@@ -611,10 +651,9 @@ class VaultSecretBackend(BaseSecretBackend):
                 except hvac.exceptions.InvalidPath:
                     self._plant_dummy(client)
                     return
-                values = entry.get("data")
-                kept = values.get(SECRET_KEY) if isinstance(values, dict) else None
-                if isinstance(kept, str):
-                    hmac.compare_digest(kept.encode("utf-8"), secret.encode("utf-8", "surrogatepass"))
+            with contextlib.suppress(_MalformedEntry):
+                kept = _client_secret(entry)
+                hmac.compare_digest(kept.encode("utf-8"), secret.encode("utf-8", "surrogatepass"))
         except _Open as exc:
             raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
