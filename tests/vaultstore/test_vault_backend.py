@@ -892,6 +892,37 @@ def test_check_reports_one_problem_without_the_token(server, vault, settings, br
     assert token not in problems[0]
 
 
+@pytest.mark.parametrize("fault", ["down", "sealed", "403", "429", "500", "garbled"])
+def test_failed_checks_never_count_towards_the_breaker(server, vault, owner, fault):
+    backend, _ = breaker_backend(vault, breaker_failures=1, breaker_seconds=5)
+    stored = backend.store(owner=owner, secret=SECRET)
+    server.fail(fault)
+    for _ in range(5):
+        assert len(backend.check()) == 1
+    server.clear_faults()
+    server.unseal()
+    server.come_up()
+    asked = requests_to_keys(server)
+
+    assert backend.verify(stored=stored, secret=SECRET) is True
+    assert requests_to_keys(server) == asked + 1
+    assert not backend.breaker.is_open
+
+
+def test_a_check_once_the_open_period_passes_leaves_the_probe_to_a_real_request(server, vault, owner):
+    backend, clock = breaker_backend(vault, breaker_failures=1, breaker_seconds=5)
+    stored = backend.store(owner=owner, secret=SECRET)
+    server.fail("500", path=AGENTIDP_KEYS, times=1)
+    with pytest.raises(SecretReadError):
+        backend.verify(stored=stored, secret=SECRET)
+    assert backend.check() == ["Vault failed repeatedly and is not asked again for 5 s."]
+    clock.advance(5)
+
+    assert backend.check() == []  # Vault is asked again, and answers
+    assert backend.verify(stored=stored, secret=SECRET) is True  # the probe
+    assert not backend.breaker.is_open
+
+
 # --- token renewal ----------------------------------------------------------------------------
 
 

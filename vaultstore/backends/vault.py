@@ -236,6 +236,15 @@ class CircuitBreaker:
                 return
             raise _Open(max(1, math.ceil(left if left > 0 else self.seconds)))
 
+    def refuse_while_open(self) -> None:
+        """Raise _Open while the breaker is open and its period lasts, without taking the probe's turn."""
+        if not self.failures:
+            return
+        with self._lock:
+            left = None if self._open_until is None else self._open_until - self.clock()
+        if left is not None and left > 0:
+            raise _Open(max(1, math.ceil(left)))
+
     def succeeded(self) -> None:
         with self._lock:
             if self._open_until is not None:
@@ -471,17 +480,27 @@ class VaultSecretBackend(BaseSecretBackend):
             self._token_refused = True
 
     @contextlib.contextmanager
-    def _asking(self) -> Iterator[None]:
-        """Ask Vault through the breaker: raise _Open at once while it is open, and record how the asking ended."""
-        self.breaker.allow()
+    def _asking(self, *, counted: bool = True) -> Iterator[None]:
+        """
+        Ask Vault through the breaker: raise _Open at once while it is open, and record how the asking ended.
+
+        With `counted` False (a health check) the breaker is only looked at: the asking is
+        neither its probe nor recorded, so that anonymous readiness probes cannot open it.
+        """
+        if counted:
+            self.breaker.allow()
+        else:
+            self.breaker.refuse_while_open()
         try:
             yield
         except BaseException as exc:
-            self.breaker.outcome(exc)
+            if counted:
+                self.breaker.outcome(exc)
             if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
                 self._refused()
             raise
-        self.breaker.outcome(None)
+        if counted:
+            self.breaker.outcome(None)
 
     def _call(self, operation: Callable[..., Any], **kwargs: Any) -> Any:
         """Run one hvac operation, once more if Vault asks for a retry while a KV mount upgrades."""
@@ -702,9 +721,15 @@ class VaultSecretBackend(BaseSecretBackend):
             logger.info("Vault secret destroyed path=%s", path)
 
     def check(self) -> list[str]:
-        """Ask Vault whether it is unsealed and active, then whether the token may read AgentIdP's keys."""
+        """
+        Ask Vault whether it is unsealed and active, then whether the token may read AgentIdP's keys.
+
+        An open breaker is reported without asking Vault. Otherwise the check asks Vault but
+        never counts towards the breaker, failing or not: anyone may call /readyz, and a
+        Vault rate-limiting those probes must not make token requests fail fast.
+        """
         try:
-            with self._asking():
+            with self._asking(counted=False):
                 client = self._client()
                 health = client.sys.read_health_status(method="GET")
                 status = health.status_code if isinstance(health, requests.Response) else 200
