@@ -24,6 +24,9 @@ refusal.
 
 If the cache fails, the limits are not applied (logged): they protect the service, and
 must not become the way to take it down.
+
+The pieces every failure limit is made of (FailureLimit, counters_read, known_remember,
+limit_reached) serve the operators' console too (agentidp.console_login).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import ipaddress
 import logging
 import math
 import time
+import uuid
 
 from django.conf import settings
 from django.core.cache import cache
@@ -142,8 +146,8 @@ def _count(kind: str, value: str) -> int:
         return 0
 
 
-def _peek(*keys: tuple[str, str]) -> dict[tuple[str, str], int]:
-    """Read counters of this window (and the unwindowed "known" marks) in one cache call."""
+def counters_read(*keys: tuple[str, str]) -> dict[tuple[str, str], int]:
+    """Read counters of this window (and the unwindowed "known" marks) in one cache call ({} when the cache fails)."""
     _, window, _ = _window()
     names = {_key(kind, value, 0 if kind == "known" else window): (kind, value) for kind, value in keys}
     try:
@@ -154,35 +158,111 @@ def _peek(*keys: tuple[str, str]) -> dict[tuple[str, str], int]:
     return {names[name]: int(count) for name, count in found.items()}
 
 
-def _refuse(limit: str) -> Throttled:
+def known_mark(value: str) -> tuple[str, str]:
+    """The key of a mark that an address authenticated something lately: read with counters_read, kept unwindowed."""
+    return ("known", value)
+
+
+def known_remember(*marks: tuple[str, str]) -> None:
+    """Keep these marks for AGENTIDP_KNOWN_ADDRESS_SECONDS (logged, not raised, when the cache fails)."""
+    try:
+        for kind, value in marks:
+            cache.set(_key(kind, value, 0), 1, timeout=settings.AGENTIDP_KNOWN_ADDRESS_SECONDS)
+    except Exception as exc:
+        logger.warning("could not remember a known address error=%s", type(exc).__name__)
+
+
+def refusal(limit: str) -> Throttled:
+    """The refusal for a request over `limit`: it may come back when this window ends."""
     return Throttled(limit=limit, retry_after=_window()[2])
 
 
-def _reached(limit: str, *, address: str, client_id: str | None = None) -> None:
-    """Record, once per window and key, that a limit was reached: an audit event and a log line."""
-    credential = selectors.credential_find_by_client_id(client_id=client_id) if client_id else None
-    details = {"limit": limit, "address": address, "windowSeconds": _window()[0]}
-    if client_id is not None:
-        details["clientRef"] = client_ref(client_id)
-        if credential is not None:
-            details["clientId"] = credential.client_id
+@dataclasses.dataclass(frozen=True)
+class FailureLimit:
+    """
+    One limit on failed authentications per window, for one key.
+
+    `name` says which limit in refusals, audit events and logs; `kind` and `value` key its
+    counter in the cache; `allowed` is how many failures a window takes (0 or less: off).
+    Check with over() on what counters_read returned, before verifying anything; count()
+    after a failure.
+    """
+
+    name: str
+    kind: str
+    value: str
+    allowed: int
+
+    @property
+    def on(self) -> bool:
+        return self.allowed > 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.value)
+
+    def over(self, counts: dict[tuple[str, str], int]) -> bool:
+        return 0 < self.allowed <= counts.get(self.key, 0)
+
+    def count(self) -> bool:
+        """Count one failure; return whether it is the one that reached the limit (once per window and key)."""
+        return self.allowed > 0 and _count(self.kind, self.value) == self.allowed
+
+
+def limit_reached(
+    limit: str,
+    *,
+    address: str,
+    details: dict[str, str] | None = None,
+    log_fields: dict[str, object] | None = None,
+    agent_id: uuid.UUID | None = None,
+    credential_id: uuid.UUID | None = None,
+) -> None:
+    """
+    Record that a limit was reached: a log line and a `client.rate_limited` audit event.
+
+    Call it once per window and key (FailureLimit.count() says when). `details` add to the
+    event's limit, address and window, and `log_fields` to the log line: ids and keyed
+    digests only, never a secret, nor a name that no account or credential holds.
+    """
+    log_fields = log_fields or {}
     logger.warning(
-        "rate limit reached limit=%s address=%s client_ref=%s credential_id=%s",
+        " ".join(["rate limit reached limit=%s address=%s", *(f"{name}=%s" for name in log_fields)]),
         limit,
         address,
-        details.get("clientRef", "-"),
-        credential.id if credential is not None else "-",
+        *log_fields.values(),
     )
     try:
         audit_record(
             acting=None,
             action=AuditEvent.Action.RATE_LIMITED,
-            agent_id=credential.agent_id if credential is not None else None,
-            credential_id=credential.id if credential is not None else None,
-            details=details,
+            agent_id=agent_id,
+            credential_id=credential_id,
+            details={"limit": limit, "address": address, "windowSeconds": _window()[0], **(details or {})},
         )
     except Exception:
         logger.exception("could not record a reached rate limit in the audit trail")
+
+
+def _reached(limit: str, *, address: str, client_id: str | None = None) -> None:
+    """Record a limit of the OAuth endpoints reached, naming the clientId when it is a credential's."""
+    credential = selectors.credential_find_by_client_id(client_id=client_id) if client_id else None
+    details = {}
+    if client_id is not None:
+        details["clientRef"] = client_ref(client_id)
+        if credential is not None:
+            details["clientId"] = credential.client_id
+    limit_reached(
+        limit,
+        address=address,
+        details=details,
+        log_fields={
+            "client_ref": details.get("clientRef", "-"),
+            "credential_id": credential.id if credential is not None else "-",
+        },
+        agent_id=credential.agent_id if credential is not None else None,
+        credential_id=credential.id if credential is not None else None,
+    )
 
 
 def count_token_request(request: HttpRequest) -> None:
@@ -195,7 +275,7 @@ def count_token_request(request: HttpRequest) -> None:
     if count == limit + 1:
         _reached("address_requests", address=address)
     if count > limit:
-        raise _refuse("address_requests")
+        raise refusal("address_requests")
 
 
 @dataclasses.dataclass
@@ -228,68 +308,68 @@ class AuthenticationGuard:
     def ref(self) -> str:
         return client_ref(self.client_id)
 
+    @property
+    def limits(self) -> tuple[FailureLimit, FailureLimit, FailureLimit]:
+        """The failures of this address, of this clientId, and of all."""
+        return (
+            FailureLimit(
+                "address_failures", "failures-address", self.address, settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS
+            ),
+            FailureLimit("client_failures", "failures-client", self.ref, settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT),
+            FailureLimit("total_failures", "failures-total", "all", settings.AGENTIDP_AUTH_FAILURES_TOTAL),
+        )
+
     def check(self) -> None:
-        per_address = settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS
-        per_client = settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT
-        total = settings.AGENTIDP_AUTH_FAILURES_TOTAL
-        if per_address <= 0 and per_client <= 0 and total <= 0:
+        per_address, per_client, total = self.limits
+        if not (per_address.on or per_client.on or total.on):
             return
         # One cache read for all: the three counters, and what this address authenticated lately.
-        counts = _peek(
-            ("failures-address", self.address),
-            ("failures-client", self.ref),
-            ("failures-total", "all"),
-            self._known_to_client_key,
-            self._known_address_key,
+        counts = counters_read(
+            per_address.key, per_client.key, total.key, self._known_to_client_key, self._known_address_key
         )
         self.known_to_client = bool(counts.get(self._known_to_client_key))
         self.known_address = self.known_to_client or bool(counts.get(self._known_address_key))
         if self.known_to_client:
             return  # this address proved this clientId lately: no neighbour's or attacker's failures silence it
-        if 0 < per_address <= counts.get(("failures-address", self.address), 0):
-            self.store_allowed, self.limit = False, "address_failures"
-        elif 0 < per_client <= counts.get(("failures-client", self.ref), 0):
-            self.store_allowed, self.limit = False, "client_failures"
-        elif 0 < total <= counts.get(("failures-total", "all"), 0) and not self.known_address:
-            self.store_allowed, self.limit = False, "total_failures"
+        for limit in (per_address, per_client):
+            if limit.over(counts):
+                self.store_allowed, self.limit = False, limit.name
+                return
+        if total.over(counts) and not self.known_address:
+            self.store_allowed, self.limit = False, total.name
 
     def withheld(self) -> Throttled:
         """The refusal when the store could not be asked and the cache did not vouch for the secret."""
-        return _refuse(self.limit)
+        return refusal(self.limit)
 
     def failed(self) -> None:
-        per_address = settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS
-        per_client = settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT
-        total = settings.AGENTIDP_AUTH_FAILURES_TOTAL
-        if per_address > 0 and _count("failures-address", self.address) == per_address:
-            _reached("address_failures", address=self.address)
-        if per_client > 0 and _count("failures-client", self.ref) == per_client:
-            _reached("client_failures", address=self.address, client_id=self.client_id)
-        if total > 0 and _count("failures-total", "all") == total:
-            _reached("total_failures", address=self.address)
+        per_address, per_client, total = self.limits
+        if per_address.count():
+            _reached(per_address.name, address=self.address)
+        if per_client.count():
+            _reached(per_client.name, address=self.address, client_id=self.client_id)
+        if total.count():
+            _reached(total.name, address=self.address)
 
     def succeeded(self) -> None:
         """Remember that this address authenticated the clientId (each mark written once, not on every success)."""
         if settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT <= 0 and settings.AGENTIDP_AUTH_FAILURES_TOTAL <= 0:
             return
-        marks = [
-            key
-            for key, known in (
-                (self._known_to_client_key, self.known_to_client),
-                (self._known_address_key, self.known_address),
+        known_remember(
+            *(
+                key
+                for key, known in (
+                    (self._known_to_client_key, self.known_to_client),
+                    (self._known_address_key, self.known_address),
+                )
+                if not known
             )
-            if not known
-        ]
-        try:
-            for kind, value in marks:
-                cache.set(_key(kind, value, 0), 1, timeout=settings.AGENTIDP_KNOWN_ADDRESS_SECONDS)
-        except Exception as exc:
-            logger.warning("could not remember a known address error=%s", type(exc).__name__)
+        )
 
     @property
     def _known_to_client_key(self) -> tuple[str, str]:
-        return ("known", f"{self.ref}:{self.address}")
+        return known_mark(f"{self.ref}:{self.address}")
 
     @property
     def _known_address_key(self) -> tuple[str, str]:
-        return ("known", f"*:{self.address}")
+        return known_mark(f"*:{self.address}")
