@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """
-Load AgentIdP's token endpoint with many clients at once, through a Vault outage and an attack.
+Load AgentIdP's token endpoint with many clients at once, through a Vault outage and attacks
+(from addresses of their own, and from the agents' own addresses).
 
     python3 bench/load.py [--requests 12000] [--concurrency 100] [--bcrypt-rounds 12]
-                          [--workers 4] [--scenarios clean,vault-outage,attack] [--keep]
+                          [--workers 4] [--scenarios clean,vault-outage,attack,shared-address] [--keep]
 
 Needs Python 3.11+ and PostgreSQL on 127.0.0.1:5432 (trust authentication, user postgres;
 --postgres to point elsewhere), and redis-server for the shared cache (else --cache locmem).
@@ -31,7 +32,7 @@ from bench.run import (  # noqa: E402
     scenario_list,
 )
 
-SCENARIO_NAMES = ("clean", "vault-outage", "attack")
+SCENARIO_NAMES = ("clean", "vault-outage", "attack", "shared-address")
 ATTACK_KINDS = ("known-bcrypt", "known-vault", "unknown")
 
 
@@ -54,7 +55,8 @@ def attack_mix(text: str) -> list[list]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python3 bench/load.py",
-        description="Sustained mixed load on AgentIdP's token endpoint: clean, Vault outage, attack (bench/README.md).",
+        description="Sustained mixed load on AgentIdP's token endpoint: clean, Vault outage, attack, attack from the "
+        "agents' addresses (bench/README.md).",
     )
     parser.add_argument(
         "--scenarios",
@@ -124,6 +126,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--attacker-addresses", type=positive(int), default=1000, help="addresses the attack comes from (default 1000)"
     )
     parser.add_argument(
+        "--shared-addresses",
+        type=positive(int),
+        default=25,
+        help="addresses the agents and the attackers share in the shared-address scenario, agent j on the "
+        "(j %% N)-th (default 25)",
+    )
+    parser.add_argument(
         "--max-seconds",
         type=positive(float),
         default=300.0,
@@ -135,6 +144,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--agents must be at least --concurrency (each connection serves its own agents)")
     if args.agents > 65536 or args.attacker_addresses > 65536:
         parser.error("--agents and --attacker-addresses go up to 65536 (addresses 10.1.x.y and 10.2.x.y)")
+    if args.shared_addresses > args.agents:
+        parser.error("--shared-addresses must be at most --agents (each shared address has its agents)")
     return args
 
 

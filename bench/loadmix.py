@@ -28,6 +28,12 @@ The simulated clients:
   are an attacker's, from `attacker_addresses` addresses (10.2.x.y): a known clientId (one
   of the warm credentials') with a fresh wrong secret, or a fresh unknown clientId, in the
   proportions of `attack_mix`.
+- With `shared_addresses` N > 0 (the "shared-address" scenario), agents and attackers share
+  N addresses (10.3.x.y): agent j sends from address j % N, and the attackers' requests go
+  round the same N addresses, so that each address carries agents' and attackers' traffic
+  (a NAT, a cluster's egress, a CI runner pool). An attacker's known clientId that an agent
+  of its address holds (so that address authenticated it before the window) is recorded
+  as its own kind: the limits still hear such a pair.
 
 Requests are `client_secret_basic` form posts; responses are read as far as the status
 and headers (bench/loadgen.py's Connection, which reconnects after `Connection: close`).
@@ -37,7 +43,8 @@ sent to the server; the records file holds no secret.
 
 Kinds of request, in the records: "bw"/"bc" a bcrypt agent's warm/cold credential, "vw"/"vc"
 a Vault agent's, "xb"/"xv" an attacker's wrong secret for a known bcrypt/Vault clientId,
-"xu" an attacker's unknown clientId.
+"xu" an attacker's unknown clientId, "yb"/"yv" (shared addresses only) an attacker's wrong
+secret for a known bcrypt/Vault clientId that an agent of the attacker's address holds.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ class Job:
     attack_ratio: int = 10
     attack_mix: list[list] = field(default_factory=lambda: [["known-bcrypt", 1], ["known-vault", 1], ["unknown", 1]])
     attacker_addresses: int = 1000
+    shared_addresses: int = 0  # > 0: agents and attackers share this many addresses (10.3.x.y)
     warmup_workers: int = 0
 
 
@@ -92,6 +100,10 @@ def legit_address(index: int) -> str:
 
 def attacker_address(index: int) -> str:
     return f"10.2.{index // 256 % 256}.{index % 256}"
+
+
+def shared_address(index: int) -> str:
+    return f"10.3.{index // 256 % 256}.{index % 256}"
 
 
 def agent_storage(index: int, vault_share: float) -> str:
@@ -162,9 +174,17 @@ class Traffic:
             rank = seen[storage]
             seen[storage] += 1
             position = rank % len(warm)
-            address = legit_address(index)
+            if job.shared_addresses:
+                address = shared_address(index % job.shared_addresses)
+            else:
+                address = legit_address(index)
             data = self.encode(address, *warm[position])
             self.agents.append(Agent(index, storage, address, data, rank, (storage, position)))
+        #: Which clientIds each address's agents hold (and authenticated from it during the warm-up).
+        self.held_at: dict[str, set[str]] = {}
+        for agent in self.agents:
+            store, position = agent.credential
+            self.held_at.setdefault(agent.address, set()).add(self.warm_ids[store][position])
         self.attack_cycle = [ATTACK_KINDS[name] for name, weight in job.attack_mix for _ in range(int(weight))]
         self._attacks = itertools.count()
 
@@ -182,12 +202,20 @@ class Traffic:
     def attack_request(self) -> tuple[str, bytes]:
         number = next(self._attacks)
         kind = self.attack_cycle[number % len(self.attack_cycle)]
-        address = attacker_address(number * ADDRESS_STRIDE % self.job.attacker_addresses)
+        turn = number // len(self.attack_cycle)
+        if self.job.shared_addresses:
+            # A turn of the cycle per address, the addresses in turn: every address meets every kind and clientId.
+            address = shared_address(turn % self.job.shared_addresses)
+            turn //= self.job.shared_addresses
+        else:
+            address = attacker_address(number * ADDRESS_STRIDE % self.job.attacker_addresses)
         if kind == "xu":
             client_id = secrets.token_hex(16)
         else:
             known = self.warm_ids["bcrypt" if kind == "xb" else "vault"]
-            client_id = known[number // len(self.attack_cycle) % len(known)]
+            client_id = known[turn % len(known)]
+            if client_id in self.held_at.get(address, ()):
+                kind = "y" + kind[1]  # a neighbour's clientId: this address authenticated it
         return kind, self.encode(address, client_id, secrets.token_urlsafe(32))
 
 

@@ -32,7 +32,11 @@ import psutil
 from bench import harness
 from bench.harness import PYTHON, ROOT, BenchError, receive, send, shown, without_password
 
-SCENARIO_NAMES = ("clean", "vault-outage", "attack")
+SCENARIO_NAMES = ("clean", "vault-outage", "attack", "shared-address")
+#: Scenarios with attackers among the agents' requests (the load generator's "attack" mode).
+ATTACK_SCENARIOS = ("attack", "shared-address")
+#: In the shared-address scenario, at least this share of the attackers' requests must be answered 429.
+SHARED_ATTACKERS_THROTTLED = 0.9
 #: Rates no 2-core run reaches, per core: the cold pools are sized from it, so that they do not run out.
 RATE_BOUND_PER_CORE = 1000
 #: A cold pool holds this much more than the expected need, and this many credentials more on top.
@@ -51,9 +55,12 @@ KIND_NAMES = {
     "xb": "attackers, known bcrypt clientId",
     "xv": "attackers, known Vault clientId",
     "xu": "attackers, unknown clientId",
+    "yb": "attackers, a neighbour's bcrypt clientId",
+    "yv": "attackers, a neighbour's Vault clientId",
 }
 LEGIT_KINDS = ("bw", "bc", "vw", "vc")
-ATTACK_KINDS = ("xb", "xv", "xu")
+ESTABLISHED_KINDS = ("bw", "vw")
+ATTACK_KINDS = ("xb", "xv", "xu", "yb", "yv")
 
 
 class LoadBench(harness.Bench):
@@ -183,7 +190,7 @@ def cold_need(args, scenario: str, store: str) -> int:
     if not every:
         return 0
     legit = expected_requests(args, scenario)
-    if scenario == "attack":
+    if scenario in ATTACK_SCENARIOS:
         legit = math.ceil(legit / (args.attack_ratio + 1))
     share = args.vault_share if store == "vault" else 1 - args.vault_share
     return math.ceil(legit * share / every * COLD_POOL_MARGIN) + COLD_POOL_EXTRA
@@ -246,7 +253,7 @@ def measure(bench: LoadBench, name: str, credentials: dict[str, list]) -> dict[s
         "port": bench.port,
         "path": harness.TOKEN_PATH,
         "concurrency": args.concurrency,
-        "mode": "attack" if name == "attack" else "legit",
+        "mode": "attack" if name in ATTACK_SCENARIOS else "legit",
         "min_requests": args.requests,
         "min_seconds": pre + outage + post if name == "vault-outage" else 0.0,
         "max_seconds": args.max_seconds,
@@ -261,6 +268,7 @@ def measure(bench: LoadBench, name: str, credentials: dict[str, list]) -> dict[s
         "attack_ratio": args.attack_ratio,
         "attack_mix": args.attack_mix,
         "attacker_addresses": args.attacker_addresses,
+        "shared_addresses": args.shared_addresses if name == "shared-address" else 0,
         "warmup_workers": args.workers,
     }
     ready = bench.start_loadgen([PYTHON, "-m", "bench.loadmix"], job)
@@ -311,11 +319,13 @@ def measure(bench: LoadBench, name: str, credentials: dict[str, list]) -> dict[s
     }
     if name == "clean":
         report["groups"] = legit_groups(rows, elapsed)
-    elif name == "attack":
-        report["groups"] = {
-            "legitimate, all": stats(of_kinds(rows, LEGIT_KINDS), elapsed),
-            "attackers, all": stats(of_kinds(rows, ATTACK_KINDS), elapsed),
-        }
+    elif name in ATTACK_SCENARIOS:
+        report["groups"] = {"legitimate, all": stats(of_kinds(rows, LEGIT_KINDS), elapsed)}
+        if name == "shared-address":
+            groups = report["groups"]
+            groups["established agents (warm credential)"] = stats(of_kinds(rows, ESTABLISHED_KINDS), elapsed)
+            groups["new agents (never-used credential)"] = stats(of_kinds(rows, ("bc", "vc")), elapsed)
+        report["groups"]["attackers, all"] = stats(of_kinds(rows, ATTACK_KINDS), elapsed)
         legit = report["groups"]["legitimate, all"]["requests"]
         report["attack_ratio_measured"] = (
             round(report["groups"]["attackers, all"]["requests"] / legit, 2) if legit else None
@@ -444,6 +454,33 @@ def evaluate_checks(reports: dict[str, dict]) -> list[dict]:
             attackers["status_401"] + attackers["status_429"] == attackers["requests"],
             statuses(attackers),
         )
+    if "shared-address" in reports:
+        groups = reports["shared-address"]["groups"]
+        established, attackers = groups["established agents (warm credential)"], groups["attackers, all"]
+        add(
+            "shared-address",
+            "established agents: every request answered 200 (no lockout by their address's attackers)",
+            established["status_200"] == established["requests"],
+            statuses(established),
+        )
+        add(
+            "shared-address",
+            "attackers answered only 401 or 429",
+            attackers["status_401"] + attackers["status_429"] == attackers["requests"],
+            statuses(attackers),
+        )
+        throttled = attackers["status_429"] / attackers["requests"] if attackers["requests"] else 0.0
+        verified = ", ".join(
+            f"{label.removeprefix('attackers, ')}: {group['status_401']} of {group['requests']}"
+            for label, group in reports["shared-address"]["kinds"].items()
+            if label.startswith("attackers")
+        )
+        add(
+            "shared-address",
+            f"attackers throttled: at least {SHARED_ATTACKERS_THROTTLED:.0%} answered 429 before any verification",
+            throttled >= SHARED_ATTACKERS_THROTTLED,
+            f"429: {throttled:.1%}; verified (401) by kind: {verified}",
+        )
     return checks
 
 
@@ -499,7 +536,7 @@ def render(results: dict) -> str:
         line(f"{name}: every request", report["all"])
         for label, group in report["groups"].items():
             line(f"  {label}", group)
-        if name == "attack":
+        if name in ATTACK_SCENARIOS:
             for label, group in report["kinds"].items():
                 if label.startswith("attackers"):
                     line(f"  {label}", group)
@@ -509,7 +546,7 @@ def render(results: dict) -> str:
             f"other processes {report['cpu_s']['other']:.1f} CPU s",
             f"Vault calls {report['vault_calls']}",
         ]
-        if name == "attack" and report.get("attack_ratio_measured") is not None:
+        if name in ATTACK_SCENARIOS and report.get("attack_ratio_measured") is not None:
             extra.append(f"attack:legitimate {report['attack_ratio_measured']}:1")
         lines.append(f"  ({', '.join(extra)})")
         if name == "vault-outage":
@@ -649,6 +686,7 @@ def _run(bench: LoadBench, started: float) -> int:
                 "mix": {kind: weight for kind, weight in args.attack_mix},
                 "addresses": args.attacker_addresses,
             },
+            "shared_address": {"addresses": args.shared_addresses},
             "max_seconds": args.max_seconds,
             "conn_max_age": harness.CONN_MAX_AGE,
             "debug": False,
@@ -687,6 +725,11 @@ def describe(args, name: str) -> str:
         return (
             f"at least {args.requests} legitimate requests and {pre + outage + post:g} s; "
             f"Vault down from +{pre:g} s for {outage:g} s"
+        )
+    if name == "shared-address":
+        return (
+            f"{args.requests} requests, {args.attack_ratio} attackers' to one legitimate, "
+            f"agents and attackers sharing {args.shared_addresses} addresses"
         )
     return (
         f"{args.requests} requests, {args.attack_ratio} attackers' to one legitimate, "
