@@ -38,7 +38,11 @@ class Agent(models.Model):
             # Names are unique regardless of case: "CI-bot" and "ci-bot" are one agent to a person.
             models.UniqueConstraint(Lower("name"), name="credentials_agent_name_ci_unique"),
         ]
-        permissions = [("suspend_agent", "Can suspend and reactivate agents")]
+        permissions = [
+            ("suspend_agent", "Can suspend and reactivate agents"),
+            # Any scope, agentidp:admin included: whoever holds this can make an admin agent.
+            ("grant_scopes", "Can set the scopes agents may ask for (agentidp:admin included)"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -344,10 +344,19 @@ def _discard_unrecorded_write(
 
 
 def credential_create(
-    *, acting: Any, agent: Agent, description: str = "", expires_at: datetime.datetime | None = None
+    *,
+    acting: Any,
+    agent: Agent,
+    description: str = "",
+    expires_at: datetime.datetime | None = None,
+    before_commit: Callable[[IssuedCredential], None] | None = None,
 ) -> IssuedCredential:
     """
     Give the agent a new credential in the default store and return it with its secret.
+
+    `before_commit(issued)` runs inside the transaction that records the credential: the
+    API renders its response there, so that a response that cannot be made rolls the
+    credential back instead of leaving one whose secret nobody received.
 
     Failure order (no credential without a secret, no secret without a credential):
     1. The secret is stored (Vault: a new KV entry, written create-only). If the store
@@ -355,8 +364,9 @@ def credential_create(
        VAULT_WRITE_ERROR). If the write may have been applied although Vault did not
        confirm it (a timeout, a connection lost after sending), the entry is destroyed at
        once and a purge job is queued too, in case the write lands after that.
-    2. The row and its audit event are written in one transaction. If the database fails,
-       the stored secret is destroyed (or queued) the same way before the error propagates.
+    2. The row and its audit event are written, and `before_commit` runs, in one
+       transaction. If the database or `before_commit` fails, the stored secret is
+       destroyed (or queued) the same way before the error propagates.
     Raises Conflict when the agent already has the most active credentials allowed.
     """
     if expires_at is not None and expires_at <= timezone.now():
@@ -388,6 +398,9 @@ def credential_create(
                 credential_id=credential.id,
                 details={"clientId": credential.client_id, "storage": stored.storage},
             )
+            issued = IssuedCredential(credential=credential, client_secret=secret)
+            if before_commit is not None:
+                before_commit(issued)
             if stored.kept_outside_database:
                 transaction.on_commit(secret_purges_run_due, robust=True)
     except BaseException:
@@ -395,7 +408,7 @@ def credential_create(
         _discard_unrecorded_write(credential=credential, stored=stored, unconfirmed=False)
         raise
     logger.info("credential created credential_id=%s agent_id=%s storage=%s", credential.id, agent.id, stored.storage)
-    return IssuedCredential(credential=credential, client_secret=secret)
+    return issued
 
 
 class StorageChanged(Conflict):
@@ -421,11 +434,12 @@ def credential_rotate(
     the end of the grace period if one was asked for), a Vault entry left behind is
     queued for destruction.
 
-    For migrate_to_vault: `from_storage` rotates only a credential whose secret is still
-    in that store (else StorageChanged, and nothing changes); `client_secret` keeps a
-    secret that was already handed out by an interrupted run instead of a new one; and
     `before_commit(issued)` runs once the new secret is stored, before the commit, so the
-    command records the secret before the old one can stop working.
+    caller hands the secret on before the old one can stop working: migrate_to_vault
+    records it in its output file, the API renders its response. For migrate_to_vault
+    too: `from_storage` rotates only a credential whose secret is still in that store
+    (else StorageChanged, and nothing changes); `client_secret` keeps a secret that was
+    already handed out by an interrupted run instead of a new one.
 
     Failure order (the old secret keeps working; the row never names an unwritten version):
     1. The row is locked, so rotations of one credential run one at a time.

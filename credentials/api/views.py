@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -44,6 +46,29 @@ CREDENTIAL_ID = OpenApiParameter(
 )
 
 
+class _SecretResponse:
+    """
+    The answer that carries a new secret, rendered as JSON before the change commits.
+
+    Passed to the service as `before_commit`: if the response cannot be made, the change
+    rolls back (and the store's new entry is destroyed), so no secret is ever committed
+    that nobody received. What is left after the commit cannot fail: bytes, and headers.
+    """
+
+    def __init__(self, *, status: int) -> None:
+        self.status = status
+        self.response: HttpResponse | None = None
+
+    def render(self, issued) -> None:
+        body = JSONRenderer().render(IssuedCredentialOutput(issued).data)
+        self.response = HttpResponse(body, status=self.status, content_type="application/json")
+
+
+def _body(request: Request) -> dict:
+    """The request's JSON object, or {} for anything else (validation answers that later)."""
+    return request.data if isinstance(request.data, dict) else {}
+
+
 def _validated(serializer_class, data):
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
@@ -76,6 +101,28 @@ def _validated(serializer_class, data):
     ),
 )
 class AgentViewSet(viewsets.GenericViewSet):
+    #: The console's permission for each field a PATCH may change.
+    FIELD_PERMISSIONS = {
+        "description": "credentials.change_agent",
+        "owner": "credentials.change_agent",
+        "scopes": "credentials.grant_scopes",
+        "status": "credentials.suspend_agent",
+    }
+
+    def required_permissions(self, request: Request) -> set[str]:
+        """The model permissions a staff session needs for this call (a token needs the admin scope instead)."""
+        if self.action == "create":
+            body = _body(request)
+            return {"credentials.add_agent", *(["credentials.grant_scopes"] if body.get("scopes") else [])}
+        if self.action == "partial_update":
+            body = _body(request)
+            return {self.FIELD_PERMISSIONS.get(name, "credentials.change_agent") for name in body} or {
+                "credentials.change_agent"
+            }
+        if self.action == "destroy":  # its credentials go with it
+            return {"credentials.delete_agent", "credentials.delete_credential"}
+        return {"credentials.view_agent"}
+
     def list(self, request: Request) -> Response:
         query = _validated(AgentListQuery, request.query_params.dict())
         agents = selectors.agent_list(status=query.get("status"), search=query.get("search"))
@@ -129,6 +176,16 @@ class AgentViewSet(viewsets.GenericViewSet):
     ),
 )
 class CredentialViewSet(viewsets.GenericViewSet):
+    ACTION_PERMISSIONS = {
+        "create": "credentials.add_credential",
+        "rotate": "credentials.rotate_credential",
+        "destroy": "credentials.delete_credential",
+    }
+
+    def required_permissions(self, request: Request) -> set[str]:
+        """The model permissions a staff session needs for this call (a token needs the admin scope instead)."""
+        return {self.ACTION_PERMISSIONS.get(self.action, "credentials.view_credential")}
+
     def _agent(self) -> Agent:
         return selectors.agent_get(agent_id=self.kwargs["agent_id"])
 
@@ -139,14 +196,21 @@ class CredentialViewSet(viewsets.GenericViewSet):
         page = self.paginate_queryset(selectors.credential_list(agent=self._agent()))
         return self.get_paginated_response(CredentialOutput(page, many=True).data)
 
-    def create(self, request: Request, agent_id: str) -> Response:
+    def create(self, request: Request, agent_id: str) -> HttpResponse:
         agent = self._agent()
         data = _validated(CredentialCreateInput, request.data)
+        rendered = _SecretResponse(status=status.HTTP_201_CREATED)
         issued = services.credential_create(
-            acting=request.user, agent=agent, description=data["description"], expires_at=data["expiresAt"]
+            acting=request.user,
+            agent=agent,
+            description=data["description"],
+            expires_at=data["expiresAt"],
+            before_commit=rendered.render,
         )
-        location = reverse("credential-detail", kwargs={"agent_id": agent.id, "credential_id": issued.credential.id})
-        return Response(IssuedCredentialOutput(issued).data, status=status.HTTP_201_CREATED, headers={"Location": location})
+        rendered.response["Location"] = reverse(
+            "credential-detail", kwargs={"agent_id": agent.id, "credential_id": issued.credential.id}
+        )
+        return rendered.response
 
     def retrieve(self, request: Request, agent_id: str, credential_id: str) -> Response:
         return Response(CredentialOutput(self._credential()).data)
@@ -157,13 +221,17 @@ class CredentialViewSet(viewsets.GenericViewSet):
         request=CredentialRotateInput,
         responses={200: IssuedCredentialOutput, **_errors(400, 404, 409, 415, 503)},
     )
-    def rotate(self, request: Request, agent_id: str, credential_id: str) -> Response:
+    def rotate(self, request: Request, agent_id: str, credential_id: str) -> HttpResponse:
         credential = self._credential()
         data = _validated(CredentialRotateInput, request.data)
-        issued = services.credential_rotate(
-            acting=request.user, credential=credential, grace_period_seconds=data["gracePeriodSeconds"]
+        rendered = _SecretResponse(status=status.HTTP_200_OK)
+        services.credential_rotate(
+            acting=request.user,
+            credential=credential,
+            grace_period_seconds=data["gracePeriodSeconds"],
+            before_commit=rendered.render,
         )
-        return Response(IssuedCredentialOutput(issued).data)
+        return rendered.response
 
     def destroy(self, request: Request, agent_id: str, credential_id: str) -> Response:
         services.credential_delete(acting=request.user, credential=self._credential())

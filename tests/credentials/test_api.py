@@ -726,9 +726,104 @@ def test_every_call_with_a_token_without_the_admin_scope_is_forbidden(issued, cl
     assert Credential.objects.filter(pk=other_issued.credential.pk).exists()
 
 
-def test_a_staff_session_can_use_the_api_and_is_audited_as_the_user(staff_user, agent):
+def staff_session(user, *codenames: str) -> APIClient:
+    """A signed-in staff user holding exactly these credentials-app permissions."""
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="credentials", codename__in=codenames))
     session = APIClient()
-    session.force_login(staff_user)
+    session.force_login(user)
+    return session
+
+
+def test_a_staff_session_without_permissions_is_forbidden_every_call_and_changes_nothing(staff_user, issued):
+    session = staff_session(staff_user)
+    credential = issued.credential
+    before = Credential.objects.get(pk=credential.pk)
+
+    for method, url in _all_calls(credential.agent_id, credential.id):
+        assert_error(getattr(session, method)(url, {}, format="json"), 403, "FORBIDDEN")
+
+    after = Credential.objects.get(pk=credential.pk)
+    assert (after.secret_hash, after.rotated_at) == (before.secret_hash, before.rotated_at)
+    assert Agent.objects.filter(pk=credential.agent_id).exists()
+    assert not AuditEvent.objects.filter(actor_type="user").exists()
+
+
+def test_a_view_only_operator_cannot_make_an_admin_agent_or_take_over_a_credential(staff_user, issued):
+    session = staff_session(staff_user, "view_agent", "view_credential")
+    credential = issued.credential
+
+    assert session.get(agents_url()).status_code == 200
+    assert session.get(credentials_url(credential.agent_id, credential.id)).status_code == 200
+    made = session.post(agents_url(), {"name": "escalated", "scopes": ["agentidp:admin"]}, format="json")
+    assert_error(made, 403, "FORBIDDEN")
+    taken = session.post(rotate_url(credential.agent_id, credential.id), {"gracePeriodSeconds": 86400}, format="json")
+    assert_error(taken, 403, "FORBIDDEN")
+    assert_error(session.post(credentials_url(credential.agent_id), {}, format="json"), 403, "FORBIDDEN")
+
+    assert not Agent.objects.filter(name="escalated").exists()
+    assert Credential.objects.get(pk=credential.pk).rotated_at is None
+
+
+def test_creating_an_agent_with_scopes_needs_the_grant_scopes_permission_too(staff_user):
+    session = staff_session(staff_user, "add_agent")
+
+    assert session.post(agents_url(), {"name": "plain"}, format="json").status_code == 201
+    assert_error(session.post(agents_url(), {"name": "scoped", "scopes": ["a"]}, format="json"), 403, "FORBIDDEN")
+
+    session = staff_session(staff_user, "add_agent", "grant_scopes")
+    assert session.post(agents_url(), {"name": "scoped", "scopes": ["a"]}, format="json").status_code == 201
+
+
+@pytest.mark.parametrize(
+    "change, permission",
+    [
+        ({"description": "new"}, "change_agent"),
+        ({"owner": "team"}, "change_agent"),
+        ({"scopes": ["agentidp:admin"]}, "grant_scopes"),
+        ({"status": "suspended"}, "suspend_agent"),
+        ({}, "change_agent"),
+    ],
+)
+def test_each_change_to_an_agent_needs_its_own_permission(staff_user, agent, change, permission):
+    others = {"change_agent", "grant_scopes", "suspend_agent"} - {permission}
+
+    assert_error(staff_session(staff_user, "view_agent", *others).patch(agents_url(agent.id), change, format="json"), 403, "FORBIDDEN")
+    assert Agent.objects.get(pk=agent.pk).updated_at == agent.updated_at
+
+    assert staff_session(staff_user, permission).patch(agents_url(agent.id), change, format="json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "call, permissions",
+    [
+        ("list_credentials", ["view_credential"]),
+        ("issue", ["add_credential"]),
+        ("rotate", ["rotate_credential"]),
+        ("delete_credential", ["delete_credential"]),
+        ("delete_agent", ["delete_agent", "delete_credential"]),
+    ],
+)
+def test_each_credential_call_needs_the_console_permission_for_it(staff_user, issued, call, permissions):
+    credential = issued.credential
+    calls = {
+        "list_credentials": ("get", credentials_url(credential.agent_id), 200),
+        "issue": ("post", credentials_url(credential.agent_id), 201),
+        "rotate": ("post", rotate_url(credential.agent_id, credential.id), 200),
+        "delete_credential": ("delete", credentials_url(credential.agent_id, credential.id), 204),
+        "delete_agent": ("delete", agents_url(credential.agent_id), 204),
+    }
+    method, url, success = calls[call]
+    for missing in permissions:
+        held = [p for p in permissions if p != missing]
+        assert_error(getattr(staff_session(staff_user, *held), method)(url, {}, format="json"), 403, "FORBIDDEN")
+
+    assert getattr(staff_session(staff_user, *permissions), method)(url, {}, format="json").status_code == success
+
+
+def test_a_staff_session_with_the_permissions_can_use_the_api_and_is_audited_as_the_user(staff_user, agent):
+    session = staff_session(staff_user, "view_agent", "add_agent")
 
     listed = session.get(agents_url())
     created = session.post(agents_url(), {"name": "made-by-staff"}, format="json")
@@ -740,11 +835,23 @@ def test_a_staff_session_can_use_the_api_and_is_audited_as_the_user(staff_user, 
     assert (event.actor_type, event.actor_id, event.actor_label) == ("user", str(staff_user.pk), "operator")
 
 
+def test_a_superuser_session_may_make_every_call(django_user_model, issued):
+    user = django_user_model.objects.create_superuser(username="root", password="unused")
+    session = APIClient()
+    session.force_login(user)
+    credential = issued.credential
+
+    assert session.post(agents_url(), {"name": "any", "scopes": ["agentidp:admin"]}, format="json").status_code == 201
+    assert session.post(rotate_url(credential.agent_id, credential.id), {}, format="json").status_code == 200
+
+
 def test_a_staff_session_needs_a_csrf_token_for_unsafe_methods(staff_user):
+    staff_session(staff_user, "add_agent")
     session = APIClient(enforce_csrf_checks=True)
     session.force_login(staff_user)
 
-    assert_error(session.post(agents_url(), {"name": "no-csrf"}, format="json"), 403, "FORBIDDEN")
+    body = assert_error(session.post(agents_url(), {"name": "no-csrf"}, format="json"), 403, "FORBIDDEN")
+    assert "CSRF" in body["message"]
     assert not Agent.objects.filter(name="no-csrf").exists()
 
 
