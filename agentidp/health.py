@@ -17,6 +17,7 @@ import logging
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
 from vaultstore.backends import get_backends
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
 
 
+@csrf_exempt  # read-only: a POST gets 405, not a CSRF page
 @never_cache
 @require_safe
 def liveness(request: HttpRequest) -> JsonResponse:
@@ -46,6 +48,7 @@ def _result(problems: list[str]) -> dict:
     return {"status": "unavailable", "problems": problems} if problems else {"status": "ok"}
 
 
+@csrf_exempt
 @never_cache
 @require_safe
 def readiness(request: HttpRequest) -> JsonResponse:

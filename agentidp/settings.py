@@ -202,10 +202,10 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["credentials.api.permissions.IsAgentIdPAdmin"],
     "DEFAULT_PARSER_CLASSES": ["agentidp.parsers.JSONParser"],
-    "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
-    ],
+    # JSON only: responses that carry a secret must not depend on a renderer that can fail.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "agentidp.negotiation.ContentNegotiation",
+    "DEFAULT_METADATA_CLASS": "agentidp.negotiation.Metadata",
     "DEFAULT_PAGINATION_CLASS": "agentidp.api.Pagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "agentidp.api.exception_handler",

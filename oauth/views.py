@@ -150,6 +150,7 @@ def _absolute(name: str) -> str:
     return settings.AGENTIDP_ISSUER + reverse(name)
 
 
+@csrf_exempt  # read-only and anonymous: a POST gets 405, not a CSRF page
 def authorization_server_metadata(request: HttpRequest) -> HttpResponse:
     """RFC 8414 metadata: where the endpoints are and what they support."""
     if request.method not in ("GET", "HEAD"):
@@ -175,6 +176,7 @@ def authorization_server_metadata(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@csrf_exempt
 def jwks_document(request: HttpRequest) -> HttpResponse:
     """The RFC 7517 JWK Set that verifies AgentIdP's access tokens."""
     if request.method not in ("GET", "HEAD"):
