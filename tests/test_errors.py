@@ -161,3 +161,33 @@ def test_json_nested_deeper_than_the_parser_allows_is_a_400_not_a_crash(api, pat
     assert response.status_code == 400
     body = response.json()
     assert body.get("code") == "VALIDATION_ERROR" or body.get("error") == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name": "harmless", "name": "other"}',
+        '{"name": "bot", "scopes": [], "scopes": ["agentidp:admin"]}',
+        '{"name": "bot", "owner": {"a": 1, "a": 2}}',
+    ],
+)
+def test_a_management_body_with_a_key_sent_twice_is_refused_and_nothing_is_made(api, body):
+    from credentials.models import Agent
+
+    response = api.post("/api/v1/agents", body, content_type="application/json")
+
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["code"] == "VALIDATION_ERROR" and "more than once" in answer["message"]
+    assert not Agent.objects.filter(name__in=["harmless", "other", "bot"]).exists()
+
+
+@pytest.mark.parametrize("path", ["/.well-known/oauth-authorization-server", "/.well-known/jwks.json", "/healthz", "/readyz"])
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_an_unsafe_method_on_a_read_only_view_is_405_not_a_csrf_page(db, path, method):
+    from django.test import Client
+
+    response = getattr(Client(enforce_csrf_checks=True), method)(path)
+
+    assert response.status_code == 405
+    assert "GET" in response["Allow"]
