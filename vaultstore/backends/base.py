@@ -93,7 +93,12 @@ class BaseSecretBackend:
         """
 
     def check(self) -> list[str]:
-        """Return the problems that stop this backend from working now (empty when healthy)."""
+        """
+        Return the problems that stop this backend from working now (empty when healthy).
+
+        Anonymous readiness probes call it: it must leave unchanged how the backend serves
+        secrets (a failed check must not make verifications fail fast, say).
+        """
         return []
 
     def close(self) -> None:
