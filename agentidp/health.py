@@ -8,11 +8,22 @@ required: without it nothing works, so the answer is 503. A Vault problem is rep
 but, by default, leaves the instance ready ("degraded"): bcrypt credentials keep getting
 tokens while Vault is down, and taking every instance out of the load balancer would stop
 them too. `/readyz?strict=true` makes every check required, for monitoring.
+
+The probes are anonymous (load balancers call them so), and a Vault check costs Vault two
+requests, so each secret store's answer is kept for READINESS_CACHE_SECONDS (a module
+constant, 1 s), per process: a flood of probes costs Vault at most one check per second per
+process. While one request checks a store, the others take its previous answer, or wait
+for the first one. A store's check never counts towards the Vault backend's circuit breaker:
+a Vault that rate-limits the probes must not make token requests fail fast. An open breaker
+is still reported, up to a second late. The database is asked on every call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
+from time import monotonic
 
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
@@ -20,11 +31,27 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
-from vaultstore.backends import get_backends
+from vaultstore.backends import BaseSecretBackend, get_backends
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+#: How long a secret store's readiness answer is reused, in this process.
+READINESS_CACHE_SECONDS = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    """One store's answer: which backend object gave it (a new configuration builds new ones), when, and what."""
+
+    backend: BaseSecretBackend
+    at: float
+    problems: tuple[str, ...]
+
+
+_checked: dict[str, _Checked] = {}
+# Held while a store is checked, so that concurrent probes never ask the same store twice.
+_checking = threading.Lock()
 
 
 @csrf_exempt  # read-only: a POST gets 405, not a CSRF page
@@ -44,6 +71,37 @@ def _database_problems() -> list[str]:
     return []
 
 
+def _last_answer(name: str, backend: BaseSecretBackend, *, fresh: bool) -> list[str] | None:
+    checked = _checked.get(name)
+    if checked is None or checked.backend is not backend:
+        return None
+    if fresh and monotonic() - checked.at >= READINESS_CACHE_SECONDS:
+        return None
+    return list(checked.problems)
+
+
+def _store_problems(name: str, backend: BaseSecretBackend) -> list[str]:
+    """Return the store's problems, asking it at most once per READINESS_CACHE_SECONDS in this process."""
+    problems = _last_answer(name, backend, fresh=True)
+    if problems is not None:
+        return problems
+    if not _checking.acquire(blocking=False):
+        problems = _last_answer(name, backend, fresh=False)
+        if problems is not None:
+            return problems  # another request is asking the store: its last answer will do meanwhile
+        _checking.acquire()
+    try:
+        problems = _last_answer(name, backend, fresh=True)
+        if problems is None:
+            problems = backend.check()
+            if problems:
+                logger.warning("readiness: secret store %s unavailable", name)
+            _checked[name] = _Checked(backend=backend, at=monotonic(), problems=tuple(problems))
+        return problems
+    finally:
+        _checking.release()
+
+
 def _result(problems: list[str]) -> dict:
     return {"status": "unavailable", "problems": problems} if problems else {"status": "ok"}
 
@@ -57,9 +115,8 @@ def readiness(request: HttpRequest) -> JsonResponse:
     checks = {"database": _result(database_problems)}
     degraded = False
     for name, backend in get_backends().items():
-        problems = backend.check()
+        problems = _store_problems(name, backend)
         if problems:
-            logger.warning("readiness: secret store %s unavailable", name)
             degraded = True
         checks[name] = _result(problems)
 
