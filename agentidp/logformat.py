@@ -19,3 +19,32 @@ class EscapingFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape_controls(super().formatMessage(record))
+
+
+# A query parameter whose value is a secret, an assertion or a token, wherever a URL is logged.
+_SECRET_PARAMETER = re.compile(
+    r"(?i)([?&](?:client_secret|client_assertion|assertion|token|access_token|refresh_token|secret|password)=)[^&\s\"]*"
+)
+
+
+def redact_secret_parameters(text: str) -> str:
+    """Replace the value of every secret-bearing query parameter in `text` with [redacted]."""
+    return _SECRET_PARAMETER.sub(r"\1[redacted]", text)
+
+
+class SecretParameterFilter(logging.Filter):
+    """
+    Keep secrets sent in a URL out of every log line.
+
+    AgentIdP refuses a client_secret in the query string, but the server's request line
+    (runserver's `django.server` records, an access log) would still repeat it. The
+    record's message is formatted once here, redacted, and frozen.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "=" in message:
+            redacted = redact_secret_parameters(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True

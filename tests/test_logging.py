@@ -127,3 +127,38 @@ def test_the_json_format_writes_one_object_per_record_with_the_authentication_fi
     assert document["message"].startswith("client authentication outcome=failure reason=wrong_secret")
     assert document["auth"]["outcome"] == "failure" and document["auth"]["reason"] == "wrong_secret"
     assert document["auth"]["client_id"] == issued.credential.client_id
+
+
+def test_a_secret_in_the_url_stays_out_of_the_request_line_that_the_development_server_logs(
+    transactional_db, issued
+):
+    """A real runserver request handler (django.server's request line), through the configured handler."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.core.servers.basehttp import WSGIRequestHandler, WSGIServer
+
+    [console] = [h for h in logging.getLogger().handlers if h.get_name() == "console"]
+    written = io.StringIO()
+    previous = console.setStream(written)
+    server = WSGIServer(("127.0.0.1", 0), WSGIRequestHandler, ipv6=False)
+    server.set_app(WSGIHandler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    secret = issued.client_secret
+    try:
+        url = f"http://127.0.0.1:{server.server_port}{TOKEN_URL}?client_secret={secret}&client_id=x"
+        request = urllib.request.Request(url, data=b"grant_type=client_credentials", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 400
+    finally:
+        server.shutdown()
+        server.server_close()
+        console.setStream(previous)
+
+    lines = written.getvalue()
+    assert f"POST {TOKEN_URL}?client_secret=[redacted]&client_id=x" in lines
+    assert secret not in lines
