@@ -9,7 +9,8 @@ or the audit trail.
 
 No page shows a hash or what a Vault path holds. A new secret appears once, on the page
 that answers the rotation or issue that made it (never cached, never in a message or
-the admin's log), and nowhere afterwards.
+the admin's log), and nowhere afterwards. Nor does any list filter on them: a changelist
+accepts only the lookups its own filters and date hierarchy make (ConsoleAdmin).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.utils import unquote
+from django.contrib.admin.utils import get_fields_from_path, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.constants import LOOKUP_SEP
 from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -88,6 +90,55 @@ def _failure(exc: Exception) -> str:
     raise exc
 
 
+#: The columns that hold a secret's hash, or say where Vault keeps a secret and which version is trusted.
+SECRET_FIELDS = frozenset({"secret_hash", "vault_path", "vault_version"})
+
+
+def touches_secret(lookup: str) -> bool:
+    """
+    Return whether a lookup names a secret-bearing column anywhere along its path.
+
+    Matched by name, whatever the relations before it and the lookup after it
+    (`credentials__grace_secrets__secret_hash__gte`): a list that can be filtered on a
+    hash answers one bit of it per request, and so gives all of it away.
+    """
+    return not SECRET_FIELDS.isdisjoint(lookup.split(LOOKUP_SEP))
+
+
+class ConsoleAdmin(admin.ModelAdmin):
+    """
+    Accept in a changelist's query string only what the console's own links put there.
+
+    Those are the parameters of the list filters and of the date hierarchy (search,
+    sorting and paging are Django's own parameters and never reach lookup_allowed).
+    Anything else is refused with a 400, as Django's UserAdmin refuses lookups on a
+    password: an open changelist is an oracle on every column a person who may view the
+    list cannot see (`?secret_hash__gte=...`), and a way to send the database lookups it
+    cannot run. Every ModelAdmin of the console derives from this class.
+    """
+
+    def lookup_allowed(self, lookup, value, request=None) -> bool:
+        # Refused before anything else, so a filter added on a secret-bearing column cannot open the oracle again.
+        if touches_secret(lookup):
+            return False
+        return lookup in self.console_lookups(request) and super().lookup_allowed(lookup, value, request)
+
+    def console_lookups(self, request: HttpRequest) -> set[str]:
+        """Return the parameters the changelist's filters and date hierarchy use, as their own links spell them."""
+        lookups: set[str] = set()
+        if self.date_hierarchy:
+            lookups.update(f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day"))
+        for item in self.get_list_filter(request):
+            if isinstance(item, type):
+                lookups.add(item.parameter_name)
+                continue
+            field_path, filter_class = item if isinstance(item, list | tuple) else (item, admin.FieldListFilter.create)
+            field = get_fields_from_path(self.model, field_path)[-1]
+            spec = filter_class(field, request, {}, self.model, self, field_path=field_path)
+            lookups.update(spec.expected_parameters())
+        return lookups
+
+
 class ReadOnly:
     """No add, change or delete through Django's own views: changes go through the services."""
 
@@ -114,7 +165,7 @@ class CredentialInline(ReadOnly, admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(ReadOnly, admin.ModelAdmin):
+class AgentAdmin(ReadOnly, ConsoleAdmin):
     list_display = ("name", "status", "owner", "scope_list", "credential_count", "created_at")
     list_filter = ("status",)
     search_fields = ("name", "owner", "description")
@@ -225,7 +276,7 @@ class IssueForm(forms.Form):
 
 
 @admin.register(Credential)
-class CredentialAdmin(admin.ModelAdmin):
+class CredentialAdmin(ConsoleAdmin):
     list_display = (
         "client_id",
         "agent",
@@ -514,7 +565,7 @@ class AuditActorFilter(admin.SimpleListFilter):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnly, admin.ModelAdmin):
+class AuditEventAdmin(ReadOnly, ConsoleAdmin):
     list_display = ("occurred_at", "action", "actor", "agent", "credential")
     list_filter = ("action", "actor_type", AuditActorFilter, AuditAgentFilter, AuditCredentialFilter)
     search_fields = ("actor_label", "=agent_id", "=credential_id")
