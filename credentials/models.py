@@ -8,14 +8,23 @@ callers share through credentials.selectors.
 from __future__ import annotations
 
 import datetime
+import unicodedata
 import uuid
 
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models.functions import Lower
 from django.utils import timezone
 
 from vaultstore.backends import StoredSecret
+
+
+def agent_name_key(name: str) -> str:
+    """
+    The form of an agent's name that uniqueness is judged on: compatibility-normalised
+    (NFKC) and case-folded, so that names a person reads as one ("Ｂｏｔ", "bot", "BOT";
+    "Straße", "STRASSE") are one name on every database.
+    """
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 class Agent(models.Model):
@@ -25,6 +34,8 @@ class Agent(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=128)
+    # agent_name_key(name), kept with the name by save(): what the unique index compares.
+    name_key = models.CharField(max_length=512, unique=True, editable=False)
     description = models.TextField(blank=True, default="")
     owner = models.CharField(max_length=256, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
@@ -34,10 +45,6 @@ class Agent(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
-        constraints = [
-            # Names are unique regardless of case: "CI-bot" and "ci-bot" are one agent to a person.
-            models.UniqueConstraint(Lower("name"), name="credentials_agent_name_ci_unique"),
-        ]
         permissions = [
             ("suspend_agent", "Can suspend and reactivate agents"),
             # Any scope, agentidp:admin included: whoever holds this can make an admin agent.
@@ -46,6 +53,13 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        # The key is derived state, never set on its own: it cannot drift from the name.
+        self.name_key = agent_name_key(self.name)
+        if kwargs.get("update_fields") is not None and "name" in kwargs["update_fields"]:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "name_key"}
+        super().save(*args, **kwargs)
 
     @property
     def is_active(self) -> bool:

@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import logging
 import secrets
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -29,7 +30,7 @@ from vaultstore.exceptions import SecretStoreError, SecretWriteError
 
 from . import selectors
 from .audit import audit_record
-from .models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
+from .models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge, agent_name_key
 from .scopes import normalize_scopes
 from .verified import Trusted, remember_verified, verified_recently
 
@@ -41,6 +42,7 @@ MAX_GRACE_PERIOD_SECONDS = 86400
 MAX_GRACE_SECRETS = 9
 
 AGENT_UPDATABLE_FIELDS = ("description", "owner", "scopes", "status")
+NAME_MAX_LENGTH = Agent._meta.get_field("name").max_length
 
 #: A purge that failed waits this long before its next automatic attempt, doubling each time...
 PURGE_FIRST_DELAY_SECONDS = 30
@@ -93,8 +95,17 @@ def _clean_scopes(scopes: Iterable[str]) -> list[str]:
         raise ValidationFailed(str(exc), details={"scopes": [str(exc)]}) from None
 
 
+def _clean_name(name: str) -> str:
+    """Return the name in NFKC form (as Django normalises usernames), which is how it is kept and shown."""
+    name = unicodedata.normalize("NFKC", name)
+    if not 1 <= len(name) <= NAME_MAX_LENGTH:
+        message = f"name is 1 to {NAME_MAX_LENGTH} characters once normalised (NFKC)."
+        raise ValidationFailed(message, details={"name": [message]})
+    return name
+
+
 def _name_taken(name: str) -> bool:
-    return Agent.objects.filter(name__iexact=name).exists()
+    return Agent.objects.filter(name_key=agent_name_key(name)).exists()
 
 
 def _name_conflict(name: str) -> Conflict:
@@ -115,9 +126,12 @@ def agent_create(
     """
     Register an agent.
 
-    Raises Conflict if another agent has the same name, compared without case (also when
-    two requests race: the database's unique index decides).
+    The name is kept in NFKC form. Raises Conflict if another agent has the same name,
+    compared in that form and without case, Unicode's full case folding ("Straße" is
+    "STRASSE"), on every database (also when two requests race: the unique index on the
+    key decides).
     """
+    name = _clean_name(name)
     agent = Agent(name=name, description=description, owner=owner, scopes=_clean_scopes(scopes))
     if _name_taken(name):
         raise _name_conflict(name)

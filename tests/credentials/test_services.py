@@ -43,8 +43,21 @@ def test_agent_create_stores_fields_and_writes_an_audit_event(db):
     assert event.details == {"name": "report-bot", "scopes": ["a:b"]}
 
 
-@pytest.mark.parametrize("taken, wanted", [("report-bot", "report-bot"), ("CI-Bot", "ci-bot"), ("ci-bot", "CI-BOT")])
-def test_agent_create_refuses_a_name_taken_ignoring_case(db, taken, wanted):
+@pytest.mark.parametrize(
+    "taken, wanted",
+    [
+        ("report-bot", "report-bot"),
+        ("CI-Bot", "ci-bot"),
+        ("ci-bot", "CI-BOT"),
+        ("ÄGENT", "ägent"),  # non-ASCII case: Lower() folds only ASCII on SQLite
+        ("Straße", "STRASSE"),  # full case folding
+        ("ｂｏｔ", "bot"),  # fullwidth lookalikes (NFKC)
+        ("bot", "Ｂｏｔ"),
+        ("ﬁle-bot", "file-bot"),  # a ligature
+        ("e\u0301-bot", "\u00e9-bot"),  # combining accent and the precomposed letter
+    ],
+)
+def test_agent_create_refuses_a_name_taken_ignoring_case_and_lookalikes(db, taken, wanted):
     agent_create(acting=None, name=taken)
 
     with pytest.raises(Conflict) as excinfo:
@@ -800,3 +813,17 @@ def test_a_suspension_during_verification_refuses_the_request(issued, during_ver
     during_verification(lambda: agent_update(acting=None, agent=issued.credential.agent, status="suspended"))
 
     assert reason(issued.credential.client_id, issued.client_secret) == "agent_suspended"
+
+
+def test_agent_create_keeps_the_name_in_nfkc_form(db):
+    agent = agent_create(acting=None, name="ｒｅｐｏｒｔ-ﬁle")
+
+    agent.refresh_from_db()
+    assert agent.name == "report-file"
+
+
+def test_agent_create_refuses_a_name_too_long_once_normalised(db):
+    with pytest.raises(ValidationFailed):
+        agent_create(acting=None, name="\ufdfa" * 10)  # one character that NFKC spells in eighteen
+
+    assert not Agent.objects.exists()

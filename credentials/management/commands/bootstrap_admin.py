@@ -7,7 +7,7 @@ from django.db import transaction
 from agentidp.errors import ApiError
 from credentials import services
 from credentials.audit import Actor
-from credentials.models import Agent, AuditEvent, Credential
+from credentials.models import Agent, AuditEvent, Credential, agent_name_key
 from vaultstore.exceptions import SecretStoreError
 
 ACTOR = Actor(type=AuditEvent.ActorType.SYSTEM, label="manage.py bootstrap_admin")
@@ -38,7 +38,7 @@ class Command(BaseCommand):
         scope = settings.AGENTIDP_ADMIN_SCOPE
         try:
             with transaction.atomic():
-                agent = Agent.objects.filter(name__iexact=name).first()
+                agent = Agent.objects.filter(name_key=agent_name_key(name)).first()
                 if agent is None:
                     agent = services.agent_create(
                         acting=ACTOR,
