@@ -24,6 +24,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import get_fields_from_path, unquote
 from django.core.exceptions import PermissionDenied
+from django.db import DataError, NotSupportedError, router, transaction
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.constants import LOOKUP_SEP
 from django.db.models.functions import Lower
@@ -137,6 +138,23 @@ class ConsoleAdmin(admin.ModelAdmin):
             spec = filter_class(field, request, {}, self.model, self, field_path=field_path)
             lookups.update(spec.expected_parameters())
         return lookups
+
+    def get_changelist_instance(self, request):
+        """
+        Build the changelist in a savepoint, and treat a value the database refuses as a bad filter.
+
+        The changelist counts its rows while it is built, so a value that passes
+        lookup_allowed but that Python's dates or the database cannot hold (a year past
+        9999, a NUL byte on PostgreSQL) fails here; IncorrectLookupParameters makes Django
+        answer with the unfiltered list, flagged `?e=1`, instead of a 500. The savepoint
+        keeps the failed query from aborting the rest of the request's transaction on
+        PostgreSQL. A database that does not answer at all is not caught: that is an outage.
+        """
+        try:
+            with transaction.atomic(using=router.db_for_read(self.model)):
+                return super().get_changelist_instance(request)
+        except (DataError, NotSupportedError, ValueError, OverflowError) as exc:
+            raise IncorrectLookupParameters(type(exc).__name__) from exc
 
 
 class ReadOnly:

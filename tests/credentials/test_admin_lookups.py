@@ -3,10 +3,12 @@ What the console's changelists accept in their query strings.
 
 A changelist turns its query string into a database query, so an open one is an oracle:
 `?secret_hash__gte=...` answers one bit of a hash per request, and a staff user who may
-only view credentials reads a whole bcrypt hash in a few hundred requests. The console
-accepts what its own filters, date hierarchy and search put in a URL, and refuses every
-lookup on a field that holds a hash, a Vault path or a Vault version (400, whatever the
-relation or the value).
+only view credentials reads a whole bcrypt hash in a few hundred requests; and a lookup
+or a value the database cannot run turns into a server error. The console accepts what
+its own filters, date hierarchy and search put in a URL, refuses every lookup on a field
+that holds a hash, a Vault path or a Vault version (400, whatever the relation or the
+value), and treats a value the database refuses as a bad filter (the list unfiltered,
+flagged ?e=1), never a 500.
 
 Runs on the database the suite runs on: SQLite, or PostgreSQL when DATABASE_URL names it.
 """
@@ -14,6 +16,7 @@ Runs on the database the suite runs on: SQLite, or PostgreSQL when DATABASE_URL 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib import admin
@@ -69,6 +72,14 @@ def viewer(django_user_model) -> Client:
     """A staff user who may only view agents, credentials and the audit trail (and so filter their lists)."""
     user = django_user_model.objects.create_user(username="viewer", password="unused", is_staff=True)
     user.user_permissions.add(*Permission.objects.filter(codename__in=VIEW_PERMISSIONS))
+    client = Client(raise_request_exception=False)
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def root(django_user_model) -> Client:
+    user = django_user_model.objects.create_superuser(username="root", password="unused", email="root@example.com")
     client = Client(raise_request_exception=False)
     client.force_login(user)
     return client
@@ -169,6 +180,89 @@ def test_no_console_admin_searches_filters_or_orders_on_a_secret_bearing_column(
         assert not [path for path in named if isinstance(path, str) and touches_secret(path.lstrip("-"))], name
 
 
+# --- crafted queries ----------------------------------------------------------------------------
+
+LONG = "x" * 20_000
+
+#: Query strings nobody clicks: each as (name, value) pairs, for every changelist.
+CRAFTED = [
+    # The date hierarchy: years, months and days Python's datetime or the database cannot hold.
+    [("occurred_at__year", "99999999999")],
+    [("occurred_at__year", "9999")],
+    [("occurred_at__year", "0")],
+    [("occurred_at__year", "-1")],
+    [("occurred_at__year", "year")],
+    [("occurred_at__year", "2024"), ("occurred_at__month", "99999999999")],
+    [("occurred_at__year", "9999"), ("occurred_at__month", "12")],
+    [("occurred_at__year", "9999"), ("occurred_at__month", "12"), ("occurred_at__day", "31")],
+    [("occurred_at__year", "2024"), ("occurred_at__month", "2"), ("occurred_at__day", "30")],
+    [("occurred_at__year", "2024"), ("occurred_at__year", "99999999999")],
+    [("occurred_at__month", "99999999999")],
+    [("occurred_at__day", "-1")],
+    [("occurred_at__day", "1" * 40)],
+    [("created_at__year", "99999999999")],
+    [("created_at__gte", "99999999999")],
+    # Numbers out of range, negative or not numbers at all.
+    [("vault_version", "9" * 40)],
+    [("vault_version__gte", "-1")],
+    [("vault_version", "one")],
+    [("id", "9" * 40)],
+    [("id", "-1")],
+    [("id__in", "1,x")],
+    [("p", "9" * 40)],
+    [("p", "-1")],
+    [("p", "x")],
+    [("o", "9" * 40)],
+    [("o", "-1.x.2")],
+    [("all", "")],
+    # JSON columns: lookups SQLite cannot run, and ones that reach into them.
+    [("scopes__contains", "reports:read")],
+    [("scopes__contains", '["reports:read"]')],
+    [("scopes__contained_by", "[]")],
+    [("scopes__has_key", "x")],
+    [("scopes__0", "reports:read")],
+    [("scopes__regex", "(")],
+    [("details__contains", "{}")],
+    [("details__contains", "name")],
+    [("details__has_key", "name")],
+    [("details__has_keys", "name,clientId")],
+    [("details__name__regex", "(")],
+    [("details__regex", "(")],
+    # Text lookups the database rejects, unknown fields, relations and lookups.
+    [("name__regex", "(")],
+    [("client_id__iregex", "[")],
+    [("actor_label__regex", "*")],
+    [("nope", "1")],
+    [("credentials__nope", "1")],
+    [("agent__nope", "1")],
+    [("status__nope", "x")],
+    [("status__exact__exact", "x")],
+    [("storage__isnull", "perhaps")],
+    [("agent_id", "not-a-uuid")],
+    [("credential_id", "00000000-0000-0000-0000-000000000000")],
+    [("_to_field", "secret_hash")],
+    [("_facets", "1")],
+    # NUL bytes (PostgreSQL refuses them in text) and very long values, in the console's own parameters.
+    [("q", "\x00")],
+    [("q", LONG)],
+    [("status", "\x00")],
+    [("status__exact", "a\x00b")],
+    [("storage", "\x00")],
+    [("storage__exact", LONG)],
+    [("action__exact", "\x00")],
+    [("actor_type__exact", LONG)],
+    [("actor", "user:\x00")],
+    [("actor", "\x00:1")],
+    [("actor", "user:" + LONG)],
+    [("agent_id", "\x00")],
+    [("credential_id", LONG)],
+    [("_facets", "1"), ("status__exact", "\x00")],
+    [("_facets", "1"), ("actor", "user:\x00")],
+    [("e", "1"), ("occurred_at__year", "99999999999")],
+    [("e", "1"), ("q", "\x00")],
+]
+
+
 @pytest.fixture
 def console_data(db) -> None:
     """Rows behind every changelist: agents, credentials with grace secrets, and their audit trail."""
@@ -176,6 +270,18 @@ def console_data(db) -> None:
         issued = make_credential(AgentFactory(name=name))
         services.credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=3600)
     assert AuditEvent.objects.count() == 4
+
+
+@pytest.mark.parametrize("model", sorted(SECRET_PREFIXES))
+@pytest.mark.parametrize("query", CRAFTED, ids=lambda query: urlencode(query)[:60])
+def test_crafted_changelist_queries_never_answer_a_server_error(root, console_data, model, query):
+    response = root.get(changelist(model) + "?" + urlencode(query))
+
+    assert response.status_code < 500
+    if response.status_code == 302:
+        assert response["Location"] == changelist(model) + "?e=1"
+    # The request's transaction is still usable afterwards (on PostgreSQL a failed query aborts it).
+    assert root.get(changelist(model)).status_code == 200
 
 
 # --- what the console's own pages link to keeps working -------------------------------------------
