@@ -15,6 +15,7 @@ accepts only the lookups its own filters and date hierarchy make (ConsoleAdmin).
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
 from typing import Any
@@ -33,7 +34,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from agentidp.api import has_control_characters
@@ -49,6 +50,8 @@ TEMPLATES = "admin/credentials/credential/"
 #: The session key of the confirmations handed out and not yet used (the newest few).
 CONFIRMATIONS_SESSION_KEY = "agentidp.console.confirmations"
 CONFIRMATIONS_KEPT = 20
+
+logger = logging.getLogger(__name__)
 
 
 def _confirmation_issue(request: HttpRequest) -> str:
@@ -503,10 +506,33 @@ class CredentialAdmin(ConsoleAdmin):
             "grace_period_seconds": grace_period_seconds,
         }
         response = TemplateResponse(request, TEMPLATES + "issued.html", context)
+        try:
+            # Now, not on the way out: the changes are committed, and these secrets exist nowhere else.
+            response.render()
+        except Exception as exc:
+            logger.error("the page of new secrets could not be rendered; showing a plain one error=%s", type(exc).__name__)
+            response = HttpResponse(_plain_issued_page(title, results))
         # The page holds secrets: no cache, proxy or back button may keep it.
         add_never_cache_headers(response)
         response["Pragma"] = "no-cache"
         return response
+
+
+def _plain_issued_page(title: str, results: list[dict[str, Any]]) -> str:
+    """The new secrets on a page with nothing in it that can fail to render: the last resort, after the commit."""
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td><code>{}</code></td></tr>",
+        ((result["credential"].client_id, result.get("client_secret") or result.get("error", "")) for result in results),
+    )
+    return format_html(
+        "<!DOCTYPE html><html><head><title>{}</title></head><body><h1>{}</h1>"
+        "<p>Copy each new secret now: AgentIdP cannot show it again.</p>"
+        "<table><tr><th>clientId</th><th>New clientSecret</th></tr>{}</table></body></html>",
+        title,
+        title,
+        rows,
+    )
 
 
 # --- the audit trail --------------------------------------------------------------------------

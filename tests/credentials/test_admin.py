@@ -1085,3 +1085,28 @@ def test_audit_trail_link_on_a_page_leads_to_its_events(client, trail, page):
 
     assert expected and expected != set(AuditEvent.objects.values_list("pk", flat=True))
     assert shown(client.get(html.unescape(link))) == expected
+
+
+def test_a_result_page_that_cannot_be_rendered_still_shows_the_new_secret(
+    client, operator, issued, token_response, monkeypatch, caplog
+):
+    from django.template.response import TemplateResponse
+
+    class Failing(TemplateResponse):
+        def render(self):
+            if str(self.template_name).endswith("issued.html"):
+                raise RuntimeError("the template broke")
+            return super().render()
+
+    monkeypatch.setattr("credentials.admin.TemplateResponse", Failing)
+    confirmation = ask_to_rotate(client, "button-get", [issued.credential])
+
+    response = confirm_rotation(client, "button", [issued.credential], confirmation)
+
+    assert response.status_code == 200
+    assert_never_cached(response)
+    page = response.content.decode()
+    [new] = re.findall(r"<code>([^<]+)</code>", page)
+    assert issued.credential.client_id in page
+    assert token_status(token_response, issued.credential.client_id, new) == 200
+    assert_logs_keep(caplog, new)
