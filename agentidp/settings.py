@@ -129,6 +129,15 @@ AGENTIDP_AUTH_FAILURES_TOTAL = env.int("AGENTIDP_AUTH_FAILURES_TOTAL", default=1
 # How long an address that authenticated a clientId stays known to it.
 AGENTIDP_KNOWN_ADDRESS_SECONDS = env.int("AGENTIDP_KNOWN_ADDRESS_SECONDS", default=7 * 86400)
 
+# --- Console sign-in --------------------------------------------------------------------------
+# Django's ModelBackend behind failure limits (agentidp/console_login.py), in the windows above.
+AUTHENTICATION_BACKENDS = ["agentidp.console_login.ConsoleLoginBackend"]
+# Per window; 0 turns a limit off. Failed sign-ins for one username (whether or not an account
+# holds it), and from one address. An address that signed in as the account within
+# AGENTIDP_KNOWN_ADDRESS_SECONDS is always heard.
+AGENTIDP_CONSOLE_LOGIN_FAILURES_PER_ACCOUNT = env.int("AGENTIDP_CONSOLE_LOGIN_FAILURES_PER_ACCOUNT", default=5)
+AGENTIDP_CONSOLE_LOGIN_FAILURES_PER_ADDRESS = env.int("AGENTIDP_CONSOLE_LOGIN_FAILURES_PER_ADDRESS", default=20)
+
 # --- Tokens ---------------------------------------------------------------------------------
 AGENTIDP_ISSUER = env.str("AGENTIDP_ISSUER", default="http://localhost:8000").rstrip("/")
 AGENTIDP_AUDIENCE = env.str("AGENTIDP_AUDIENCE", default="") or AGENTIDP_ISSUER

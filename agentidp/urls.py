@@ -7,6 +7,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from . import health
 from .apidocs import SchemaView, SwaggerView
+from .console_login import ConsoleAuthenticationForm
 from .middleware import page_not_found
 
 
@@ -17,6 +18,9 @@ def view_on_site(request, content_type_id, object_id):
     except (ValidationError, ValueError):
         raise Http404("No such object.") from None
 
+
+# The console's sign-in says when it refuses for too many failures (agentidp/console_login.py).
+admin.site.login_form = ConsoleAuthenticationForm
 
 urlpatterns = [
     path("", include("oauth.urls")),
