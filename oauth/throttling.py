@@ -5,7 +5,8 @@ Three counters per fixed window of AGENTIDP_RATE_LIMIT_WINDOW_SECONDS, kept in t
 cache so that every server process shares them (Redis with CACHE_URL=redis://...):
 
 - token requests per client address (AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS), counted before
-  the request is read;
+  the request is read; over it, an address that authenticated nothing lately is refused
+  then, and one that did is read only to hear the clientIds it authenticated;
 - failed client authentications per address (AGENTIDP_AUTH_FAILURES_PER_ADDRESS);
 - failed client authentications per clientId (AGENTIDP_AUTH_FAILURES_PER_CLIENT), presented
   ids that match no credential included;
@@ -13,14 +14,17 @@ cache so that every server process shares them (Redis with CACHE_URL=redis://...
   spread over many addresses and clientIds.
 
 A request over a limit is answered 429 with Retry-After before any secret is verified, so
-a throttled attacker costs no bcrypt or Vault work. Failures must not lock legitimate
-clients out, not even those that share an address with an attacker: over any failure
-limit, an address that authenticated that clientId within AGENTIDP_KNOWN_ADDRESS_SECONDS
-is still heard; over the total, an address that authenticated any clientId in that time
-is too (a new agent on a known host). A secret the verified-secret cache vouches for is
-always heard (it costs no store work). Only what this address has not proven lately
-waits. Each limit reached writes one audit event per window and key, never one per
-refusal.
+a throttled attacker costs no bcrypt or Vault work. Limits must not lock legitimate
+clients out, not even those that share an address with an attacker (a NAT, a cluster's
+egress, a CI runner pool): over any limit, the ceiling included, an address that
+authenticated that clientId within AGENTIDP_KNOWN_ADDRESS_SECONDS is still heard, until
+that pair of address and clientId fails AGENTIDP_AUTH_FAILURES_PER_CLIENT times in a
+window itself (an attacker on the agent's own address, guessing its secret, gets no more
+store work than from anywhere else); over the total, an address that authenticated any
+clientId in that time is heard too (a new agent on a known host). A secret the
+verified-secret cache vouches for is always heard once the request is read (it costs no
+store work). Only what this address has not proven lately waits. Each limit reached
+writes one audit event per window and key, never one per refusal.
 
 If the cache fails, the limits are not applied (logged): they protect the service, and
 must not become the way to take it down.
@@ -265,8 +269,19 @@ def _reached(limit: str, *, address: str, client_id: str | None = None) -> None:
     )
 
 
+#: Set on a request that came over its address's ceiling but from an address that authenticated lately.
+OVER_CEILING_ATTRIBUTE = "_agentidp_over_ceiling"
+
+
 def count_token_request(request: HttpRequest) -> None:
-    """Count a token request against its address; raise Throttled once the address is over its ceiling."""
+    """
+    Count a token request against its address's ceiling, before the request is read.
+
+    Over the ceiling, an address that authenticated no clientId lately is refused at once
+    (Throttled). One that did may hold agents beside whoever floods it: its request is
+    marked, read, and heard only for a clientId this address authenticated
+    (AuthenticationGuard.check).
+    """
     limit = settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS
     if limit <= 0:
         return
@@ -275,7 +290,14 @@ def count_token_request(request: HttpRequest) -> None:
     if count == limit + 1:
         _reached("address_requests", address=address)
     if count > limit:
-        raise refusal("address_requests")
+        if not counters_read(_known_address_mark(address)):
+            raise refusal("address_requests")
+        setattr(request, OVER_CEILING_ATTRIBUTE, True)
+
+
+def _known_address_mark(address: str) -> tuple[str, str]:
+    """The mark that this address authenticated some clientId lately."""
+    return known_mark(f"*:{address}")
 
 
 @dataclasses.dataclass
@@ -284,15 +306,18 @@ class AuthenticationGuard:
     The failure limits for one client authentication: check before verifying, record after.
 
     `check()` decides whether a store may be asked (`store_allowed`). An address that
-    authenticated this clientId lately always may. Otherwise not when the address's
-    failures are over their limit (whoever else shares it: a NAT, a cluster's egress), nor
-    when the clientId's are, nor when all failures are over theirs and this address has
-    not authenticated any clientId lately. Withholding the store never refuses a secret
-    the verified-secret cache vouches for: only what needs store work to be believed waits.
+    authenticated this clientId lately always may, until this pair's own failures reach
+    their limit. Otherwise not when the address's failures are over their limit (whoever
+    else shares it: a NAT, a cluster's egress), nor when the clientId's are, nor when all
+    failures are over theirs and this address has not authenticated any clientId lately.
+    Withholding the store never refuses a secret the verified-secret cache vouches for:
+    only what needs store work to be believed waits. A request over its address's ceiling
+    (`over_ceiling`) is refused outright unless this pair is heard.
     """
 
     address: str
     client_id: str
+    over_ceiling: bool = False
     store_allowed: bool = True
     #: This address authenticated this clientId lately / any clientId lately.
     known_to_client: bool = False
@@ -302,36 +327,41 @@ class AuthenticationGuard:
 
     @classmethod
     def for_request(cls, request: HttpRequest, client_id: str) -> AuthenticationGuard:
-        return cls(address=client_address(request), client_id=client_id)
+        over = getattr(request, OVER_CEILING_ATTRIBUTE, False)
+        return cls(address=client_address(request), client_id=client_id, over_ceiling=over)
 
     @functools.cached_property
     def ref(self) -> str:
         return client_ref(self.client_id)
 
     @property
-    def limits(self) -> tuple[FailureLimit, FailureLimit, FailureLimit]:
-        """The failures of this address, of this clientId, and of all."""
+    def limits(self) -> tuple[FailureLimit, FailureLimit, FailureLimit, FailureLimit]:
+        """The failures of this address, of this clientId, of all, and of this pair of address and clientId."""
+        per_client = settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT
         return (
             FailureLimit(
                 "address_failures", "failures-address", self.address, settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS
             ),
-            FailureLimit("client_failures", "failures-client", self.ref, settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT),
+            FailureLimit("client_failures", "failures-client", self.ref, per_client),
             FailureLimit("total_failures", "failures-total", "all", settings.AGENTIDP_AUTH_FAILURES_TOTAL),
+            FailureLimit("pair_failures", "failures-pair", f"{self.ref}:{self.address}", per_client),
         )
 
     def check(self) -> None:
-        per_address, per_client, total = self.limits
-        if not (per_address.on or per_client.on or total.on):
+        per_address, per_client, total, pair = self.limits
+        if not (self.over_ceiling or per_address.on or per_client.on or total.on):
             return
-        # One cache read for all: the three counters, and what this address authenticated lately.
+        # One cache read for all: the counters, and what this address authenticated lately.
         counts = counters_read(
-            per_address.key, per_client.key, total.key, self._known_to_client_key, self._known_address_key
+            per_address.key, per_client.key, total.key, pair.key, self._known_to_client_key, self._known_address_key
         )
         self.known_to_client = bool(counts.get(self._known_to_client_key))
         self.known_address = self.known_to_client or bool(counts.get(self._known_address_key))
-        if self.known_to_client:
-            return  # this address proved this clientId lately: no neighbour's or attacker's failures silence it
-        for limit in (per_address, per_client):
+        if self.known_to_client and not pair.over(counts):
+            return  # this address proved this clientId lately: no neighbour's failures or flood silence it
+        if self.over_ceiling:
+            raise refusal("address_requests")
+        for limit in (per_address, per_client, pair):
             if limit.over(counts):
                 self.store_allowed, self.limit = False, limit.name
                 return
@@ -343,17 +373,19 @@ class AuthenticationGuard:
         return refusal(self.limit)
 
     def failed(self) -> None:
-        per_address, per_client, total = self.limits
+        per_address, per_client, total, pair = self.limits
         if per_address.count():
             _reached(per_address.name, address=self.address)
         if per_client.count():
             _reached(per_client.name, address=self.address, client_id=self.client_id)
         if total.count():
             _reached(total.name, address=self.address)
+        if self.known_to_client and pair.count():  # only a known pair is heard past the others
+            _reached(pair.name, address=self.address, client_id=self.client_id)
 
     def succeeded(self) -> None:
         """Remember that this address authenticated the clientId (each mark written once, not on every success)."""
-        if settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT <= 0 and settings.AGENTIDP_AUTH_FAILURES_TOTAL <= 0:
+        if not any(limit.on for limit in self.limits) and settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS <= 0:
             return
         known_remember(
             *(
@@ -372,4 +404,4 @@ class AuthenticationGuard:
 
     @property
     def _known_address_key(self) -> tuple[str, str]:
-        return known_mark(f"*:{self.address}")
+        return _known_address_mark(self.address)

@@ -305,23 +305,61 @@ def test_successes_and_malformed_requests_do_not_count_as_failures(client, issue
 # --- the ceiling per address --------------------------------------------------------------------
 
 
-def test_the_token_endpoint_refuses_an_address_over_its_ceiling_before_reading_the_request(
+def test_the_token_endpoint_refuses_an_address_that_authenticated_nothing_over_its_ceiling_before_reading(
     client, issued, limits, bcrypt_checks
 ):
     limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 3
     for _ in range(3):
-        assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+        assert token(client, issued.credential.client_id, "wrong", ATTACKER).status_code == 401
     checks = len(bcrypt_checks)
 
-    assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, OWNER))
+    assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))
     assert_rate_limited(
-        client.post(TOKEN_URL, b"\xff\xfe not even a form", content_type="text/plain", REMOTE_ADDR=OWNER)
+        client.post(TOKEN_URL, b"\xff\xfe not even a form", content_type="text/plain", REMOTE_ADDR=ATTACKER)
     )
+    assert len(bcrypt_checks) == checks
     assert token(client, issued.credential.client_id, issued.client_secret, ELSEWHERE).status_code == 200
 
-    assert len(bcrypt_checks) == checks
     [event] = rate_limit_events()
-    assert event.details == {"limit": "address_requests", "address": OWNER, "windowSeconds": 60}
+    assert event.details == {"limit": "address_requests", "address": ATTACKER, "windowSeconds": 60}
+
+
+@pytest.mark.parametrize("vouched_by", ["verified-secret cache", "known address"])
+def test_a_neighbour_flooding_a_shared_address_past_its_ceiling_never_locks_out_its_known_agents(
+    client, agent, issued, limits, settings, bcrypt_checks, vouched_by
+):
+    if vouched_by == "known address":
+        settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0
+    limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 5
+    shared = "198.51.100.30"
+    assert token(client, issued.credential.client_id, issued.client_secret, shared).status_code == 200
+    newcomer = make_credential(agent)
+    for index in range(10):  # the neighbour's flood, past the ceiling
+        token(client, f"made-up-{index}", "guess", shared)
+    checks = len(bcrypt_checks)
+
+    for _ in range(3):
+        assert token(client, issued.credential.client_id, issued.client_secret, shared).status_code == 200
+    assert_rate_limited(token(client, newcomer.credential.client_id, newcomer.client_secret, shared))
+    assert_rate_limited(token(client, "made-up-99", "guess", shared))
+    assert len(bcrypt_checks) == checks + (3 if vouched_by == "known address" else 0)
+
+
+def test_an_attacker_on_an_agents_own_address_gets_no_more_store_work_for_its_client_id_than_from_elsewhere(
+    client, issued, limits, bcrypt_checks
+):
+    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 3
+    shared = "198.51.100.31"
+    client_id = issued.credential.client_id
+    assert token(client, client_id, issued.client_secret, shared).status_code == 200
+    checks = len(bcrypt_checks)
+
+    statuses = [token(client, client_id, f"guess-{index}", shared).status_code for index in range(10)]
+
+    assert statuses == [401] * 3 + [429] * 7
+    assert len(bcrypt_checks) == checks + 3
+    assert token(client, client_id, issued.client_secret, shared).status_code == 200  # the cache still vouches
+    assert "pair_failures" in [event.details["limit"] for event in rate_limit_events()]
 
 
 # --- the client's address -----------------------------------------------------------------------
