@@ -265,7 +265,8 @@ def test_rotation_with_grace_keeps_the_old_secret_working_from_the_cache_until_t
     assert grace.stored_secret == old_stored
 
     # Matched as the grace entry: a secret trusted since the rotation, so checked by the store once...
-    assert services._secret_matching(current, old) == (old_stored, True)
+    matched, by_store = services._secret_matching(current, old)
+    assert (matched.stored, by_store) == (old_stored, True)
     assert asked_for(store_asked.bcrypt) == [current.stored_secret, old_stored]
     # ...and then answered from the cache; only the new current hash is still asked.
     assert credential_authenticate(client_id=client_id, client_secret=old).pk == current.pk
