@@ -14,9 +14,12 @@ Django cache:
 Over either, no password is checked (no hasher work) and the backend tells authenticate()
 to stop (PermissionDenied); ConsoleAuthenticationForm then says so on the login page, the
 same for every username. An address that signed in as this account within
-AGENTIDP_KNOWN_ADDRESS_SECONDS is always heard, so that nobody elsewhere, nor a neighbour
-behind the same NAT, can lock an operator out from where they usually sign in. A right
-password from a new address waits for the window while the account is over its limit.
+AGENTIDP_KNOWN_ADDRESS_SECONDS is heard past both, so that nobody elsewhere, nor a
+neighbour behind the same NAT, can lock an operator out from where they usually sign in;
+until that pair of address and account itself fails AGENTIDP_CONSOLE_LOGIN_FAILURES_PER_ADDRESS
+times in a window (someone on the operator's own address guessing the operator's
+password). A right password from a new address waits for the window while the account is
+over its limit.
 
 Each limit reached writes one `client.rate_limited` audit event per window and key, with
 the username only when an account holds it. If the cache fails, nothing is limited
@@ -87,8 +90,8 @@ class ConsoleLoginGuard:
         return account_ref(self.username)
 
     @property
-    def limits(self) -> tuple[FailureLimit, FailureLimit]:
-        """The failures for this account, and from this address."""
+    def limits(self) -> tuple[FailureLimit, FailureLimit, FailureLimit]:
+        """The failures for this account, from this address, and of this pair of address and account."""
         return (
             FailureLimit(
                 "console_account_failures",
@@ -102,6 +105,12 @@ class ConsoleLoginGuard:
                 self.address,
                 settings.AGENTIDP_CONSOLE_LOGIN_FAILURES_PER_ADDRESS,
             ),
+            FailureLimit(
+                "console_pair_failures",
+                "console-failures-pair",
+                f"{self.ref}:{self.address}",
+                settings.AGENTIDP_CONSOLE_LOGIN_FAILURES_PER_ADDRESS,
+            ),
         )
 
     @property
@@ -110,20 +119,22 @@ class ConsoleLoginGuard:
 
     def check(self) -> Throttled | None:
         """Return the refusal when a limit is reached and this address has not signed in as this account lately."""
-        per_account, per_address = self.limits
+        per_account, per_address, pair = self.limits
         if not (per_account.on or per_address.on):
             return None
-        counts = counters_read(per_account.key, per_address.key, self._known_key)
+        counts = counters_read(per_account.key, per_address.key, pair.key, self._known_key)
         self.known = bool(counts.get(self._known_key))
-        if self.known:
+        if self.known and not pair.over(counts):
             return None  # no attacker's or neighbour's failures silence an operator where they sign in
-        for limit in (per_account, per_address):
+        for limit in (pair, per_account, per_address) if self.known else (per_account, per_address):
             if limit.over(counts):
                 return refusal(limit.name)
         return None
 
     def failed(self) -> None:
-        per_account, per_address = self.limits
+        per_account, per_address, pair = self.limits
+        if self.known and pair.count():
+            limit_reached(pair.name, address=self.address, details={"accountRef": self.ref})
         if per_account.count():
             user = _user_named(self.username)
             limit_reached(

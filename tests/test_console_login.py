@@ -277,3 +277,17 @@ def test_signing_in_without_a_request_is_not_limited(db, staff, limits):
     for attempt in range(10):
         assert authenticate(username="operator", password=f"guess-{attempt}") is None
     assert authenticate(username="operator", password=PASSWORD) == staff
+
+
+def test_someone_on_the_operators_own_address_gets_no_more_guesses_than_the_address_limit(
+    db, staff, limits, hashing
+):
+    assert signed_in(sign_in("operator", PASSWORD, OWNER))
+    before = len(hashing)
+
+    answers = [sign_in("operator", f"guess-{attempt}", OWNER) for attempt in range(30)]
+
+    assert all(wrong_password(response) for response in answers[:20])
+    assert all(throttled(response) for response in answers[20:])
+    assert len(hashing) == before + 20
+    assert "console_pair_failures" in [event.details["limit"] for event in limit_events()]
