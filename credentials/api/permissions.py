@@ -23,6 +23,8 @@ class IsAgentIdPAdmin(BasePermission):
     session_message = "Your account lacks the console permission this call needs."
 
     def has_permission(self, request, view) -> bool:
+        if request.method == "OPTIONS":
+            return True  # a description of the route (agentidp.negotiation.Metadata): names and media types only
         if isinstance(request.auth, ActiveToken):
             self.message = self.token_message
             return settings.AGENTIDP_ADMIN_SCOPE in request.auth.scopes
