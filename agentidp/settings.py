@@ -124,6 +124,9 @@ AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = env.int("AGENTIDP_TOKEN_REQUESTS_PER_ADDRE
 # that have not authenticated it lately; those keep being heard).
 AGENTIDP_AUTH_FAILURES_PER_ADDRESS = env.int("AGENTIDP_AUTH_FAILURES_PER_ADDRESS", default=30)
 AGENTIDP_AUTH_FAILURES_PER_CLIENT = env.int("AGENTIDP_AUTH_FAILURES_PER_CLIENT", default=10)
+# ...and for one clientId from an address that authenticated it lately (heard past the others
+# until then: whoever shares the address with its agent is held to this many guesses).
+AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR = env.int("AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR", default=3)
 # ...and failed client authentications in all, however spread over addresses and clientIds.
 AGENTIDP_AUTH_FAILURES_TOTAL = env.int("AGENTIDP_AUTH_FAILURES_TOTAL", default=120)
 # How long an address that authenticated a clientId stays known to it.

@@ -18,7 +18,7 @@ a throttled attacker costs no bcrypt or Vault work. Limits must not lock legitim
 clients out, not even those that share an address with an attacker (a NAT, a cluster's
 egress, a CI runner pool): over any limit, the ceiling included, an address that
 authenticated that clientId within AGENTIDP_KNOWN_ADDRESS_SECONDS is still heard, until
-that pair of address and clientId fails AGENTIDP_AUTH_FAILURES_PER_CLIENT times in a
+that pair of address and clientId fails AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR times in a
 window itself (an attacker on the agent's own address, guessing its secret, gets no more
 store work than from anywhere else); over the total, an address that authenticated any
 clientId in that time is heard too (a new agent on a known host). A secret the
@@ -344,7 +344,12 @@ class AuthenticationGuard:
             ),
             FailureLimit("client_failures", "failures-client", self.ref, per_client),
             FailureLimit("total_failures", "failures-total", "all", settings.AGENTIDP_AUTH_FAILURES_TOTAL),
-            FailureLimit("pair_failures", "failures-pair", f"{self.ref}:{self.address}", per_client),
+            FailureLimit(
+                "pair_failures",
+                "failures-pair",
+                f"{self.ref}:{self.address}",
+                settings.AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR,
+            ),
         )
 
     def check(self) -> None:

@@ -33,6 +33,7 @@ def limits(settings):
     settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 0
     settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 0
     settings.AGENTIDP_AUTH_FAILURES_TOTAL = 0
+    settings.AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR = 0
     return settings
 
 
@@ -345,10 +346,11 @@ def test_a_neighbour_flooding_a_shared_address_past_its_ceiling_never_locks_out_
     assert len(bcrypt_checks) == checks + (3 if vouched_by == "known address" else 0)
 
 
-def test_an_attacker_on_an_agents_own_address_gets_no_more_store_work_for_its_client_id_than_from_elsewhere(
+def test_an_attacker_on_an_agents_own_address_gets_no_more_store_work_for_its_client_id_than_its_budget(
     client, issued, limits, bcrypt_checks
 ):
-    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 3
+    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 10
+    limits.AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR = 3
     shared = "198.51.100.31"
     client_id = issued.credential.client_id
     assert token(client, client_id, issued.client_secret, shared).status_code == 200
