@@ -366,6 +366,8 @@ def main() -> None:
             "stopped_by_time_limit": cut_short,
             "cold_used": {store: pool.taken for store, pool in traffic.cold.items()},
             "cold_short": {store: pool.short for store, pool in traffic.cold.items()},
+            # Pairs of address and clientId the warm-up authenticated: each a known pair to the limits.
+            "known_pairs": sum(len(held) for held in traffic.held_at.values()),
         }
     )
 

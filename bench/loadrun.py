@@ -35,8 +35,11 @@ from bench.harness import PYTHON, ROOT, BenchError, receive, send, shown, withou
 SCENARIO_NAMES = ("clean", "vault-outage", "attack", "shared-address")
 #: Scenarios with attackers among the agents' requests (the load generator's "attack" mode).
 ATTACK_SCENARIOS = ("attack", "shared-address")
-#: In the shared-address scenario, at least this share of the attackers' requests must be answered 429.
-SHARED_ATTACKERS_THROTTLED = 0.9
+#: The server's failure limits in the load runs (AgentIdP's defaults), per window of this many seconds:
+#: what the shared-address scenario checks the attackers' verifications against.
+LIMIT_WINDOW_SECONDS = 60
+AUTH_FAILURES_PER_ADDRESS = 30
+AUTH_FAILURES_PER_KNOWN_PAIR = 3
 #: Rates no 2-core run reaches, per core: the cold pools are sized from it, so that they do not run out.
 RATE_BOUND_PER_CORE = 1000
 #: A cold pool holds this much more than the expected need, and this many credentials more on top.
@@ -326,6 +329,17 @@ def measure(bench: LoadBench, name: str, credentials: dict[str, list]) -> dict[s
             groups["established agents (warm credential)"] = stats(of_kinds(rows, ESTABLISHED_KINDS), elapsed)
             groups["new agents (never-used credential)"] = stats(of_kinds(rows, ("bc", "vc")), elapsed)
         report["groups"]["attackers, all"] = stats(of_kinds(rows, ATTACK_KINDS), elapsed)
+        if name == "shared-address":
+            # Fixed windows: a run of this length touches at most this many of them.
+            windows = math.floor(elapsed / LIMIT_WINDOW_SECONDS) + 2
+            pairs = result["known_pairs"]
+            report["attackers_verified_bound"] = {
+                "windows": windows,
+                "known_pairs": pairs,
+                "neighbours": windows * pairs * AUTH_FAILURES_PER_KNOWN_PAIR,
+                "all": windows
+                * (job["shared_addresses"] * AUTH_FAILURES_PER_ADDRESS + pairs * AUTH_FAILURES_PER_KNOWN_PAIR),
+            }
         legit = report["groups"]["legitimate, all"]["requests"]
         report["attack_ratio_measured"] = (
             round(report["groups"]["attackers, all"]["requests"] / legit, 2) if legit else None
@@ -469,17 +483,27 @@ def evaluate_checks(reports: dict[str, dict]) -> list[dict]:
             attackers["status_401"] + attackers["status_429"] == attackers["requests"],
             statuses(attackers),
         )
-        throttled = attackers["status_429"] / attackers["requests"] if attackers["requests"] else 0.0
+        report = reports["shared-address"]
+        bound = report["attackers_verified_bound"]
         verified = ", ".join(
             f"{label.removeprefix('attackers, ')}: {group['status_401']} of {group['requests']}"
-            for label, group in reports["shared-address"]["kinds"].items()
+            for label, group in report["kinds"].items()
             if label.startswith("attackers")
         )
         add(
             "shared-address",
-            f"attackers throttled: at least {SHARED_ATTACKERS_THROTTLED:.0%} answered 429 before any verification",
-            throttled >= SHARED_ATTACKERS_THROTTLED,
-            f"429: {throttled:.1%}; verified (401) by kind: {verified}",
+            "attackers verified (401) no more often than the limits allow: per window, "
+            f"{AUTH_FAILURES_PER_ADDRESS} per address and {AUTH_FAILURES_PER_KNOWN_PAIR} per known pair",
+            attackers["status_401"] <= bound["all"],
+            f"{attackers['status_401']} verified, at most {bound['all']}; 429: {attackers['status_429']}; by kind: {verified}",
+        )
+        neighbours = sum(group["status_401"] for label, group in report["kinds"].items() if "neighbour" in label)
+        add(
+            "shared-address",
+            f"wrong secrets for a neighbour's clientId verified at most {AUTH_FAILURES_PER_KNOWN_PAIR} times "
+            "per known pair and window",
+            neighbours <= bound["neighbours"],
+            f"{neighbours} verified, at most {bound['neighbours']}",
         )
     return checks
 
