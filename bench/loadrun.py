@@ -453,37 +453,28 @@ def evaluate_checks(reports: dict[str, dict]) -> list[dict]:
             agents["agents_recovered"] == agents["agents_with_503"],
             f"{agents['agents_recovered']} of {agents['agents_with_503']}",
         )
-    if "attack" in reports:
-        groups = reports["attack"]["groups"]
-        legit, attackers = groups["legitimate, all"], groups["attackers, all"]
+    for name, label, what in (
+        ("attack", "legitimate, all", "every legitimate request answered 200 (no lockout)"),
+        (
+            "shared-address",
+            "established agents (warm credential)",
+            "established agents: every request answered 200 (no lockout by their address's attackers)",
+        ),
+    ):
+        if name not in reports:
+            continue
+        groups = reports[name]["groups"]
+        legit, attackers = groups[label], groups["attackers, all"]
+        add(name, what, legit["status_200"] == legit["requests"], statuses(legit))
         add(
-            "attack",
-            "every legitimate request answered 200 (no lockout)",
-            legit["status_200"] == legit["requests"],
-            statuses(legit),
-        )
-        add(
-            "attack",
+            name,
             "attackers answered only 401 or 429",
             attackers["status_401"] + attackers["status_429"] == attackers["requests"],
             statuses(attackers),
         )
     if "shared-address" in reports:
-        groups = reports["shared-address"]["groups"]
-        established, attackers = groups["established agents (warm credential)"], groups["attackers, all"]
-        add(
-            "shared-address",
-            "established agents: every request answered 200 (no lockout by their address's attackers)",
-            established["status_200"] == established["requests"],
-            statuses(established),
-        )
-        add(
-            "shared-address",
-            "attackers answered only 401 or 429",
-            attackers["status_401"] + attackers["status_429"] == attackers["requests"],
-            statuses(attackers),
-        )
         report = reports["shared-address"]
+        attackers = report["groups"]["attackers, all"]
         bound = report["attackers_verified_bound"]
         verified = ", ".join(
             f"{label.removeprefix('attackers, ')}: {group['status_401']} of {group['requests']}"
