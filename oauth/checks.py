@@ -2,8 +2,16 @@ from django.core.checks import Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 
-@register()
+@register(deploy=True)
 def check_signing_key(app_configs=None, **kwargs):
+    """
+    Report a signing key (or a retired one) that is missing or unusable.
+
+    A deploy check, not one every command runs: migrate, createsuperuser and
+    bootstrap_admin neither sign nor verify tokens, and a fresh installation has no key
+    yet. What serves requests checks the key when it loads (agentidp.wsgi), so a server
+    without one fails at start, not at its first token.
+    """
     from .keys import get_retired_keys, get_signing_key
 
     get_signing_key.cache_clear()
