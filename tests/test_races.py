@@ -57,6 +57,8 @@ def _no_rate_limits(settings):
     settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 0
     settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 0
     settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 0
+    settings.AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR = 0
+    settings.AGENTIDP_AUTH_FAILURES_TOTAL = 0
 
 
 @pytest.fixture
