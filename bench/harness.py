@@ -457,7 +457,8 @@ class Bench:
         send(self.loadgen.stdin, "go")
         receive(self.loadgen.stdout, "done")
         after = self.cpu_snapshot()
-        vault_calls = self.vault_command({"op": "count"})["count"]
+        vault_count = self.vault_command({"op": "count"})
+        vault_calls = vault_count["count"]
         rss = self.worker_rss_mb()
         result = receive(self.loadgen.stdout, "result")
         self.loadgen.wait(timeout=30)
@@ -474,6 +475,10 @@ class Bench:
             "description": scenario.description,
             **result,
             "vault_calls_per_request": round(vault_calls / requests, 3) if requests else None,
+            # OpenBao only: the mean time its core took to handle one of those calls (bench/openbao.py).
+            "vault_handling_ms_per_call": (
+                round(vault_count["handling_ms"] / vault_calls, 3) if "handling_ms" in vault_count and vault_calls else None
+            ),
             "cpu_s": cpu,
             "server_cpu_ms_per_request": round(cpu["gunicorn"] / requests * 1000, 3) if requests else None,
             "loadgen_core_share": round(cpu["loadgen"] / elapsed, 3) if elapsed else None,

@@ -4,13 +4,15 @@ A real Vault-API server for the benchmarks: OpenBao's dev server (tests/bao.py),
 bench/harness.py drives it through the same commands as the in-process test server
 (bench/vault_server.py), answered here instead of over a pipe:
 
-    {"op": "count"}              -> {"count": <requests the server handled since the last clear>}
+    {"op": "count"}              -> {"count": <requests the server handled since the last clear>,
+                                     "handling_ms": <the time its core spent handling them>}
     {"op": "clear"}              -> {"ok": true}
     {"op": "load", "file": PATH} -> {"written": N} PATH holds JSON [[kv_key, secret], ...]
 
 `count` reads OpenBao's own telemetry (`sys/metrics?format=prometheus`, on in dev mode):
 `vault_core_handle_request_count` counts every request its core handled, authenticated or
-not; sys/metrics itself is not among them. `load` writes each secret over HTTP as version 1
+not (sys/metrics itself is not among them), and `vault_core_handle_request_sum` their time
+from routing to answer inside the server, in milliseconds (no HTTP parsing, no network). `load` writes each secret over HTTP as version 1
 of its key, with AgentIdP's token, on a few keep-alive connections. The outage commands
 (`down`, `up`) have no equivalent on a real server: they raise BenchError.
 
@@ -39,8 +41,9 @@ MOUNT = "secret"
 POLICY_NAME = "agentidp"
 #: Concurrent connections that `load` writes on.
 LOAD_CONNECTIONS = 8
-#: The metric that counts the requests the server's core handled.
+#: The metrics that count the requests the server's core handled, and sum their handling time (ms).
 REQUEST_COUNTER = "vault_core_handle_request_count"
+REQUEST_TIME = "vault_core_handle_request_sum"
 
 
 class OpenBaoVault:
@@ -57,7 +60,7 @@ class OpenBaoVault:
         self.server = BaoDevServer(binary)
         self.token = ""
         self.version = ""
-        self.baseline = 0
+        self.baseline = (0, 0.0)
 
     def start(self) -> dict[str, str]:
         """Start the server, give AgentIdP's policy a token; return AgentIdP's VAULT_ADDR and VAULT_TOKEN."""
@@ -87,7 +90,8 @@ class OpenBaoVault:
     def command(self, command: dict) -> dict:
         op = command["op"]
         if op == "count":
-            return {"count": self.handled_requests() - self.baseline}
+            count, handling_ms = self.handled_requests()
+            return {"count": count - self.baseline[0], "handling_ms": round(handling_ms - self.baseline[1], 3)}
         if op == "clear":
             self.baseline = self.handled_requests()
             return {"ok": True}
@@ -100,7 +104,8 @@ class OpenBaoVault:
             )
         raise BenchError(f"unknown Vault command {op!r}")
 
-    def handled_requests(self) -> int:
+    def handled_requests(self) -> tuple[int, float]:
+        """The requests the server's core handled so far, and the milliseconds it spent on them."""
         connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
         try:
             connection.request(
@@ -114,11 +119,12 @@ class OpenBaoVault:
             connection.close()
         if response.status != 200:
             raise BenchError(f"OpenBao's metrics answered {response.status}")
+        values = {}
         for line in text.splitlines():
             name, _, value = line.partition(" ")
-            if name == REQUEST_COUNTER:
-                return int(float(value))
-        return 0  # no request handled yet
+            if name in (REQUEST_COUNTER, REQUEST_TIME):
+                values[name] = float(value)
+        return int(values.get(REQUEST_COUNTER, 0)), values.get(REQUEST_TIME, 0.0)  # absent: none handled yet
 
     def load(self, path: Path) -> int:
         """Write [[kv_key, secret], ...] as version 1 of each key, on a few keep-alive connections."""
