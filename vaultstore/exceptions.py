@@ -52,6 +52,23 @@ class SecretReadError(SecretStoreError):
     retry_after = 5
 
 
+class SecretMissing(SecretReadError):
+    """
+    The store answered, and does not hold the version of a secret that the database trusts.
+
+    Raised only where the database trusts that secret now (a credential's verification), so
+    it says the store lost data the database relies on (a Vault restarted empty, restored
+    from an old backup, or asked on the wrong mount or namespace): the store's fault, not
+    the client's, and worth retrying once an operator has restored it. It is about one key,
+    so it never counts towards the Vault backend's circuit breaker. Its code is
+    VAULT_READ_ERROR, the contract's code for a secret that could not be read: a client
+    sees what it sees while Vault is down, and an operator learns the rest from the log,
+    the audit trail and /readyz.
+    """
+
+    retry_after = 30
+
+
 class SecretNotFound(SecretStoreError):
     """The store holds no secret where the database says one is."""
 

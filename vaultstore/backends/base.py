@@ -80,6 +80,27 @@ class BaseSecretBackend:
         """Return whether `secret` is the one kept as `stored`, in time independent of where they differ."""
         raise NotImplementedError
 
+    def verify_trusted(self, *, stored: StoredSecret, secret: str) -> bool:
+        """
+        Verify a secret that the database trusts now, as `verify` does, but never take its absence for "no".
+
+        A store that keeps something outside the database raises SecretMissing when it
+        does not hold what `stored` names: that is data the store lost, not a wrong secret.
+        Client authentication calls this; `verify` answers False there instead, for callers
+        that only ask whether a secret is the one kept. A store that keeps everything in
+        the row (bcrypt) cannot lose it, hence this default.
+        """
+        return self.verify(stored=stored, secret=secret)
+
+    def holds(self, *, stored: StoredSecret) -> bool:
+        """
+        Return whether the store still holds the secret `stored` names, without a presented secret to compare.
+
+        For `manage.py check_secrets`. Raises SecretStoreError when the store cannot
+        answer. A store that keeps everything in the row holds it while the row exists.
+        """
+        return True
+
     def verify_dummy(self, *, secret: str) -> None:
         """Spend the time of one failed verification, so an unknown client costs what a known one does."""
         raise NotImplementedError

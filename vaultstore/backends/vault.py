@@ -35,7 +35,7 @@ import urllib3.exceptions
 from django.core.exceptions import ImproperlyConfigured
 from django.views.decorators.debug import sensitive_variables
 
-from ..exceptions import SecretReadError, SecretStoreError, SecretStoreUnavailable, SecretWriteError
+from ..exceptions import SecretMissing, SecretReadError, SecretStoreError, SecretStoreUnavailable, SecretWriteError
 from .base import BaseSecretBackend, SecretOwner, StoredSecret
 
 logger = logging.getLogger(__name__)
@@ -167,6 +167,12 @@ def _client_secret(entry: dict[str, Any]) -> str:
     if not isinstance(kept, str):
         raise _MalformedEntry()
     return kept
+
+
+@sensitive_variables("kept", "secret")
+def _matches(kept: str, secret: str) -> bool:
+    """Compare a kept secret with a presented one in time independent of where they differ."""
+    return hmac.compare_digest(kept.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
 
 
 def _positive_int(value: Any) -> int:
@@ -545,7 +551,10 @@ class VaultSecretBackend(BaseSecretBackend):
         never be mistaken for it. If the key holds versions the database never recorded (a
         write whose answer was lost, or an earlier attempt whose transaction rolled back),
         the current version is read and the write retried once after it: those versions
-        were never trusted by anyone.
+        were never trusted by anyone. If the key is not there at all although the database
+        trusts a version of it, Vault lost it (restarted empty, restored from an older
+        backup): the secret is written anew, create-only, so that a rotation recovers the
+        credential. A key that is there but behind the trusted version is refused.
         Raises SecretWriteError; `maybe_written` says whether Vault may have applied it.
         """
         key = key_for(owner)
@@ -562,15 +571,25 @@ class VaultSecretBackend(BaseSecretBackend):
                     if not _mismatched_cas(exc):
                         raise
                     current = self._current_version(client, key)
-                    if current <= expected:
+                    if current == 0:
+                        # No entry at all where the database trusts a version: Vault lost it (restarted
+                        # empty, restored from an older backup). A create-only write overwrites nothing.
+                        logger.warning(
+                            "Vault has no entry where the database trusts a version; writing it anew "
+                            "path=%s trusted=%s",
+                            path,
+                            expected,
+                        )
+                    elif current <= expected:
                         raise
-                    logger.warning(
-                        "Vault holds versions the database never recorded; writing after them "
-                        "path=%s trusted=%s current=%s",
-                        path,
-                        expected,
-                        current,
-                    )
+                    else:
+                        logger.warning(
+                            "Vault holds versions the database never recorded; writing after them "
+                            "path=%s trusted=%s current=%s",
+                            path,
+                            expected,
+                            current,
+                        )
                     version = self._write(client, key, secret, cas=current)
         except _Open as exc:
             raise SecretWriteError(_FAILING_FAST, retry_after=exc.retry_after) from None
@@ -605,21 +624,52 @@ class VaultSecretBackend(BaseSecretBackend):
         metadata = data.get("metadata") if isinstance(data, dict) else None
         return _positive_int(metadata.get("version") if isinstance(metadata, dict) else None)
 
-    @sensitive_variables("secret", "kept", "response", "entry")
-    def verify(self, *, stored: StoredSecret, secret: str) -> bool:
+    @sensitive_variables("secret")
+    def verify(self, *, stored: StoredSecret, secret: str, missing_raises: bool = False) -> bool:
         """
         Read the version the database trusts and compare it with `secret` in constant time.
 
         A version that Vault no longer has (destroyed, soft-deleted, or pruned past
-        max_versions) matches nothing. Vault being unreachable, sealed, slow or refusing, or
-        answering in no KV v2 shape, raises SecretReadError, so that the caller answers "try
-        again" rather than "wrong secret"; these count towards the breaker. An entry that
-        Vault returns but that holds no client secret string (written by hand, say) raises
-        SecretReadError too, since the secret could not be read; it is about that key alone,
-        is logged with its path, and does not count towards the breaker.
+        max_versions) matches nothing, or with `missing_raises` (verify_trusted) raises
+        SecretMissing: one read either way, so that a lost secret costs what a wrong one
+        does, and a 404 is Vault's answer about one key, never counted towards the breaker.
+        Vault being unreachable, sealed, slow or refusing, or answering in no KV v2 shape,
+        raises SecretReadError, so that the caller answers "try again" rather than "wrong
+        secret"; these count towards the breaker. An entry that Vault returns but that
+        holds no client secret string (written by hand, say) raises SecretReadError too,
+        since the secret could not be read; it is about that key alone, is logged with its
+        path, and does not count towards the breaker.
+        """
+        try:
+            kept = self._kept(stored)
+        except SecretMissing:
+            if missing_raises:
+                raise
+            return False
+        return kept is not None and _matches(kept, secret)
+
+    @sensitive_variables("secret")
+    def verify_trusted(self, *, stored: StoredSecret, secret: str) -> bool:
+        """Verify as `verify` does, raising SecretMissing for a version Vault does not have."""
+        return self.verify(stored=stored, secret=secret, missing_raises=True)
+
+    def holds(self, *, stored: StoredSecret) -> bool:
+        """Return whether Vault holds the trusted version with a client secret in it (one read; the secret is dropped)."""
+        try:
+            return self._kept(stored, quiet=True) is not None
+        except SecretMissing:
+            return False
+
+    @sensitive_variables("kept", "response", "entry")
+    def _kept(self, stored: StoredSecret, *, quiet: bool = False) -> str | None:
+        """
+        Return the secret Vault keeps at the trusted version, None for a secret that is not Vault's to keep.
+
+        Raises SecretMissing when Vault answers 404 (no such key, or the version is
+        deleted, destroyed or was never written) and SecretReadError when it cannot answer.
         """
         if stored.storage != self.name or not stored.vault_version:
-            return False
+            return None
         key = self._key(stored, SecretReadError)
         try:
             with self._asking():
@@ -630,7 +680,7 @@ class VaultSecretBackend(BaseSecretBackend):
                     raise_on_deleted_version=True,
                 )
                 entry = _entry(response)
-            kept = _client_secret(entry)
+            return _client_secret(entry)
         except _Open as exc:
             raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
         except _MalformedEntry:
@@ -639,14 +689,16 @@ class VaultSecretBackend(BaseSecretBackend):
             )
             raise SecretReadError("The Vault entry at this credential's path holds no client secret.") from None
         except hvac.exceptions.InvalidPath:
-            logger.warning(
-                "Vault has no secret at the trusted version path=%s version=%s", stored.vault_path, stored.vault_version
-            )
-            return False
+            if not quiet:
+                logger.warning(
+                    "Vault has no secret at the trusted version path=%s version=%s",
+                    stored.vault_path,
+                    stored.vault_version,
+                )
+            raise SecretMissing("Vault does not hold the version of this secret that the database trusts.") from None
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
             logger.warning("Vault read failed path=%s error=%s", stored.vault_path, type(exc).__name__)
             raise SecretReadError(f"Vault {_describe(exc)} while reading a client secret.") from None
-        return hmac.compare_digest(kept.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
 
     def _read_dummy(self, client: hvac.Client) -> dict[str, Any]:
         """Read the key no credential has (InvalidPath until verify_dummy has planted its entry there)."""
