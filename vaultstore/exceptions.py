@@ -58,7 +58,7 @@ class SecretMissing(SecretReadError):
 
     Raised only where the database trusts that secret now (a credential's verification), so
     it says the store lost data the database relies on (a Vault restarted empty, restored
-    from an old backup, or asked on the wrong mount or namespace): the store's fault, not
+    from an old backup, or asked in the wrong namespace): the store's fault, not
     the client's, and worth retrying once an operator has restored it. It is about one key,
     so it never counts towards the Vault backend's circuit breaker. Its code is
     VAULT_READ_ERROR, the contract's code for a secret that could not be read: a client
