@@ -212,6 +212,8 @@ class AuditEvent(models.Model):
         CREDENTIAL_ROTATED = "credential.rotated"
         CREDENTIAL_DELETED = "credential.deleted"
         CREDENTIAL_MOVED = "credential.moved"
+        # A store does not hold a secret the credential trusts (written once per such secret).
+        CREDENTIAL_SECRET_MISSING = "credential.secret_missing", "Credential Secret Missing"
         TOKEN_REVOKED = "token.revoked"
         RATE_LIMITED = "client.rate_limited", "Client Rate Limited"
 
