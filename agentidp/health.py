@@ -16,6 +16,14 @@ process. While one request checks a store, the others take its previous answer, 
 for the first one. A store's check never counts towards the Vault backend's circuit breaker:
 a Vault that rate-limits the probes must not make token requests fail fast. An open breaker
 is still reported, up to a second late. The database is asked on every call.
+
+A store that answers but lost secrets the database trusts (a Vault restarted empty, restored
+from an old backup, or asked in the wrong namespace) is reported too: the store is "degraded",
+with the number of credentials whose secret it was seen to lack within the last
+SECRET_MISSING_REPORT_SECONDS (10 minutes) and the command that lists them. That count
+comes from the Django cache (one read per call, shared by every process when the cache is),
+written by the authentications that met the loss and by `manage.py check_secrets --record`;
+a run of `check_secrets` that finds the credentials whole clears it. No probe scans credentials.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
+from credentials.services import secrets_missing_count
 from vaultstore.backends import BaseSecretBackend, get_backends
 
 logger = logging.getLogger(__name__)
@@ -106,6 +115,32 @@ def _result(problems: list[str]) -> dict:
     return {"status": "unavailable", "problems": problems} if problems else {"status": "ok"}
 
 
+def _lost_secrets(name: str) -> list[str]:
+    """Report the credentials whose secrets this store was seen to lack lately (one cache read)."""
+    try:
+        count = secrets_missing_count(storage=name)
+    except Exception as exc:  # a cache that cannot answer knows of no loss; the store's own check still runs
+        logger.warning("readiness: cache unavailable error=%s", type(exc).__name__)
+        return []
+    if not count:
+        return []
+    noun = "credential" if count == 1 else "credentials"
+    return [
+        f"{name.capitalize()} does not hold the secrets of {count} {noun} the database trusts; "
+        "run manage.py check_secrets."
+    ]
+
+
+def _store_result(name: str, backend: BaseSecretBackend) -> dict:
+    problems = _store_problems(name, backend)
+    lost = _lost_secrets(name)
+    if problems:
+        return _result(problems + lost)
+    if lost:
+        return {"status": "degraded", "problems": lost}
+    return _result([])
+
+
 @csrf_exempt
 @never_cache
 @require_safe
@@ -115,10 +150,9 @@ def readiness(request: HttpRequest) -> JsonResponse:
     checks = {"database": _result(database_problems)}
     degraded = False
     for name, backend in get_backends().items():
-        problems = _store_problems(name, backend)
-        if problems:
+        checks[name] = _store_result(name, backend)
+        if checks[name]["status"] != "ok":
             degraded = True
-        checks[name] = _result(problems)
 
     if database_problems or (strict and degraded):
         response = JsonResponse({"status": "unavailable", "checks": checks}, status=503)
