@@ -1066,5 +1066,7 @@ def credential_secrets_check(*, credential: Credential, record: bool = False, ac
             continue
         checks.append(SecretCheck(trusted, which, held))
         if not held and record:
-            credential_secret_missing(acting=acting, credential=credential, trusted=trusted, detected_by="check_secrets")
+            credential_secret_missing(
+                acting=acting, credential=credential, trusted=trusted, detected_by="check_secrets"
+            )
     return checks

@@ -654,7 +654,7 @@ class VaultSecretBackend(BaseSecretBackend):
         return self.verify(stored=stored, secret=secret, missing_raises=True)
 
     def holds(self, *, stored: StoredSecret) -> bool:
-        """Return whether Vault holds the trusted version with a client secret in it (one read; the secret is dropped)."""
+        """Return whether Vault holds the trusted version with a client secret in it (one read, nothing compared)."""
         try:
             return self._kept(stored, quiet=True) is not None
         except SecretMissing:
