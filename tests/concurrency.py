@@ -130,8 +130,14 @@ def terminate_backend(pid: int) -> bool:
 
 
 def vault_keys(vault) -> set[str]:
-    """Every key Vault holds under agentidp/ (root view), as the vault_path a row records it."""
+    """
+    Every key Vault holds under agentidp/ (root view), as the vault_path a row records it.
+
+    On a real Vault that the whole run shares, the keys of agents that were there before the
+    test (`vault.agents_before`) are other tests' and are left out.
+    """
     found: set[str] = set()
+    skipped = {f"agentidp/agents/{agent_id}" for agent_id in getattr(vault, "agents_before", ())}
     prefixes = ["agentidp"]
     while prefixes:
         prefix = prefixes.pop()
@@ -141,7 +147,8 @@ def vault_keys(vault) -> set[str]:
             continue
         for key in listed["data"]["keys"]:
             if key.endswith("/"):
-                prefixes.append(f"{prefix}/{key.rstrip('/')}")
+                if f"{prefix}/{key.rstrip('/')}" not in skipped:
+                    prefixes.append(f"{prefix}/{key.rstrip('/')}")
             else:
                 found.add(f"{vault.mount}/data/{prefix}/{key}")
     return found

@@ -4,10 +4,14 @@ environment names one.
 
 Every test that takes the `vault` fixture runs twice: against `tests.vaultserver` (hvac
 over real HTTP), and against the Vault at VAULT_ADDR with VAULT_TOKEN (a root or admin
-token, used to create a least-privilege policy and app token for the run). Without those
-variables the second run is skipped, and reported as skipped. Tests that need a fault
-the real Vault cannot be made to show (down, sealed, slow, ...) call `vault.require_server()`
-and are skipped there too.
+token, used to create a least-privilege policy and app token for the run). `dev.py test`
+starts an OpenBao dev server for that when VAULT_ADDR is unset; without those variables
+the second run is skipped, and reported as skipped. Tests that need a fault the real Vault
+cannot be made to show on demand (down, sealed, slow, ...) call
+`vault.require_server("<why>")` and are skipped there, with that reason.
+
+The whole run shares the real Vault: each test looks only at the keys of agents that
+appeared during it, and destroys them at its end.
 
 The suite's own settings ignore VAULT_ADDR: only tests that take `vault_enabled` put Vault
 in front of bcrypt.
@@ -59,6 +63,8 @@ class VaultTarget:
         self.namespace = namespace
         self.server = server
         self.root = hvac.Client(url=url, token=root_token, namespace=namespace or None, timeout=10)
+        #: Agents Vault held keys for before this test: on a real Vault the run shares, not this test's.
+        self.agents_before: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         return f"<VaultTarget {self.kind} {self.url}>"
@@ -140,6 +146,22 @@ class VaultTarget:
     def destroy(self, path: str) -> None:
         self.root.secrets.kv.v2.delete_metadata_and_all_versions(path=self.key_of(path), mount_point=self.mount)
 
+    def agents(self) -> frozenset[str]:
+        """The agent ids Vault holds keys for (root view)."""
+        try:
+            listed = self.root.secrets.kv.v2.list_secrets(path="agentidp/agents", mount_point=self.mount)
+        except hvac.exceptions.InvalidPath:
+            return frozenset()
+        return frozenset(key.rstrip("/") for key in listed["data"]["keys"])
+
+    def forget_new_agents(self) -> None:
+        """Destroy the keys of agents newer than `agents_before` (not the dummy entry), as rollback does rows."""
+        for agent_id in self.agents() - self.agents_before - {str(uuid.UUID(int=0))}:
+            for key in self.keys_of_agent(agent_id):
+                self.root.secrets.kv.v2.delete_metadata_and_all_versions(
+                    path=f"agentidp/agents/{agent_id}/credentials/{key}", mount_point=self.mount
+                )
+
 
 @pytest.fixture(scope="session")
 def _real_vault() -> Iterator[dict[str, str]]:
@@ -162,7 +184,7 @@ def vault(request) -> Iterator[VaultTarget]:
         if not (REAL_ADDR and REAL_TOKEN):
             pytest.skip("no real Vault: set VAULT_ADDR and VAULT_TOKEN (root or admin) to run this against one")
         real = request.getfixturevalue("_real_vault")
-        yield VaultTarget(
+        target = VaultTarget(
             kind="real",
             url=REAL_ADDR,
             mount=REAL_MOUNT,
@@ -170,6 +192,10 @@ def vault(request) -> Iterator[VaultTarget]:
             root_token=REAL_TOKEN,
             namespace=REAL_NAMESPACE,
         )
+        # The run shares this Vault: the test looks at its own agents' keys only, and leaves none behind.
+        target.agents_before = target.agents()
+        yield target
+        target.forget_new_agents()
         return
     with VaultTestServer() as server:
         server.on_recover.append(let_breakers_probe)
