@@ -182,7 +182,9 @@ def serve_with(env: dict[str, str], addrport: str) -> None:
     store = "Vault" if env.get("VAULT_ADDR") else "bcrypt"
     say(f"Demo admin agent (scope agentidp:admin, secret kept by {store}); its earlier demo credentials are replaced")
     run(PYTHON, "manage.py", "bootstrap_admin", "--replace", env=env)
-    say(f"AgentIdP on http://{addrport}/, issuer {env['AGENTIDP_ISSUER']}  (API docs: /api/v1/docs/, Ctrl-C stops it)")
+    url, issuer = issuer_for(addrport), env["AGENTIDP_ISSUER"]
+    advertised = "" if issuer == url else f", advertised as {issuer}"
+    say(f"AgentIdP on {url}/{advertised}  (API docs: /api/v1/docs/, Ctrl-C stops it)")
     code = call(PYTHON, "manage.py", "runserver", addrport, env=env)
     if code != 0:
         sys.exit(code)
