@@ -3,7 +3,8 @@ Real concurrency on PostgreSQL: threads, each with its own database connection, 
 requests, rotations, creations and deletions of the same credentials through the HTTP API
 and the services. The order that matters is forced, not hoped for: by PostgreSQL's own lock
 queue (pg_stat_activity shows who waits), by a Vault request held on the test server, or by
-the statement a session is known to have run.
+the statement a session is known to have run. Each race whose order does not hang on a held
+Vault request runs against the real Vault too.
 """
 
 import random
@@ -44,8 +45,6 @@ pytestmark = [
         connection.vendor != "postgresql", reason="races need PostgreSQL's row locks and concurrent sessions"
     ),
     pytest.mark.django_db(transaction=True),
-    # Each race needs the Vault test server (a held or failing request); none runs against a real Vault.
-    pytest.mark.parametrize("vault", ["server"], indirect=True),
 ]
 
 GRANT = {"grant_type": "client_credentials"}
@@ -67,13 +66,21 @@ def bearer(admin_issued, client) -> str:
     return token_for(client, admin_issued)
 
 
-@pytest.fixture(params=["bcrypt", "vault"])
+@pytest.fixture
 def storage(request, vault, settings) -> str:
-    """Where new secrets go: bcrypt only, or Vault (the in-process test server) in front of it."""
-    vault.require_server()
+    """Where new secrets go: bcrypt only, or Vault in front of it (parametrized with STORES)."""
     if request.param == "vault":
         settings.VAULTSTORE = vault.vaultstore_setting()
     return request.param
+
+
+#: bcrypt alone (beside the test server, which it does not use), and Vault: the test server and the real one.
+STORES = pytest.mark.parametrize(
+    ("storage", "vault"),
+    [("bcrypt", "server"), ("vault", "server"), ("vault", "real")],
+    ids=["bcrypt", "vault-server", "vault-real"],
+    indirect=True,
+)
 
 
 def admin_api(bearer: str) -> APIClient:
@@ -110,6 +117,7 @@ def vault_request_arrived(server, method: str):
 # --- token requests while the secret is rotated -------------------------------------------------------
 
 
+@STORES
 def test_once_a_rotation_returns_the_old_secret_never_gets_a_token_and_the_new_one_always_does(storage, agent):
     credential = make_credential(agent)
     client_id = credential.credential.client_id
@@ -158,12 +166,13 @@ def test_once_a_rotation_returns_the_old_secret_never_gets_a_token_and_the_new_o
 # --- rotations racing rotations -----------------------------------------------------------------------
 
 
+@STORES
 def test_concurrent_rotations_of_one_credential_leave_exactly_the_last_committed_secret_working(
     bearer, storage, vault, agent
 ):
     issued = make_credential(agent)
     credential = issued.credential
-    if storage == "vault":  # the first writer holds the row while the others queue behind it
+    if storage == "vault" and vault.is_server:  # the first writer holds the row while the others queue behind it
         vault.server.inject("slow", delay=0.2, method="POST", path="/data/agentidp/", times=1)
 
     responses = [o.get() for o in run_together(*[lambda: rotate_over_http(bearer, credential)] * 3)]
@@ -185,11 +194,12 @@ def test_concurrent_rotations_of_one_credential_leave_exactly_the_last_committed
 # --- a change that commits while a presented secret is being verified ----------------------------------
 
 
+@STORES
 @pytest.mark.parametrize("change", ["delete", "rotate"])
 def test_a_delete_or_rotation_committed_during_a_slow_verification_refuses_the_request(
     storage, vault, settings, agent, change
 ):
-    server = vault.server
+    server = vault.require_server("holds Vault's answer to the read of the secret while the row changes")
     if storage == "bcrypt":
         settings.VAULTSTORE = vault.vaultstore_setting(default="bcrypt", rounds=12)  # about a quarter second
         issued = make_credential(agent)
@@ -251,16 +261,17 @@ def hold_purge_job(path: str, held: threading.Event, release: threading.Event) -
 @pytest.mark.parametrize("order", ["rotate_first", "delete_first"])
 @pytest.mark.parametrize("moving", [False, True], ids=["vault", "bcrypt_into_vault"])
 def test_rotation_racing_deletion_leaves_no_row_and_nothing_in_vault(bearer, vault, settings, agent, order, moving):
-    server = vault.require_server()
+    if order == "rotate_first":
+        server = vault.require_server("holds the rotation's Vault write while the delete queues for the row")
     if not moving:
         settings.VAULTSTORE = vault.vaultstore_setting()
     issued = make_credential(agent)
     settings.VAULTSTORE = vault.vaultstore_setting()
     credential = issued.credential
     path = vault_path(vault, credential)
-    server.clear_requests()
 
     if order == "rotate_first":  # the rotation holds the row while Vault takes its write; the delete queues
+        server.clear_requests()
         server.inject("slow", delay=0.3, method="POST", path="/data/agentidp/", times=1)
         rotation = InThread(lambda: rotate_over_http(bearer, credential))
         wait_until(vault_request_arrived(server, "POST"), "the rotation's Vault write arrived")
@@ -300,7 +311,6 @@ def test_rotation_racing_deletion_leaves_no_row_and_nothing_in_vault(bearer, vau
 def test_concurrent_creates_rotations_deletes_and_authentications_keep_vault_and_database_consistent(
     vault, settings, agent
 ):
-    vault.require_server()
     issued = [make_credential(agent) for _ in range(2)]  # bcrypt: Vault is not on yet
     settings.VAULTSTORE = vault.vaultstore_setting()
     issued += [make_credential(agent) for _ in range(2)]
@@ -369,7 +379,6 @@ def end_grace_periods_of_all() -> None:
 def test_concurrent_requests_with_the_right_secret_all_get_tokens_while_one_of_them_moves_it_into_vault(
     vault, settings, agent, monkeypatch, caplog
 ):
-    vault.require_server()
     settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0  # every request verifies with bcrypt, as cold workers do
     issued = make_credential(agent)  # bcrypt: Vault is not on yet
     credential = issued.credential
@@ -408,7 +417,6 @@ def test_concurrent_requests_with_the_right_secret_all_get_tokens_while_one_of_t
 def test_a_rotation_during_verification_still_refuses_the_old_secret_when_vault_has_just_been_switched_on(
     vault, settings, agent, monkeypatch
 ):
-    vault.require_server()
     settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0
     issued = make_credential(agent)
     credential = issued.credential
