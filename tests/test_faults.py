@@ -16,13 +16,12 @@ from django.db import connection
 
 from credentials.models import Credential, SecretPurge
 from tests.concurrency import InThread, assert_store_consistent, backend_pid, terminate_backend, wait_until
-from tests.conftest import basic_auth, form_post
-from tests.factories import AgentFactory, make_credential
-from tests.oauth.conftest import TOKEN_URL, assert_oauth_error
+from tests.factories import make_credential
+from tests.faultlab import LabBase
+from tests.oauth.conftest import assert_oauth_error
 from tests.vault_fixtures import SLOW_SECONDS
 from vaultstore.backends import get_default_backend
 
-GRANT = {"grant_type": "client_credentials"}
 #: Every way Vault fails that the matrix shows each operation ("expired_token": the app's token ran out, 403).
 FAULTS = ["down", "slow", "sealed", "500", "502", "429", "expired_token", "garbled", "applied_then_dropped"]
 #: Consecutive failures after which the Vault backend stops asking Vault for a while (its default).
@@ -36,29 +35,14 @@ pg_only = pytest.mark.skipif(
 )
 
 
-class Lab:
-    """AgentIdP with Vault in front of bcrypt, the Vault test server's faults, and the calls the tests make."""
+class Lab(LabBase):
+    """AgentIdP with Vault in front of bcrypt, and the Vault test server's faults."""
 
     def __init__(self, *, vault, settings, client, api, capture) -> None:
         self.vault = vault
         self.server = vault.require_server()
-        self.settings = settings
-        self.client = client
-        self.api = api
-        self.capture = capture
-        self.client.raise_request_exception = False
-        self.api.raise_request_exception = False
         self.fault = ""
-        # Made before Vault is switched on, so that its secret is a bcrypt hash.
-        self.bcrypt = make_credential(AgentFactory(name="bcrypt-bot"))
-        self.configure()
-
-    def configure(self, **options) -> None:
-        """Switch AgentIdP to Vault: new secrets go there, with the `vault` fixture's app token unless given another."""
-        self.settings.VAULTSTORE = self.vault.vaultstore_setting(**options)
-
-    def path(self, credential) -> str:
-        return f"{self.vault.mount}/data/agentidp/agents/{credential.agent_id}/credentials/{credential.id}"
+        super().__init__(settings=settings, client=client, api=api, capture=capture)
 
     def start(self, fault: str) -> None:
         self.fault = fault
@@ -78,29 +62,6 @@ class Lab:
             self.configure()
         else:
             assert get_default_backend() is self.backend, "recovering needed a new backend"
-
-    # The calls, with on_commit callbacks run as after a real commit.
-
-    def token(self, client_id: str, client_secret: str):
-        with self.capture(execute=True):
-            return form_post(self.client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, client_secret))
-
-    def token_for(self, issued):
-        return self.token(issued.credential.client_id, issued.client_secret)
-
-    def create(self, agent):
-        with self.capture(execute=True):
-            return self.api.post(f"/api/v1/agents/{agent.id}/credentials", {"description": "faults"}, format="json")
-
-    def rotate(self, credential):
-        with self.capture(execute=True):
-            return self.api.post(
-                f"/api/v1/agents/{credential.agent_id}/credentials/{credential.id}/rotate", {}, format="json"
-            )
-
-    def delete(self, credential):
-        with self.capture(execute=True):
-            return self.api.delete(f"/api/v1/agents/{credential.agent_id}/credentials/{credential.id}")
 
 
 @pytest.fixture

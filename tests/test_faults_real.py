@@ -24,16 +24,15 @@ from django.core.management import call_command
 from credentials.models import Credential, SecretPurge
 from tests.bao import BaoDevServer, BaoError, find_binary
 from tests.concurrency import assert_store_consistent, vault_keys, wait_until
-from tests.conftest import basic_auth, form_post
-from tests.factories import AgentFactory, make_credential
-from tests.oauth.conftest import TOKEN_URL, assert_oauth_error
+from tests.factories import make_credential
+from tests.faultlab import LabBase
+from tests.oauth.conftest import assert_oauth_error
 from tests.vault_fixtures import VaultTarget
 from vaultstore.backends import get_default_backend
 from vaultstore.backends.vault import DUMMY_KEY, policy
 
 MOUNT = "secret"  # the dev server's KV v2 mount
 POLICY = "agentidp"
-GRANT = {"grant_type": "client_credentials"}
 #: Outages in a row that open the breaker, and how long it stays open here (short: recovery is waited for).
 BREAKER_FAILURES = 3
 BREAKER_SECONDS = 1.0
@@ -107,64 +106,31 @@ def real_vault() -> Iterator[RealVault]:
 # --- AgentIdP in front of it ----------------------------------------------------------------------
 
 
-class Lab:
-    """AgentIdP with the real Vault in front of bcrypt, and the calls the tests make."""
+class Lab(LabBase):
+    """AgentIdP with the real Vault in front of bcrypt."""
 
     def __init__(self, *, real_vault: RealVault, settings, client, api, capture) -> None:
         self.real = real_vault
         self.bao = real_vault.bao
         self.vault = real_vault.target
-        self.settings = settings
-        self.client = client
-        self.api = api
-        self.capture = capture
-        self.client.raise_request_exception = False
-        self.api.raise_request_exception = False
-        # Made before Vault is switched on, so that its secret is a bcrypt hash.
-        self.bcrypt = make_credential(AgentFactory(name="bcrypt-bot"))
-        self.configure()
+        super().__init__(settings=settings, client=client, api=api, capture=capture)
 
     def configure(self, **options) -> None:
         """Switch AgentIdP to Vault with the app token (or `token`/`token_file`), short timeouts, a quick breaker."""
-        options = {
-            "connect_timeout": 0.5,
-            "read_timeout": 2.0,
-            "breaker_failures": BREAKER_FAILURES,
-            "breaker_seconds": BREAKER_SECONDS,
-            **options,
-        }
-        self.settings.VAULTSTORE = self.vault.vaultstore_setting(**options)
-
-    def path(self, credential) -> str:
-        return f"{MOUNT}/data/agentidp/agents/{credential.agent_id}/credentials/{credential.id}"
+        super().configure(
+            **{
+                "connect_timeout": 0.5,
+                "read_timeout": 2.0,
+                "breaker_failures": BREAKER_FAILURES,
+                "breaker_seconds": BREAKER_SECONDS,
+                **options,
+            }
+        )
 
     def warm(self, issued) -> None:
         """Get a token with `issued` now, so the verified-secret cache vouches for it during the fault."""
         response = self.token_for(issued)
         assert response.status_code == 200, response.content
-
-    # The calls, with on_commit callbacks run as after a real commit.
-
-    def token(self, client_id: str, client_secret: str):
-        with self.capture(execute=True):
-            return form_post(self.client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, client_secret))
-
-    def token_for(self, issued):
-        return self.token(issued.credential.client_id, issued.client_secret)
-
-    def create(self, agent):
-        with self.capture(execute=True):
-            return self.api.post(f"/api/v1/agents/{agent.id}/credentials", {"description": "faults"}, format="json")
-
-    def rotate(self, credential):
-        with self.capture(execute=True):
-            return self.api.post(
-                f"/api/v1/agents/{credential.agent_id}/credentials/{credential.id}/rotate", {}, format="json"
-            )
-
-    def delete(self, credential):
-        with self.capture(execute=True):
-            return self.api.delete(f"/api/v1/agents/{credential.agent_id}/credentials/{credential.id}")
 
     def recovers(self, issued, what: str) -> None:
         """Ask for tokens with `issued` every 0.1 s until one is granted; fail after RECOVERY_SECONDS."""
