@@ -25,7 +25,6 @@ from django.core.management import CommandError, call_command
 from agentidp import health
 from credentials.models import AuditEvent, Credential
 from credentials.services import (
-    credential_authenticate,
     credential_delete,
     credential_rotate,
     credential_secret_missing,

@@ -354,7 +354,7 @@ def route_variants(route: Route) -> tuple[list[Variant], list[Variant]]:
             existing.append(Variant(f"existing without {optional!r}", tuple(choice), False))
     hostile: list[Variant] = []
     base = [values[0] for values, _ in filled] if all(values for values, _ in filled) else None
-    for index, (slot, (_, bad_values)) in enumerate(zip(slots, filled)):
+    for index, (slot, (_, bad_values)) in enumerate(zip(slots, filled, strict=True)):
         for label, value in bad_values:
             if base is None:
                 continue
@@ -554,7 +554,7 @@ def quiet_request_log():
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     yield
-    for logger, level in zip(loggers, levels):
+    for logger, level in zip(loggers, levels, strict=True):
         logger.setLevel(level)
 
 
