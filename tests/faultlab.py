@@ -9,6 +9,21 @@ from tests.oauth.conftest import TOKEN_URL
 GRANT = {"grant_type": "client_credentials"}
 
 
+def assert_read_error(response) -> None:
+    """The token endpoint's answer when Vault cannot verify: 503 temporarily_unavailable, VAULT_READ_ERROR."""
+    assert response.status_code == 503, response.content
+    body = response.json()
+    assert (body["error"], body["code"]) == ("temporarily_unavailable", "VAULT_READ_ERROR"), body
+    assert int(response["Retry-After"]) > 0
+
+
+def assert_write_error(response) -> None:
+    """The management API's answer when Vault cannot take a write: 503 VAULT_WRITE_ERROR."""
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "VAULT_WRITE_ERROR", response.json()
+    assert int(response["Retry-After"]) > 0
+
+
 class LabBase:
     """
     The test's clients (answers, never exceptions) and a bcrypt credential made before Vault is

@@ -17,7 +17,7 @@ from django.db import connection
 from credentials.models import Credential, SecretPurge
 from tests.concurrency import InThread, assert_store_consistent, backend_pid, terminate_backend, wait_until
 from tests.factories import make_credential
-from tests.faultlab import LabBase
+from tests.faultlab import LabBase, assert_read_error, assert_write_error
 from tests.oauth.conftest import assert_oauth_error
 from tests.vault_fixtures import SLOW_SECONDS
 from vaultstore.backends import get_default_backend
@@ -68,20 +68,6 @@ class Lab(LabBase):
 def lab(api, vault, settings, client, django_capture_on_commit_callbacks) -> Lab:
     # `api` first: the admin's credential is bcrypt, so managing works while Vault is down.
     return Lab(vault=vault, settings=settings, client=client, api=api, capture=django_capture_on_commit_callbacks)
-
-
-def assert_read_error(response) -> None:
-    """The token endpoint's answer when Vault cannot verify: 503 temporarily_unavailable, VAULT_READ_ERROR."""
-    assert response.status_code == 503, response.content
-    body = response.json()
-    assert (body["error"], body["code"]) == ("temporarily_unavailable", "VAULT_READ_ERROR"), body
-    assert int(response["Retry-After"]) > 0
-
-
-def assert_write_error(response) -> None:
-    assert response.status_code == 503, response.content
-    assert response.json()["code"] == "VAULT_WRITE_ERROR"
-    assert int(response["Retry-After"]) > 0
 
 
 # --- Vault faults, operation by operation ---------------------------------------------------------

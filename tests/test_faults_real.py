@@ -25,7 +25,7 @@ from credentials.models import Credential, SecretPurge
 from tests.bao import BaoDevServer, BaoError, find_binary
 from tests.concurrency import assert_store_consistent, vault_keys, wait_until
 from tests.factories import make_credential
-from tests.faultlab import LabBase
+from tests.faultlab import LabBase, assert_read_error, assert_write_error
 from tests.oauth.conftest import assert_oauth_error
 from tests.vault_fixtures import VaultTarget
 from vaultstore.backends import get_default_backend
@@ -143,20 +143,6 @@ def lab(real_vault, api, settings, client, django_capture_on_commit_callbacks) -
     real_vault.ready()
     capture = django_capture_on_commit_callbacks
     return Lab(real_vault=real_vault, settings=settings, client=client, api=api, capture=capture)
-
-
-def assert_read_error(response) -> None:
-    """The token endpoint's answer when Vault cannot verify: 503 temporarily_unavailable, VAULT_READ_ERROR."""
-    assert response.status_code == 503, response.content
-    body = response.json()
-    assert (body["error"], body["code"]) == ("temporarily_unavailable", "VAULT_READ_ERROR"), body
-    assert int(response["Retry-After"]) > 0
-
-
-def assert_write_error(response) -> None:
-    assert response.status_code == 503, response.content
-    assert response.json()["code"] == "VAULT_WRITE_ERROR", response.json()
-    assert int(response["Retry-After"]) > 0
 
 
 def requests_to_vault(url: str, monkeypatch) -> Callable[[], int]:
