@@ -99,7 +99,7 @@ def assert_nothing_leaks(error: BaseException, caplog, *needles: str) -> None:
 
 
 class FakeClock:
-    """A monotonic clock that moves only when told, for the backend's `_clock`."""
+    """A monotonic clock that moves only when told, in place of time.monotonic."""
 
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
@@ -528,11 +528,17 @@ def test_verify_dummy_fails_as_a_verification_would_on_every_vault_failure(serve
     assert SECRET not in caplog.text and vault.app_token not in caplog.text
 
 
-def breaker_backend(vault, **options) -> tuple[VaultSecretBackend, FakeClock]:
-    backend = VaultSecretBackend(**vault.backend_options(**options))
-    clock = FakeClock()
-    backend._clock = clock
-    return backend, clock
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    """Hold time.monotonic still, which the breaker and the token renewal read, until the test moves it."""
+    fake = FakeClock()
+    monkeypatch.setattr(time, "monotonic", fake)
+    return fake
+
+
+def breaker_backend(vault, **options) -> VaultSecretBackend:
+    """A backend of its own with `options`, for a test that moves the `clock`."""
+    return VaultSecretBackend(**vault.backend_options(**options))
 
 
 def requests_to_keys(server) -> int:
@@ -543,8 +549,10 @@ OUTAGE_KINDS = ["down", "slow", "sealed", "403", "429", "500", "502", "garbled",
 
 
 @pytest.mark.parametrize("fault", OUTAGE_KINDS)
-def test_after_three_outages_in_a_row_every_operation_fails_fast_without_asking_vault(server, vault, owner, fault):
-    backend, clock = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
+def test_after_three_outages_in_a_row_every_operation_fails_fast_without_asking_vault(
+    server, vault, owner, fault, clock
+):
+    backend = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
     stored = backend.store(owner=owner, secret=SECRET)
     break_vault(server, fault)
     for _ in range(3):
@@ -572,8 +580,8 @@ def test_after_three_outages_in_a_row_every_operation_fails_fast_without_asking_
     assert later.value.retry_after == 2
 
 
-def test_once_its_period_passes_one_probe_is_let_through_and_a_success_closes_the_breaker(server, vault, owner):
-    backend, clock = breaker_backend(vault, breaker_failures=2, breaker_seconds=5)
+def test_once_its_period_passes_one_probe_is_let_through_and_a_success_closes_the_breaker(server, vault, owner, clock):
+    backend = breaker_backend(vault, breaker_failures=2, breaker_seconds=5)
     stored = backend.store(owner=owner, secret=SECRET)
     server.go_down()
     for _ in range(2):
@@ -590,8 +598,8 @@ def test_once_its_period_passes_one_probe_is_let_through_and_a_success_closes_th
     assert not backend.breaker.is_open
 
 
-def test_a_failed_probe_opens_the_breaker_again_at_once(server, vault, owner):
-    backend, clock = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
+def test_a_failed_probe_opens_the_breaker_again_at_once(server, vault, owner, clock):
+    backend = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
     stored = backend.store(owner=owner, secret=SECRET)
     server.fail("500", path=AGENTIDP_KEYS)
     for _ in range(3):
@@ -608,8 +616,8 @@ def test_a_failed_probe_opens_the_breaker_again_at_once(server, vault, owner):
     assert requests_to_keys(server) == asked + 1
 
 
-def test_while_a_probe_is_out_the_other_callers_fail_fast(server, vault, owner):
-    backend, clock = breaker_backend(vault, breaker_failures=1, breaker_seconds=5)
+def test_while_a_probe_is_out_the_other_callers_fail_fast(server, vault, owner, clock):
+    backend = breaker_backend(vault, breaker_failures=1, breaker_seconds=5)
     stored = backend.store(owner=owner, secret=SECRET)
     server.fail("500", path=AGENTIDP_KEYS, times=1)
     with pytest.raises(SecretReadError):
@@ -618,8 +626,8 @@ def test_while_a_probe_is_out_the_other_callers_fail_fast(server, vault, owner):
     server.inject("slow", path=AGENTIDP_KEYS, delay=0.3, times=1)
     probe = threading.Thread(target=backend.verify, kwargs={"stored": stored, "secret": SECRET})
     probe.start()
-    deadline = time.monotonic() + 5
-    while requests_to_keys(server) == 2 and time.monotonic() < deadline:
+    deadline = time.perf_counter() + 5  # time.monotonic is the test's clock, held still
+    while requests_to_keys(server) == 2 and time.perf_counter() < deadline:
         time.sleep(0.01)
 
     with pytest.raises(SecretReadError):
@@ -630,8 +638,9 @@ def test_while_a_probe_is_out_the_other_callers_fail_fast(server, vault, owner):
 
 
 @pytest.mark.parametrize("answer", ["missing key", "cas mismatch"])
+@pytest.mark.usefixtures("clock")
 def test_answers_about_one_key_are_not_outages(vault, owner, answer):
-    backend, _ = breaker_backend(vault, breaker_failures=1)
+    backend = breaker_backend(vault, breaker_failures=1)
     stored = backend.store(owner=owner, secret=SECRET)
     for _ in range(3):
         if answer == "missing key":
@@ -696,9 +705,10 @@ MALFORMED_ENTRIES = {
 
 
 @pytest.mark.parametrize("make, outcome", MALFORMED_ENTRIES.values(), ids=MALFORMED_ENTRIES)
+@pytest.mark.usefixtures("clock")
 def test_malformed_entries_fail_their_own_verification_and_never_open_the_breaker(vault, owner, caplog, make, outcome):
     caplog.set_level(logging.DEBUG)
-    backend, _ = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
+    backend = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
     good = backend.store(owner=owner, secret=SECRET)
     malformed = [make(vault, backend) for _ in range(3)]
 
@@ -723,8 +733,9 @@ def test_malformed_entries_fail_their_own_verification_and_never_open_the_breake
 
 
 @pytest.mark.parametrize("fault", ["garbled", "shapeless"])
+@pytest.mark.usefixtures("clock")
 def test_an_answer_that_is_not_vaults_counts_as_an_outage(server, vault, owner, fault):
-    backend, _ = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
+    backend = breaker_backend(vault, breaker_failures=3, breaker_seconds=5)
     stored = backend.store(owner=owner, secret=SECRET)
     server.fail(fault, path=stored.vault_path, times=3)
     for _ in range(3):
@@ -740,8 +751,9 @@ def test_an_answer_that_is_not_vaults_counts_as_an_outage(server, vault, owner, 
     assert requests_to_keys(server) == asked
 
 
+@pytest.mark.usefixtures("clock")
 def test_breaker_failures_zero_never_opens(server, vault, owner):
-    backend, _ = breaker_backend(vault, breaker_failures=0)
+    backend = breaker_backend(vault, breaker_failures=0)
     stored = backend.store(owner=owner, secret=SECRET)
     server.go_down()
     for _ in range(5):
@@ -756,11 +768,11 @@ def test_breaker_failures_zero_never_opens(server, vault, owner):
 
 
 def test_a_token_from_a_file_is_read_again_when_vault_refuses_it_so_an_expired_token_recovers_without_a_restart(
-    server, vault, owner, tmp_path
+    server, vault, owner, tmp_path, clock
 ):
     token_file = tmp_path / "vault-token"
     token_file.write_text(server.create_token(policies=("agentidp",)) + "\n")
-    backend, clock = breaker_backend(vault, token="", token_file=str(token_file), breaker_failures=3)
+    backend = breaker_backend(vault, token="", token_file=str(token_file), breaker_failures=3)
     stored = backend.store(owner=owner, secret=SECRET)
     server.revoke_token(token_file.read_text().strip())  # as an expired token: 403 from now on
 
@@ -773,10 +785,11 @@ def test_a_token_from_a_file_is_read_again_when_vault_refuses_it_so_an_expired_t
     assert backend.store(owner=owner, secret=OTHER, replacing=stored).vault_version == 2
 
 
+@pytest.mark.usefixtures("clock")
 def test_the_token_file_is_not_read_again_while_vault_accepts_the_token(server, vault, owner, tmp_path):
     token_file = tmp_path / "vault-token"
     token_file.write_text(server.create_token(policies=("agentidp",)))
-    backend, _ = breaker_backend(vault, token="", token_file=str(token_file))
+    backend = breaker_backend(vault, token="", token_file=str(token_file))
     stored = backend.store(owner=owner, secret=SECRET)
     token_file.write_text("hvs.not-a-token-vault-knows")
 
@@ -893,8 +906,9 @@ def test_check_reports_one_problem_without_the_token(server, vault, settings, br
 
 
 @pytest.mark.parametrize("fault", ["down", "sealed", "403", "429", "500", "garbled"])
+@pytest.mark.usefixtures("clock")
 def test_failed_checks_never_count_towards_the_breaker(server, vault, owner, fault):
-    backend, _ = breaker_backend(vault, breaker_failures=1, breaker_seconds=5)
+    backend = breaker_backend(vault, breaker_failures=1, breaker_seconds=5)
     stored = backend.store(owner=owner, secret=SECRET)
     server.fail(fault)
     for _ in range(5):
@@ -909,8 +923,8 @@ def test_failed_checks_never_count_towards_the_breaker(server, vault, owner, fau
     assert not backend.breaker.is_open
 
 
-def test_a_check_once_the_open_period_passes_leaves_the_probe_to_a_real_request(server, vault, owner):
-    backend, clock = breaker_backend(vault, breaker_failures=1, breaker_seconds=5)
+def test_a_check_once_the_open_period_passes_leaves_the_probe_to_a_real_request(server, vault, owner, clock):
+    backend = breaker_backend(vault, breaker_failures=1, breaker_seconds=5)
     stored = backend.store(owner=owner, secret=SECRET)
     server.fail("500", path=AGENTIDP_KEYS, times=1)
     with pytest.raises(SecretReadError):
@@ -948,22 +962,20 @@ def timers() -> FakeTimers:
     return FakeTimers()
 
 
-def token_backend(server, vault, timers=None, **token_options) -> tuple[VaultSecretBackend, str, FakeClock]:
-    """A backend with its own token (created with `token_options`), a clock the test moves, and fake timers."""
+def token_backend(server, vault, timers=None, **token_options) -> tuple[VaultSecretBackend, str]:
+    """A backend with its own token (made with `token_options`) and fake timers, for a test that moves the `clock`."""
     token = server.create_token(**token_options)
     backend = VaultSecretBackend(**vault.backend_options(token=token))
-    clock = FakeClock()
-    backend._clock = clock
     backend._start_timer = timers if timers is not None else FakeTimers()
-    return backend, token, clock
+    return backend, token
 
 
 def token_calls(server, token: str) -> list[str]:
     return [r.path.rsplit("/", 1)[1] for r in sent(server, token=token, contains="/v1/auth/token/")]
 
 
-def test_a_renewable_token_is_renewed_on_first_use_and_after_two_thirds_of_its_lease(server, vault):
-    backend, token, clock = token_backend(server, vault, ttl=60, renewable=True)
+def test_a_renewable_token_is_renewed_on_first_use_and_after_two_thirds_of_its_lease(server, vault, clock):
+    backend, token = token_backend(server, vault, ttl=60, renewable=True)
 
     backend.verify_dummy(secret=SECRET)
     assert [r.path for r in sent(server, token=token)] == [  # renewed before the operation
@@ -986,9 +998,9 @@ def test_a_renewable_token_is_renewed_on_first_use_and_after_two_thirds_of_its_l
     assert server.token_info(token)["renewals"] == 2
 
 
-def test_a_non_renewable_token_with_a_ttl_is_never_renewed_and_a_warning_says_so(server, vault, caplog):
+def test_a_non_renewable_token_with_a_ttl_is_never_renewed_and_a_warning_says_so(server, vault, caplog, clock):
     caplog.set_level(logging.DEBUG)
-    backend, token, clock = token_backend(server, vault, ttl=60, renewable=False)
+    backend, token = token_backend(server, vault, ttl=60, renewable=False)
 
     backend.verify_dummy(secret=SECRET)
     clock.advance(10_000)
@@ -1001,8 +1013,8 @@ def test_a_non_renewable_token_with_a_ttl_is_never_renewed_and_a_warning_says_so
     assert token not in caplog.text
 
 
-def test_a_token_without_ttl_is_never_renewed(server, vault):
-    backend, token, clock = token_backend(server, vault, ttl=None, renewable=True)
+def test_a_token_without_ttl_is_never_renewed(server, vault, clock):
+    backend, token = token_backend(server, vault, ttl=None, renewable=True)
 
     backend.verify_dummy(secret=SECRET)
     clock.advance(10_000)
@@ -1012,9 +1024,9 @@ def test_a_token_without_ttl_is_never_renewed(server, vault):
     assert server.token_info(token)["renewals"] == 0
 
 
-def test_a_failed_renewal_does_not_fail_the_operation_and_is_tried_again_later(server, vault, owner, caplog):
+def test_a_failed_renewal_does_not_fail_the_operation_and_is_tried_again_later(server, vault, owner, caplog, clock):
     caplog.set_level(logging.DEBUG)
-    backend, token, clock = token_backend(server, vault, ttl=60, renewable=True)
+    backend, token = token_backend(server, vault, ttl=60, renewable=True)
     server.inject("status", path="renew-self", status=500, times=1)
 
     stored = backend.store(owner=owner, secret=SECRET)
@@ -1032,8 +1044,8 @@ def test_a_failed_renewal_does_not_fail_the_operation_and_is_tried_again_later(s
     assert token not in caplog.text
 
 
-def test_an_idle_process_renews_its_token_from_a_timer_at_two_thirds_of_the_lease(server, vault, timers):
-    backend, token, clock = token_backend(server, vault, timers, ttl=60, renewable=True)
+def test_an_idle_process_renews_its_token_from_a_timer_at_two_thirds_of_the_lease(server, vault, timers, clock):
+    backend, token = token_backend(server, vault, timers, ttl=60, renewable=True)
     backend.verify_dummy(secret=SECRET)  # first use: looked up and renewed
     [timer] = timers.live
     assert timer.delay == pytest.approx(40)
@@ -1047,8 +1059,8 @@ def test_an_idle_process_renews_its_token_from_a_timer_at_two_thirds_of_the_leas
     assert next_timer is not timer and next_timer.delay == pytest.approx(40)
 
 
-def test_a_use_that_renews_the_token_rearms_the_timer_instead_of_adding_one(server, vault, timers):
-    backend, token, clock = token_backend(server, vault, timers, ttl=60, renewable=True)
+def test_a_use_that_renews_the_token_rearms_the_timer_instead_of_adding_one(server, vault, timers, clock):
+    backend, token = token_backend(server, vault, timers, ttl=60, renewable=True)
     backend.verify_dummy(secret=SECRET)
     clock.advance(41)
     backend.verify_dummy(secret=SECRET)
@@ -1058,16 +1070,17 @@ def test_a_use_that_renews_the_token_rearms_the_timer_instead_of_adding_one(serv
 
 
 @pytest.mark.parametrize("token_options", [{"ttl": None, "renewable": True}, {"ttl": 60, "renewable": False}])
+@pytest.mark.usefixtures("clock")
 def test_no_timer_is_armed_for_a_token_that_is_never_renewed(server, vault, timers, token_options):
-    backend, token, clock = token_backend(server, vault, timers, **token_options)
+    backend, token = token_backend(server, vault, timers, **token_options)
 
     backend.verify_dummy(secret=SECRET)
 
     assert timers.armed == []
 
 
-def test_closing_the_backend_stops_its_renewal_timer(server, vault, timers):
-    backend, token, clock = token_backend(server, vault, timers, ttl=60, renewable=True)
+def test_closing_the_backend_stops_its_renewal_timer(server, vault, timers, clock):
+    backend, token = token_backend(server, vault, timers, ttl=60, renewable=True)
     backend.verify_dummy(secret=SECRET)
     [timer] = timers.live
 

@@ -220,10 +220,9 @@ class CircuitBreaker:
     opens it again. Per process and thread-safe; `failures` 0 turns it off.
     """
 
-    def __init__(self, *, failures: int, seconds: float, clock: Callable[[], float]) -> None:
+    def __init__(self, *, failures: int, seconds: float) -> None:
         self.failures = failures
         self.seconds = seconds
-        self.clock = clock
         self._lock = threading.Lock()
         self._consecutive = 0
         self._open_until: float | None = None
@@ -236,7 +235,7 @@ class CircuitBreaker:
         with self._lock:
             if self._open_until is None:
                 return
-            left = self._open_until - self.clock()
+            left = self._open_until - time.monotonic()
             if left <= 0 and not self._probing:
                 self._probing = True  # this caller is the probe
                 return
@@ -247,7 +246,7 @@ class CircuitBreaker:
         if not self.failures:
             return
         with self._lock:
-            left = None if self._open_until is None else self._open_until - self.clock()
+            left = None if self._open_until is None else self._open_until - time.monotonic()
         if left is not None and left > 0:
             raise _Open(max(1, math.ceil(left)))
 
@@ -267,7 +266,7 @@ class CircuitBreaker:
                     logger.warning(
                         "Vault failed %s times in a row; failing fast for %ss", self._consecutive, self.seconds
                     )
-                self._open_until = self.clock() + self.seconds
+                self._open_until = time.monotonic() + self.seconds
             self._probing = False
 
     def outcome(self, exc: BaseException | None) -> None:
@@ -312,14 +311,12 @@ class VaultSecretBackend(BaseSecretBackend):
         self._token_renewable: bool | None = None
         self._renewal_timer: threading.Timer | None = None
         self._closed = False
-        self._clock: Callable[[], float] = time.monotonic
         self._token: str = self.options["token"]
         self._token_read_at: float | None = None
         self._token_refused = False
         self.breaker = CircuitBreaker(
             failures=self.options["breaker_failures"],
             seconds=self.options["breaker_seconds"],
-            clock=lambda: self._clock(),
         )
 
     def validate_options(self) -> None:
@@ -387,7 +384,7 @@ class VaultSecretBackend(BaseSecretBackend):
 
     def _renew_token_if_due(self, client: hvac.Client) -> None:
         # One thread looks after the token; the others go on with it meanwhile.
-        if self._clock() < self._next_token_check or not self._token_lock.acquire(blocking=False):
+        if time.monotonic() < self._next_token_check or not self._token_lock.acquire(blocking=False):
             return
         try:
             self._next_token_check = self._look_after_token(client)
@@ -400,7 +397,7 @@ class VaultSecretBackend(BaseSecretBackend):
         if self._renewal_timer is not None:
             self._renewal_timer.cancel()
             self._renewal_timer = None
-        delay = self._next_token_check - self._clock()
+        delay = self._next_token_check - time.monotonic()
         if self._closed or math.isinf(delay):
             return
         self._renewal_timer = self._start_timer(max(delay, 0.0), self._renew_in_background)
@@ -426,7 +423,7 @@ class VaultSecretBackend(BaseSecretBackend):
 
     def _look_after_token(self, client: hvac.Client) -> float:
         """Renew the token if it is renewable; return when to look at it again."""
-        now = self._clock()
+        now = time.monotonic()
         try:
             if self._token_renewable is None:
                 data = _data(client.auth.token.lookup_self())
@@ -470,7 +467,7 @@ class VaultSecretBackend(BaseSecretBackend):
                         logger.info("read a new Vault token from the token file")
                     self._token, self._token_renewable = token, None
                     self._next_token_check = 0.0
-                self._token_read_at = self._clock()
+                self._token_read_at = time.monotonic()
                 self._token_refused = False
         return self._token
 
@@ -478,7 +475,7 @@ class VaultSecretBackend(BaseSecretBackend):
         """Whether to read the token file: never read yet, or Vault refused the token (at most once a second)."""
         if self._token_read_at is None:
             return True
-        return self._token_refused and self._clock() - self._token_read_at >= 1.0
+        return self._token_refused and time.monotonic() - self._token_read_at >= 1.0
 
     def _refused(self) -> None:
         """Vault refused the token: read the token file again before a later request."""
