@@ -37,6 +37,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from ..exceptions import SecretMissing, SecretReadError, SecretStoreError, SecretStoreUnavailable, SecretWriteError
 from .base import BaseSecretBackend, SecretOwner, StoredSecret
+from .vault_breaker import BreakerOpen, CircuitBreaker
 
 logger = logging.getLogger(__name__)
 
@@ -198,88 +199,8 @@ class _MalformedEntry(Exception):
     """
 
 
-class _Open(Exception):
-    """The breaker is open: Vault is not asked; try again in `retry_after` seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("Vault is failing; not asked")
-        self.retry_after = retry_after
-
-
 class _Unhealthy(hvac.exceptions.VaultDown):
     """Vault's health endpoint says it cannot serve (sealed, not initialised): an outage for the breaker."""
-
-
-class CircuitBreaker:
-    """
-    Stop asking a Vault that keeps failing, so requests fail fast and Vault is not hammered.
-
-    After `failures` outages in a row (unreachable, slow, sealed, 5xx, 429, 403, a garbled
-    answer) every operation fails at once for `seconds`. Then one caller is let through
-    as a probe while the others keep failing fast: a success closes the breaker, a failure
-    opens it again. Per process and thread-safe; `failures` 0 turns it off.
-    """
-
-    def __init__(self, *, failures: int, seconds: float) -> None:
-        self.failures = failures
-        self.seconds = seconds
-        self._lock = threading.Lock()
-        self._consecutive = 0
-        self._open_until: float | None = None
-        self._probing = False
-
-    def allow(self) -> None:
-        """Return if Vault may be asked now; raise _Open otherwise."""
-        if not self.failures:
-            return
-        with self._lock:
-            if self._open_until is None:
-                return
-            left = self._open_until - time.monotonic()
-            if left <= 0 and not self._probing:
-                self._probing = True  # this caller is the probe
-                return
-            raise _Open(max(1, math.ceil(left if left > 0 else self.seconds)))
-
-    def refuse_while_open(self) -> None:
-        """Raise _Open while the breaker is open and its period lasts, without taking the probe's turn."""
-        if not self.failures:
-            return
-        with self._lock:
-            left = None if self._open_until is None else self._open_until - time.monotonic()
-        if left is not None and left > 0:
-            raise _Open(max(1, math.ceil(left)))
-
-    def succeeded(self) -> None:
-        with self._lock:
-            if self._open_until is not None:
-                logger.info("Vault answers again; the breaker is closed")
-            self._consecutive = 0
-            self._open_until = None
-            self._probing = False
-
-    def failed(self) -> None:
-        with self._lock:
-            self._consecutive += 1
-            if self.failures and (self._probing or self._consecutive >= self.failures):
-                if self._open_until is None:
-                    logger.warning(
-                        "Vault failed %s times in a row; failing fast for %ss", self._consecutive, self.seconds
-                    )
-                self._open_until = time.monotonic() + self.seconds
-            self._probing = False
-
-    def outcome(self, exc: BaseException | None) -> None:
-        """Record how one request to Vault ended: None for an answer, else what it raised."""
-        if exc is None or not _is_outage(exc):
-            self.succeeded()
-        else:
-            self.failed()
-
-    @property
-    def is_open(self) -> bool:
-        with self._lock:
-            return self._open_until is not None
 
 
 class VaultSecretBackend(BaseSecretBackend):
@@ -315,8 +236,7 @@ class VaultSecretBackend(BaseSecretBackend):
         self._token_read_at: float | None = None
         self._token_refused = False
         self.breaker = CircuitBreaker(
-            failures=self.options["breaker_failures"],
-            seconds=self.options["breaker_seconds"],
+            failures=self.options["breaker_failures"], seconds=self.options["breaker_seconds"]
         )
 
     def validate_options(self) -> None:
@@ -485,7 +405,7 @@ class VaultSecretBackend(BaseSecretBackend):
     @contextlib.contextmanager
     def _asking(self, *, counted: bool = True) -> Iterator[None]:
         """
-        Ask Vault through the breaker: raise _Open at once while it is open, and record how the asking ended.
+        Ask Vault through the breaker: raise BreakerOpen at once while it is open, and record how the asking ended.
 
         With `counted` False (a health check) the breaker is only looked at: the asking is
         neither its probe nor recorded, so that anonymous readiness probes cannot open it.
@@ -497,13 +417,15 @@ class VaultSecretBackend(BaseSecretBackend):
         try:
             yield
         except BaseException as exc:
-            if counted:
-                self.breaker.outcome(exc)
+            if counted and _is_outage(exc):
+                self.breaker.failed()
+            elif counted:
+                self.breaker.succeeded()
             if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
                 self._refused()
             raise
         if counted:
-            self.breaker.outcome(None)
+            self.breaker.succeeded()
 
     def _call(self, operation: Callable[..., Any], **kwargs: Any) -> Any:
         """Run one hvac operation, once more if Vault asks for a retry while a KV mount upgrades."""
@@ -588,7 +510,7 @@ class VaultSecretBackend(BaseSecretBackend):
                             current,
                         )
                     version = self._write(client, key, secret, cas=current)
-        except _Open as exc:
+        except BreakerOpen as exc:
             raise SecretWriteError(_FAILING_FAST, retry_after=exc.retry_after) from None
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
             maybe_written = _applied_possibly(exc)
@@ -678,7 +600,7 @@ class VaultSecretBackend(BaseSecretBackend):
                 )
                 entry = _entry(response)
             return _client_secret(entry)
-        except _Open as exc:
+        except BreakerOpen as exc:
             raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
         except _MalformedEntry:
             logger.warning(
@@ -722,7 +644,7 @@ class VaultSecretBackend(BaseSecretBackend):
             with contextlib.suppress(_MalformedEntry):
                 kept = _client_secret(entry)
                 hmac.compare_digest(kept.encode("utf-8"), secret.encode("utf-8", "surrogatepass"))
-        except _Open as exc:
+        except BreakerOpen as exc:
             raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
             raise SecretReadError(f"Vault {_describe(exc)} while reading a client secret.") from None
@@ -760,7 +682,7 @@ class VaultSecretBackend(BaseSecretBackend):
                     # Vault answers 204; hvac returns anything that is not JSON as the raw response.
                     if isinstance(response, requests.Response) and response.status_code != 204:
                         raise ValueError("not Vault's answer to a delete")
-            except _Open as exc:
+            except BreakerOpen as exc:
                 raise SecretStoreUnavailable(_FAILING_FAST, retry_after=exc.retry_after) from None
             except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
                 logger.warning("Vault delete failed path=%s error=%s", path, type(exc).__name__)
@@ -788,7 +710,7 @@ class VaultSecretBackend(BaseSecretBackend):
                     self._read_dummy(client)
                 except hvac.exceptions.InvalidPath:
                     pass  # the token may read under agentidp/, and nothing is there: as expected
-        except _Open as exc:
+        except BreakerOpen as exc:
             return [f"Vault failed repeatedly and is not asked again for {exc.retry_after} s."]
         except _Unhealthy as exc:
             return [str(exc)]
