@@ -3,7 +3,6 @@ Fail fast while Vault keeps failing: the Vault backend's circuit breaker.
 
 The breaker knows nothing of hvac or requests: the backend tells it whether each request
 ended in an outage and asks it whether to send the next one.
-It reads time from time.monotonic.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +34,11 @@ class CircuitBreaker:
     opens it again. Per process and thread-safe; `failures` 0 turns it off.
     """
 
-    def __init__(self, *, failures: int, seconds: float) -> None:
+    def __init__(self, *, failures: int, seconds: float, clock: Callable[[], float] | None = None) -> None:
         self.failures = failures
         self.seconds = seconds
+        #: What the breaker reads the time from (time.monotonic unless given); the fault tests move it on.
+        self.clock = clock or time.monotonic
         self._lock = threading.Lock()
         self._consecutive = 0
         self._open_until: float | None = None
@@ -49,7 +51,7 @@ class CircuitBreaker:
         with self._lock:
             if self._open_until is None:
                 return
-            left = self._open_until - time.monotonic()
+            left = self._open_until - self.clock()
             if left <= 0 and not self._probing:
                 self._probing = True  # this caller is the probe
                 return
@@ -60,7 +62,7 @@ class CircuitBreaker:
         if not self.failures:
             return
         with self._lock:
-            left = None if self._open_until is None else self._open_until - time.monotonic()
+            left = None if self._open_until is None else self._open_until - self.clock()
         if left is not None and left > 0:
             raise BreakerOpen(max(1, math.ceil(left)))
 
@@ -82,7 +84,7 @@ class CircuitBreaker:
                     logger.warning(
                         "Vault failed %s times in a row; failing fast for %ss", self._consecutive, self.seconds
                     )
-                self._open_until = time.monotonic() + self.seconds
+                self._open_until = self.clock() + self.seconds
             self._probing = False
 
     @property
