@@ -9,8 +9,9 @@ the metadata. The token needs nothing beyond the contract's policy: create, read
 and delete on `{mount}/data/agentidp/*` and delete on `{mount}/metadata/agentidp/*` (no
 metadata reads), plus the `default` policy's token self-service for renewal.
 
-hvac and requests exceptions are translated into vaultstore's own at this module's edge.
-No message, log line or exception raised here carries a secret or the Vault token.
+Every operation asks Vault through the circuit breaker (vault_breaker) and inside
+vault_errors.translated, so that no hvac or requests exception leaves the backend. No
+message, log line or exception raised here carries a secret or the Vault token.
 """
 
 from __future__ import annotations
@@ -31,13 +32,24 @@ from urllib.parse import urlsplit
 import hvac
 import hvac.exceptions
 import requests
-import urllib3.exceptions
 from django.core.exceptions import ImproperlyConfigured
 from django.views.decorators.debug import sensitive_variables
 
-from ..exceptions import SecretMissing, SecretReadError, SecretStoreError, SecretStoreUnavailable, SecretWriteError
+from ..exceptions import SecretMissing, SecretReadError, SecretStoreError, SecretWriteError
 from .base import BaseSecretBackend, SecretOwner, StoredSecret
-from .vault_breaker import BreakerOpen, CircuitBreaker
+from .vault_breaker import CircuitBreaker
+from .vault_errors import (
+    CHECKING,
+    DESTROYING,
+    READING,
+    STORING,
+    VAULT_ERRORS,
+    Sealed,
+    describe,
+    is_outage,
+    is_refusal,
+    translated,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +68,6 @@ DUMMY_KEY = f"{KEY_PREFIX}/agents/{uuid.UUID(int=0)}/credentials/{uuid.UUID(int=
 RENEW_AT_FRACTION = 2 / 3
 #: After a failed look at the token, try again this many seconds later.
 TOKEN_RETRY_SECONDS = 10.0
-#: What an operation refused by the open breaker says.
-_FAILING_FAST = "Vault failed repeatedly and is not asked again for a few seconds."
-
-# Statuses with which Vault refused a request before applying it.
-_NOT_APPLIED_ERRORS = (
-    hvac.exceptions.InvalidRequest,  # 400: cas mismatch, no data, bad JSON
-    hvac.exceptions.Unauthorized,  # 401
-    hvac.exceptions.Forbidden,  # 403
-    hvac.exceptions.InvalidPath,  # 404
-    hvac.exceptions.RateLimitExceeded,  # 429
-    hvac.exceptions.VaultNotInitialized,  # 501
-    hvac.exceptions.VaultDown,  # 503: sealed, standby without an active node
-)
 
 
 def policy(mount: str) -> str:
@@ -86,43 +85,6 @@ def policy(mount: str) -> str:
 def key_for(owner: SecretOwner) -> str:
     """Return the KV key (without mount) of the owner's secret."""
     return f"{KEY_PREFIX}/agents/{owner.agent_id}/credentials/{owner.id}"
-
-
-def _describe(exc: BaseException) -> str:
-    """Say what went wrong in words that carry no secret, token or response body."""
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "did not answer in time"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return "could not be reached"
-    if isinstance(exc, requests.exceptions.RequestException | ValueError):
-        return "sent an unreadable answer"
-    if isinstance(exc, hvac.exceptions.VaultDown):
-        return "is sealed or has no active node"
-    if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
-        return "refused the request (permission denied or invalid token)"
-    if isinstance(exc, hvac.exceptions.RateLimitExceeded):
-        return "is rate limiting requests"
-    if isinstance(exc, hvac.exceptions.InternalServerError | hvac.exceptions.BadGateway):
-        return "failed with a server error"
-    if isinstance(exc, hvac.exceptions.VaultNotInitialized):
-        return "is not initialised"
-    if isinstance(exc, hvac.exceptions.InvalidRequest):
-        return "rejected the request"
-    return "answered with an error"
-
-
-def _applied_possibly(exc: BaseException) -> bool:
-    """Return whether a write that failed with `exc` may nevertheless have been applied."""
-    if isinstance(exc, _NOT_APPLIED_ERRORS):
-        return False
-    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
-        return False
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        # Refused or unresolvable: the request never left. A reset after sending may have been applied.
-        reason = exc.args[0] if exc.args else None
-        reason = getattr(reason, "reason", reason)
-        return not isinstance(reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError)
-    return True
 
 
 def _mismatched_cas(exc: hvac.exceptions.VaultError) -> bool:
@@ -182,13 +144,6 @@ def _positive_int(value: Any) -> int:
     return value
 
 
-def _is_outage(exc: BaseException) -> bool:
-    """Return whether `exc` says Vault cannot serve now (as opposed to an answer about one key)."""
-    if isinstance(exc, hvac.exceptions.InvalidPath | hvac.exceptions.InvalidRequest):
-        return False  # 404 and 400 (a cas mismatch): Vault answered
-    return isinstance(exc, hvac.exceptions.VaultError | requests.exceptions.RequestException | ValueError)
-
-
 class _MalformedEntry(Exception):
     """
     Vault answered a read in its own shape, but the entry holds no client secret string.
@@ -197,10 +152,6 @@ class _MalformedEntry(Exception):
     an outage: it fails that key's verifications and never counts towards the breaker, so
     that a few bad entries cannot stop every Vault credential. It carries nothing of the entry.
     """
-
-
-class _Unhealthy(hvac.exceptions.VaultDown):
-    """Vault's health endpoint says it cannot serve (sealed, not initialised): an outage for the breaker."""
 
 
 class VaultSecretBackend(BaseSecretBackend):
@@ -359,8 +310,8 @@ class VaultSecretBackend(BaseSecretBackend):
             if not isinstance(granted, dict):
                 raise ValueError("no auth in the renewal answer")
             lease = int(granted.get("lease_duration") or 0)
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError, TypeError) as exc:
-            logger.warning("could not renew the Vault token: Vault %s (%s)", _describe(exc), type(exc).__name__)
+        except (*VAULT_ERRORS, TypeError) as exc:
+            logger.warning("could not renew the Vault token: Vault %s (%s)", describe(exc), type(exc).__name__)
             return now + TOKEN_RETRY_SECONDS
         if isinstance(auth, dict) and auth.get("warnings"):
             logger.warning("the Vault token reaches its maximum TTL in %s s and cannot be renewed past it", lease)
@@ -417,11 +368,11 @@ class VaultSecretBackend(BaseSecretBackend):
         try:
             yield
         except BaseException as exc:
-            if counted and _is_outage(exc):
+            if counted and is_outage(exc):
                 self.breaker.failed()
             elif counted:
                 self.breaker.succeeded()
-            if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
+            if is_refusal(exc):
                 self._refused()
             raise
         if counted:
@@ -481,45 +432,34 @@ class VaultSecretBackend(BaseSecretBackend):
         expected = 0
         if replacing is not None and replacing.storage == self.name and replacing.vault_path == path:
             expected = replacing.vault_version or 0
-        try:
-            with self._asking():
-                client = self._client()
-                try:
-                    version = self._write(client, key, secret, cas=expected)
-                except hvac.exceptions.InvalidRequest as exc:
-                    if not _mismatched_cas(exc):
-                        raise
-                    current = self._current_version(client, key)
-                    if current == 0:
-                        # No entry at all where the database trusts a version: Vault lost it (restarted
-                        # empty, restored from an older backup). A create-only write overwrites nothing.
-                        logger.warning(
-                            "Vault has no entry where the database trusts a version; writing it anew "
-                            "path=%s trusted=%s",
-                            path,
-                            expected,
-                        )
-                    elif current <= expected:
-                        raise
-                    else:
-                        logger.warning(
-                            "Vault holds versions the database never recorded; writing after them "
-                            "path=%s trusted=%s current=%s",
-                            path,
-                            expected,
-                            current,
-                        )
-                    version = self._write(client, key, secret, cas=current)
-        except BreakerOpen as exc:
-            raise SecretWriteError(_FAILING_FAST, retry_after=exc.retry_after) from None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
-            maybe_written = _applied_possibly(exc)
-            logger.warning(
-                "Vault write failed path=%s error=%s maybe_written=%s", path, type(exc).__name__, maybe_written
-            )
-            raise SecretWriteError(
-                f"Vault {_describe(exc)} while storing a client secret.", maybe_written=maybe_written
-            ) from None
+        with translated(STORING, path=path), self._asking():
+            client = self._client()
+            try:
+                version = self._write(client, key, secret, cas=expected)
+            except hvac.exceptions.InvalidRequest as exc:
+                if not _mismatched_cas(exc):
+                    raise
+                current = self._current_version(client, key)
+                if current == 0:
+                    # No entry at all where the database trusts a version: Vault lost it (restarted
+                    # empty, restored from an older backup). A create-only write overwrites nothing.
+                    logger.warning(
+                        "Vault has no entry where the database trusts a version; writing it anew "
+                        "path=%s trusted=%s",
+                        path,
+                        expected,
+                    )
+                elif current <= expected:
+                    raise
+                else:
+                    logger.warning(
+                        "Vault holds versions the database never recorded; writing after them "
+                        "path=%s trusted=%s current=%s",
+                        path,
+                        expected,
+                        current,
+                    )
+                version = self._write(client, key, secret, cas=current)
         return StoredSecret(storage=self.name, vault_path=path, vault_version=version)
 
     @sensitive_variables("secret")
@@ -590,34 +530,33 @@ class VaultSecretBackend(BaseSecretBackend):
         if stored.storage != self.name or not stored.vault_version:
             return None
         key = self._key(stored, SecretReadError)
+        with translated(READING, path=stored.vault_path):
+            try:
+                with self._asking():
+                    response = self._call(
+                        self._client().secrets.kv.v2.read_secret_version,
+                        path=key,
+                        version=stored.vault_version,
+                        raise_on_deleted_version=True,
+                    )
+                    entry = _entry(response)
+            except hvac.exceptions.InvalidPath:
+                if not quiet:
+                    logger.warning(
+                        "Vault has no secret at the trusted version path=%s version=%s",
+                        stored.vault_path,
+                        stored.vault_version,
+                    )
+                raise SecretMissing(
+                    "Vault does not hold the version of this secret that the database trusts."
+                ) from None
         try:
-            with self._asking():
-                response = self._call(
-                    self._client().secrets.kv.v2.read_secret_version,
-                    path=key,
-                    version=stored.vault_version,
-                    raise_on_deleted_version=True,
-                )
-                entry = _entry(response)
             return _client_secret(entry)
-        except BreakerOpen as exc:
-            raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
         except _MalformedEntry:
             logger.warning(
                 "Vault entry holds no client secret string path=%s version=%s", stored.vault_path, stored.vault_version
             )
             raise SecretReadError("The Vault entry at this credential's path holds no client secret.") from None
-        except hvac.exceptions.InvalidPath:
-            if not quiet:
-                logger.warning(
-                    "Vault has no secret at the trusted version path=%s version=%s",
-                    stored.vault_path,
-                    stored.vault_version,
-                )
-            raise SecretMissing("Vault does not hold the version of this secret that the database trusts.") from None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
-            logger.warning("Vault read failed path=%s error=%s", stored.vault_path, type(exc).__name__)
-            raise SecretReadError(f"Vault {_describe(exc)} while reading a client secret.") from None
 
     def _read_dummy(self, client: hvac.Client) -> dict[str, Any]:
         """Read the key no credential has (InvalidPath until verify_dummy has planted its entry there)."""
@@ -633,21 +572,16 @@ class VaultSecretBackend(BaseSecretBackend):
         It fails as that verification would (SecretReadError while Vault cannot answer), so
         an unknown client cannot be told from a Vault credential's by the answer either.
         """
-        try:
-            with self._asking():
-                client = self._client()
-                try:
-                    entry = self._read_dummy(client)
-                except hvac.exceptions.InvalidPath:
-                    self._plant_dummy(client)
-                    return
-            with contextlib.suppress(_MalformedEntry):
-                kept = _client_secret(entry)
-                hmac.compare_digest(kept.encode("utf-8"), secret.encode("utf-8", "surrogatepass"))
-        except BreakerOpen as exc:
-            raise SecretReadError(_FAILING_FAST, retry_after=exc.retry_after) from None
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
-            raise SecretReadError(f"Vault {_describe(exc)} while reading a client secret.") from None
+        with translated(READING), self._asking():
+            client = self._client()
+            try:
+                entry = self._read_dummy(client)
+            except hvac.exceptions.InvalidPath:
+                self._plant_dummy(client)
+                return
+        with contextlib.suppress(_MalformedEntry):
+            kept = _client_secret(entry)
+            hmac.compare_digest(kept.encode("utf-8"), secret.encode("utf-8", "surrogatepass"))
 
     def _plant_dummy(self, client: hvac.Client) -> None:
         """
@@ -676,19 +610,11 @@ class VaultSecretBackend(BaseSecretBackend):
         paths = sorted({item.vault_path for item in stored if item.storage == self.name and item.vault_path})
         for path in paths:
             key = self._key(StoredSecret(storage=self.name, vault_path=path), SecretWriteError)
-            try:
-                with self._asking():
-                    response = self._call(self._client().secrets.kv.v2.delete_metadata_and_all_versions, path=key)
-                    # Vault answers 204; hvac returns anything that is not JSON as the raw response.
-                    if isinstance(response, requests.Response) and response.status_code != 204:
-                        raise ValueError("not Vault's answer to a delete")
-            except BreakerOpen as exc:
-                raise SecretStoreUnavailable(_FAILING_FAST, retry_after=exc.retry_after) from None
-            except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
-                logger.warning("Vault delete failed path=%s error=%s", path, type(exc).__name__)
-                if isinstance(exc, hvac.exceptions.VaultDown | requests.exceptions.ConnectionError):
-                    raise SecretStoreUnavailable(f"Vault {_describe(exc)} while destroying a client secret.") from None
-                raise SecretWriteError(f"Vault {_describe(exc)} while destroying a client secret.") from None
+            with translated(DESTROYING, path=path), self._asking():
+                response = self._call(self._client().secrets.kv.v2.delete_metadata_and_all_versions, path=key)
+                # Vault answers 204; hvac returns anything that is not JSON as the raw response.
+                if isinstance(response, requests.Response) and response.status_code != 204:
+                    raise ValueError("not Vault's answer to a delete")
             logger.info("Vault secret destroyed path=%s", path)
 
     def check(self) -> list[str]:
@@ -700,20 +626,18 @@ class VaultSecretBackend(BaseSecretBackend):
         Vault rate-limiting those probes must not make token requests fail fast.
         """
         try:
-            with self._asking(counted=False):
+            with translated(CHECKING), self._asking(counted=False):
                 client = self._client()
                 health = client.sys.read_health_status(method="GET")
                 status = health.status_code if isinstance(health, requests.Response) else 200
-                if status in (501, 503):
-                    raise _Unhealthy("Vault is sealed." if status == 503 else "Vault is not initialised.")
+                if status == 503:
+                    raise Sealed()
+                if status == 501:
+                    raise hvac.exceptions.VaultNotInitialized()
                 try:
                     self._read_dummy(client)
                 except hvac.exceptions.InvalidPath:
                     pass  # the token may read under agentidp/, and nothing is there: as expected
-        except BreakerOpen as exc:
-            return [f"Vault failed repeatedly and is not asked again for {exc.retry_after} s."]
-        except _Unhealthy as exc:
+        except SecretStoreError as exc:
             return [str(exc)]
-        except (hvac.exceptions.VaultError, requests.exceptions.RequestException, ValueError) as exc:
-            return [f"Vault {_describe(exc)}."]
         return []

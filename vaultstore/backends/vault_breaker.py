@@ -2,7 +2,7 @@
 Fail fast while Vault keeps failing: the Vault backend's circuit breaker.
 
 The breaker knows nothing of hvac or requests: the backend tells it whether each request
-ended in an outage and asks it whether to send the next one.
+ended in an outage (vault_errors.is_outage) and asks it whether to send the next one.
 """
 
 from __future__ import annotations
