@@ -28,14 +28,8 @@ from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 
 from vaultstore.backends import StoredSecret, get_backend
-from vaultstore.backends.vault import (
-    DUMMY_KEY,
-    SECRET_KEY,
-    TOKEN_RETRY_SECONDS,
-    VaultSecretBackend,
-    key_for,
-    policy,
-)
+from vaultstore.backends.vault import DUMMY_KEY, SECRET_KEY, VaultSecretBackend, key_for, policy
+from vaultstore.backends.vault_token import TOKEN_RETRY_SECONDS
 from vaultstore.checks import VAULT_BACKEND, check_vault_transport, check_vaultstore_configuration
 from vaultstore.exceptions import SecretReadError, SecretStoreUnavailable, SecretWriteError
 
@@ -47,6 +41,7 @@ THIRD = "cs-third-Aa1Bb2Cc3Dd4Ee5Ff6Gg7Hh8Ii9Jj0"
 #: Fault injection aims at AgentIdP's keys (data and metadata), not at the token self-service.
 AGENTIDP_KEYS = "/agentidp/"
 LOGGER = "vaultstore.backends.vault"
+TOKEN_LOGGER = "vaultstore.backends.vault_token"
 
 
 @pytest.fixture
@@ -941,13 +936,13 @@ def test_a_check_once_the_open_period_passes_leaves_the_probe_to_a_real_request(
 
 
 class FakeTimers:
-    """Stands in for the backend's renewal timers: records them; a test fires one by calling it."""
+    """Stands in for threading.Timer, with which the backend renews its token: records the timers; a test fires one."""
 
     def __init__(self) -> None:
         self.armed: list[SimpleNamespace] = []
 
     def __call__(self, delay: float, function) -> SimpleNamespace:
-        timer = SimpleNamespace(delay=delay, function=function, cancelled=False)
+        timer = SimpleNamespace(delay=delay, function=function, cancelled=False, start=lambda: None)
         timer.cancel = lambda: setattr(timer, "cancelled", True)
         self.armed.append(timer)
         return timer
@@ -958,22 +953,23 @@ class FakeTimers:
 
 
 @pytest.fixture
-def timers() -> FakeTimers:
-    return FakeTimers()
+def timers(monkeypatch) -> FakeTimers:
+    fake = FakeTimers()
+    monkeypatch.setattr(threading, "Timer", fake)
+    return fake
 
 
-def token_backend(server, vault, timers=None, **token_options) -> tuple[VaultSecretBackend, str]:
-    """A backend with its own token (made with `token_options`) and fake timers, for a test that moves the `clock`."""
+def token_backend(server, vault, **token_options) -> tuple[VaultSecretBackend, str]:
+    """A backend with its own token (made with `token_options`), for a test that holds the `clock` and the `timers`."""
     token = server.create_token(**token_options)
-    backend = VaultSecretBackend(**vault.backend_options(token=token))
-    backend._start_timer = timers if timers is not None else FakeTimers()
-    return backend, token
+    return VaultSecretBackend(**vault.backend_options(token=token)), token
 
 
 def token_calls(server, token: str) -> list[str]:
     return [r.path.rsplit("/", 1)[1] for r in sent(server, token=token, contains="/v1/auth/token/")]
 
 
+@pytest.mark.usefixtures("timers")
 def test_a_renewable_token_is_renewed_on_first_use_and_after_two_thirds_of_its_lease(server, vault, clock):
     backend, token = token_backend(server, vault, ttl=60, renewable=True)
 
@@ -998,6 +994,7 @@ def test_a_renewable_token_is_renewed_on_first_use_and_after_two_thirds_of_its_l
     assert server.token_info(token)["renewals"] == 2
 
 
+@pytest.mark.usefixtures("timers")
 def test_a_non_renewable_token_with_a_ttl_is_never_renewed_and_a_warning_says_so(server, vault, caplog, clock):
     caplog.set_level(logging.DEBUG)
     backend, token = token_backend(server, vault, ttl=60, renewable=False)
@@ -1008,11 +1005,12 @@ def test_a_non_renewable_token_with_a_ttl_is_never_renewed_and_a_warning_says_so
 
     assert token_calls(server, token) == ["lookup-self"]
     assert server.token_info(token)["renewals"] == 0
-    warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == TOKEN_LOGGER and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "not renewable" in warnings[0]
     assert token not in caplog.text
 
 
+@pytest.mark.usefixtures("timers")
 def test_a_token_without_ttl_is_never_renewed(server, vault, clock):
     backend, token = token_backend(server, vault, ttl=None, renewable=True)
 
@@ -1024,6 +1022,7 @@ def test_a_token_without_ttl_is_never_renewed(server, vault, clock):
     assert server.token_info(token)["renewals"] == 0
 
 
+@pytest.mark.usefixtures("timers")
 def test_a_failed_renewal_does_not_fail_the_operation_and_is_tried_again_later(server, vault, owner, caplog, clock):
     caplog.set_level(logging.DEBUG)
     backend, token = token_backend(server, vault, ttl=60, renewable=True)
@@ -1045,7 +1044,7 @@ def test_a_failed_renewal_does_not_fail_the_operation_and_is_tried_again_later(s
 
 
 def test_an_idle_process_renews_its_token_from_a_timer_at_two_thirds_of_the_lease(server, vault, timers, clock):
-    backend, token = token_backend(server, vault, timers, ttl=60, renewable=True)
+    backend, token = token_backend(server, vault, ttl=60, renewable=True)
     backend.verify_dummy(secret=SECRET)  # first use: looked up and renewed
     [timer] = timers.live
     assert timer.delay == pytest.approx(40)
@@ -1060,7 +1059,7 @@ def test_an_idle_process_renews_its_token_from_a_timer_at_two_thirds_of_the_leas
 
 
 def test_a_use_that_renews_the_token_rearms_the_timer_instead_of_adding_one(server, vault, timers, clock):
-    backend, token = token_backend(server, vault, timers, ttl=60, renewable=True)
+    backend, token = token_backend(server, vault, ttl=60, renewable=True)
     backend.verify_dummy(secret=SECRET)
     clock.advance(41)
     backend.verify_dummy(secret=SECRET)
@@ -1072,7 +1071,7 @@ def test_a_use_that_renews_the_token_rearms_the_timer_instead_of_adding_one(serv
 @pytest.mark.parametrize("token_options", [{"ttl": None, "renewable": True}, {"ttl": 60, "renewable": False}])
 @pytest.mark.usefixtures("clock")
 def test_no_timer_is_armed_for_a_token_that_is_never_renewed(server, vault, timers, token_options):
-    backend, token = token_backend(server, vault, timers, **token_options)
+    backend, token = token_backend(server, vault, **token_options)
 
     backend.verify_dummy(secret=SECRET)
 
@@ -1080,7 +1079,7 @@ def test_no_timer_is_armed_for_a_token_that_is_never_renewed(server, vault, time
 
 
 def test_closing_the_backend_stops_its_renewal_timer(server, vault, timers, clock):
-    backend, token = token_backend(server, vault, timers, ttl=60, renewable=True)
+    backend, token = token_backend(server, vault, ttl=60, renewable=True)
     backend.verify_dummy(secret=SECRET)
     [timer] = timers.live
 
@@ -1099,16 +1098,24 @@ def test_a_settings_change_closes_the_backends_built_before(vault, settings):
 
     settings.VAULTSTORE = vault.vaultstore_setting(read_timeout=1.0)
 
-    assert old._closed is True
+    assert old.token_keeper.closed is True
     assert get_backend("vault") is not old
 
 
-def test_the_renewal_timer_is_a_daemon_thread(server, vault):
+def test_the_renewal_timer_is_a_daemon_thread(server, vault, monkeypatch):
+    started = []
+
+    class RecordedTimer(threading.Timer):
+        def start(self) -> None:
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(threading, "Timer", RecordedTimer)
     token = server.create_token(ttl=60, renewable=True)
     backend = VaultSecretBackend(**vault.backend_options(token=token))
     try:
         backend.verify_dummy(secret=SECRET)
-        timer = backend._renewal_timer
+        timer = started[-1] if started else None
         assert timer is not None and timer.daemon and timer.is_alive()
     finally:
         backend.close()

@@ -9,9 +9,10 @@ the metadata. The token needs nothing beyond the contract's policy: create, read
 and delete on `{mount}/data/agentidp/*` and delete on `{mount}/metadata/agentidp/*` (no
 metadata reads), plus the `default` policy's token self-service for renewal.
 
-Every operation asks Vault through the circuit breaker (vault_breaker) and inside
-vault_errors.translated, so that no hvac or requests exception leaves the backend. No
-message, log line or exception raised here carries a secret or the Vault token.
+Every operation asks Vault through the circuit breaker (vault_breaker), with the token
+that TokenKeeper (vault_token) reads and renews, and inside vault_errors.translated, so
+that no hvac or requests exception leaves the backend. No message, log line or exception
+raised here carries a secret or the Vault token.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import math
 import re
 import secrets
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -38,18 +37,8 @@ from django.views.decorators.debug import sensitive_variables
 from ..exceptions import SecretMissing, SecretReadError, SecretStoreError, SecretWriteError
 from .base import BaseSecretBackend, SecretOwner, StoredSecret
 from .vault_breaker import CircuitBreaker
-from .vault_errors import (
-    CHECKING,
-    DESTROYING,
-    READING,
-    STORING,
-    VAULT_ERRORS,
-    Sealed,
-    describe,
-    is_outage,
-    is_refusal,
-    translated,
-)
+from .vault_errors import CHECKING, DESTROYING, READING, STORING, Sealed, is_outage, is_refusal, translated
+from .vault_token import TokenKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +53,6 @@ KEY_PATTERN = re.compile(
 )
 #: A key no credential ever has: verify_dummy and the readiness check read it.
 DUMMY_KEY = f"{KEY_PREFIX}/agents/{uuid.UUID(int=0)}/credentials/{uuid.UUID(int=0)}"
-#: Renew a renewable token when this share of its lease has passed.
-RENEW_AT_FRACTION = 2 / 3
-#: After a failed look at the token, try again this many seconds later.
-TOKEN_RETRY_SECONDS = 10.0
 
 
 def policy(mount: str) -> str:
@@ -177,15 +162,9 @@ class VaultSecretBackend(BaseSecretBackend):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._local = threading.local()
-        self._token_lock = threading.Lock()
-        self._token_lock_file = threading.Lock()
-        self._next_token_check = 0.0
-        self._token_renewable: bool | None = None
-        self._renewal_timer: threading.Timer | None = None
-        self._closed = False
-        self._token: str = self.options["token"]
-        self._token_read_at: float | None = None
-        self._token_refused = False
+        self.token_keeper = TokenKeeper(
+            token=self.options["token"], token_file=self.options["token_file"], client=self._client_without_renewal
+        )
         self.breaker = CircuitBreaker(
             failures=self.options["breaker_failures"], seconds=self.options["breaker_seconds"]
         )
@@ -234,11 +213,11 @@ class VaultSecretBackend(BaseSecretBackend):
     def _client(self) -> hvac.Client:
         """Return this thread's client, built on first use, after renewing the token if that is due."""
         client = self._client_without_renewal()
-        self._renew_token_if_due(client)
+        self.token_keeper.renew_if_due(client)
         return client
 
     def _client_without_renewal(self) -> hvac.Client:
-        token = self._current_token()
+        token = self.token_keeper.current()
         client = getattr(self._local, "client", None)
         if client is not None and client.token != token:
             client.token = token  # the token file changed
@@ -253,105 +232,9 @@ class VaultSecretBackend(BaseSecretBackend):
             self._local.client = client
         return client
 
-    def _renew_token_if_due(self, client: hvac.Client) -> None:
-        # One thread looks after the token; the others go on with it meanwhile.
-        if time.monotonic() < self._next_token_check or not self._token_lock.acquire(blocking=False):
-            return
-        try:
-            self._next_token_check = self._look_after_token(client)
-            self._schedule_renewal()
-        finally:
-            self._token_lock.release()
-
-    def _schedule_renewal(self) -> None:
-        """Arm a timer for the next look at the token, so that an idle process renews it too."""
-        if self._renewal_timer is not None:
-            self._renewal_timer.cancel()
-            self._renewal_timer = None
-        delay = self._next_token_check - time.monotonic()
-        if self._closed or math.isinf(delay):
-            return
-        self._renewal_timer = self._start_timer(max(delay, 0.0), self._renew_in_background)
-
-    def _start_timer(self, delay: float, function: Callable[[], None]) -> threading.Timer:
-        timer = threading.Timer(delay, function)
-        timer.daemon = True  # never keeps a process from exiting
-        timer.start()
-        return timer
-
-    def _renew_in_background(self) -> None:
-        with self._token_lock:
-            if self._closed:
-                return
-            self._next_token_check = self._look_after_token(self._client_without_renewal())
-            self._schedule_renewal()
-
     def close(self) -> None:
         """Stop renewing the token in the background (the backend is being replaced)."""
-        self._closed = True
-        if self._renewal_timer is not None:
-            self._renewal_timer.cancel()
-
-    def _look_after_token(self, client: hvac.Client) -> float:
-        """Renew the token if it is renewable; return when to look at it again."""
-        now = time.monotonic()
-        try:
-            if self._token_renewable is None:
-                data = _data(client.auth.token.lookup_self())
-                ttl = int(data.get("ttl") or 0)
-                if ttl <= 0:
-                    return math.inf  # a token without expiry (root, or a periodic token with no TTL)
-                self._token_renewable = bool(data.get("renewable"))
-                if not self._token_renewable:
-                    logger.warning("the Vault token is not renewable and expires in %s s", ttl)
-                    return math.inf
-            auth = client.auth.token.renew_self()
-            granted = auth.get("auth") if isinstance(auth, dict) else None
-            if not isinstance(granted, dict):
-                raise ValueError("no auth in the renewal answer")
-            lease = int(granted.get("lease_duration") or 0)
-        except (*VAULT_ERRORS, TypeError) as exc:
-            logger.warning("could not renew the Vault token: Vault %s (%s)", describe(exc), type(exc).__name__)
-            return now + TOKEN_RETRY_SECONDS
-        if isinstance(auth, dict) and auth.get("warnings"):
-            logger.warning("the Vault token reaches its maximum TTL in %s s and cannot be renewed past it", lease)
-        logger.info("renewed the Vault token lease_seconds=%s", lease)
-        if lease <= 0:
-            return math.inf
-        return now + max(lease * RENEW_AT_FRACTION, 1.0)
-
-    @sensitive_variables("token")
-    def _current_token(self) -> str:
-        """Return the token: VAULT_TOKEN, or the token file's content, read on first use and after a refusal."""
-        if not self.options["token_file"] or not self._token_due():
-            return self._token
-        with self._token_lock_file:
-            if self._token_due():
-                try:
-                    with open(self.options["token_file"], encoding="utf-8") as file:
-                        token = file.read().strip()
-                except (OSError, UnicodeDecodeError) as exc:
-                    logger.warning("cannot read the Vault token file error=%s", type(exc).__name__)
-                    token = ""
-                if token != self._token:
-                    if self._token:
-                        logger.info("read a new Vault token from the token file")
-                    self._token, self._token_renewable = token, None
-                    self._next_token_check = 0.0
-                self._token_read_at = time.monotonic()
-                self._token_refused = False
-        return self._token
-
-    def _token_due(self) -> bool:
-        """Whether to read the token file: never read yet, or Vault refused the token (at most once a second)."""
-        if self._token_read_at is None:
-            return True
-        return self._token_refused and time.monotonic() - self._token_read_at >= 1.0
-
-    def _refused(self) -> None:
-        """Vault refused the token: read the token file again before a later request."""
-        if self.options["token_file"]:
-            self._token_refused = True
+        self.token_keeper.close()
 
     @contextlib.contextmanager
     def _asking(self, *, counted: bool = True) -> Iterator[None]:
@@ -373,7 +256,7 @@ class VaultSecretBackend(BaseSecretBackend):
             elif counted:
                 self.breaker.succeeded()
             if is_refusal(exc):
-                self._refused()
+                self.token_keeper.refused()
             raise
         if counted:
             self.breaker.succeeded()
