@@ -1,0 +1,7 @@
+"""The one table the ceiling reads."""
+
+from django.db import models
+
+
+class Row(models.Model):
+    name = models.CharField(max_length=40)
