@@ -26,18 +26,17 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import hvac
 import hvac.exceptions
 import requests
-from django.core.exceptions import ImproperlyConfigured
 from django.views.decorators.debug import sensitive_variables
 
 from ..exceptions import SecretMissing, SecretReadError, SecretStoreError, SecretWriteError
 from .base import BaseSecretBackend, SecretOwner, StoredSecret
 from .vault_breaker import CircuitBreaker
 from .vault_errors import CHECKING, DESTROYING, READING, STORING, Sealed, is_outage, is_refusal, translated
+from .vault_options import DEFAULT_OPTIONS, validate_options
 from .vault_token import TokenKeeper
 
 logger = logging.getLogger(__name__)
@@ -143,21 +142,7 @@ class VaultSecretBackend(BaseSecretBackend):
     """Keep each secret as a KV v2 entry; verify by reading the trusted version and comparing in constant time."""
 
     name = "vault"
-    default_options = {
-        "url": "",
-        "token": "",
-        # A file holding the token instead (a Vault Agent sink): read again when Vault refuses the token.
-        "token_file": "",
-        "mount": "secret",
-        "namespace": "",
-        # True, False, or the path of a CA bundle (requests' `verify`).
-        "verify": True,
-        "connect_timeout": 1.0,
-        "read_timeout": 3.0,
-        # Outages in a row before failing fast (0: never), and for how long (CircuitBreaker).
-        "breaker_failures": 3,
-        "breaker_seconds": 5.0,
-    }
+    default_options = DEFAULT_OPTIONS
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -170,39 +155,7 @@ class VaultSecretBackend(BaseSecretBackend):
         )
 
     def validate_options(self) -> None:
-        options = self.options
-        url = options["url"]
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'url' must be an http:// or https:// URL.")
-        if not isinstance(options["token"], str) or not isinstance(options["token_file"], str):
-            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'token' and 'token_file' must be strings.")
-        if bool(options["token"]) == bool(options["token_file"]):
-            raise ImproperlyConfigured("VAULTSTORE backend 'vault': set exactly one of 'token' and 'token_file'.")
-        mount = options["mount"]
-        if not isinstance(mount, str) or not mount.strip("/") or mount != mount.strip("/"):
-            raise ImproperlyConfigured(
-                "VAULTSTORE backend 'vault': 'mount' must be a path without leading or trailing '/'."
-            )
-        if not isinstance(options["namespace"], str):
-            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'namespace' must be a string.")
-        if not isinstance(options["verify"], bool | str) or options["verify"] == "":
-            raise ImproperlyConfigured("VAULTSTORE backend 'vault': 'verify' must be true, false or a CA bundle path.")
-        for option in ("connect_timeout", "read_timeout"):
-            value = options[option]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 60:
-                raise ImproperlyConfigured(
-                    f"VAULTSTORE backend 'vault': {option!r} must be a number of seconds from 0 to 60."
-                )
-        failures = options["breaker_failures"]
-        if isinstance(failures, bool) or not isinstance(failures, int) or not 0 <= failures <= 1000:
-            raise ImproperlyConfigured(
-                "VAULTSTORE backend 'vault': 'breaker_failures' must be an integer from 0 to 1000."
-            )
-        seconds = options["breaker_seconds"]
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
-            raise ImproperlyConfigured(
-                "VAULTSTORE backend 'vault': 'breaker_seconds' must be a number of seconds from 0 to 3600."
-            )
+        validate_options(self.options)
 
     @property
     def mount(self) -> str:
