@@ -1,1 +1,4 @@
-"""The token endpoint's benchmark harness: `python3 bench/run.py` (see bench/README.md)."""
+"""
+AgentIdP's benchmarks: the token endpoint against a ceiling (`python3 bench/run.py`) and load
+under faults and abuse (`python3 bench/load.py`); see bench/README.md.
+"""

@@ -24,23 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the project root, not bench/, so that `bench.*` and dev.py import as packages
 
-from bench.run import (  # noqa: E402
+from bench.bootstrap import enter_project_environment, in_project_environment  # noqa: E402
+from bench.options import (  # noqa: E402
+    add_bcrypt_rounds,
     add_installation_arguments,
-    enter_project_environment,
-    in_project_environment,
     positive,
     scenario_list,
+    share,
 )
 
 SCENARIO_NAMES = ("clean", "vault-outage", "attack", "shared-address")
 ATTACK_KINDS = ("known-bcrypt", "known-vault", "unknown")
-
-
-def share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
-    return value
 
 
 def attack_mix(text: str) -> list[list]:
@@ -90,26 +84,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0.001,
         help="share of a bcrypt agent's requests with a never-used credential (default 0.001)",
     )
-    parser.add_argument(
-        "--bcrypt-rounds",
-        type=int,
-        default=12,
-        choices=range(4, 32),
-        metavar="4..31",
-        help="bcrypt cost of the seeded credentials and the dummy check (default 12, production's)",
-    )
+    add_bcrypt_rounds(parser)
     parser.add_argument("--workers", type=positive(int), default=4, help="gunicorn workers (default 4)")
     parser.add_argument(
         "--worker-class", choices=("sync", "gthread"), default="sync", help="gunicorn worker class (default sync)"
     )
     parser.add_argument("--threads", type=positive(int), default=4, help="threads per gthread worker (default 4)")
-    parser.add_argument(
-        "--cache",
-        choices=("auto", "redis", "locmem"),
-        default="auto",
-        help="AgentIdP's cache: a private redis-server shared by the workers, or each worker's own memory "
-        "(default auto: redis when redis-server is installed)",
-    )
     parser.add_argument(
         "--outage-seconds", type=positive(float), default=20.0, help="how long Vault is down (default 20)"
     )
@@ -154,9 +134,9 @@ def main() -> int:
     if not in_project_environment():
         enter_project_environment(__file__)  # does not return
     os.chdir(ROOT)
-    from bench import loadrun
+    from bench import load_bench, orchestrator
 
-    return loadrun.run(args)
+    return orchestrator.run(args, load_bench)
 
 
 if __name__ == "__main__":

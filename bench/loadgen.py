@@ -1,117 +1,61 @@
 """
-The benchmark's load generator: a process of its own, standard library only.
+The load generator of both benchmarks: a process of its own, standard library only, that sends
+the requests bench/traffic.py makes over `concurrency` connections and records every answer.
 
-bench/harness.py starts it (`python bench/loadgen.py`) and talks to it in JSON lines:
+bench/orchestrator.py starts it (`python -m bench.loadgen`, from the project root) and talks
+to it in JSON lines:
 
-1. harness -> loadgen: the job (see `Job`).
-2. loadgen: warms up if the job asks (untimed), then prints {"event": "ready", ...}.
-3. harness -> loadgen: "go" (after taking its CPU snapshot).
-4. loadgen: runs `concurrency` client threads until `duration` seconds have passed (the
-   requests in flight then are finished and counted), `max_requests` are sent, or a
-   pool of never-used credentials runs out; prints {"event": "done"} as soon as the
-   window closes and then {"event": "result", ...}.
+1. orchestrator -> loadgen: the job (see `Job`).
+2. loadgen: sends the warm-up batches (untimed), then prints {"event": "ready", "warmup": {...}}.
+3. orchestrator -> loadgen: "go" (after taking its CPU snapshot).
+4. loadgen: runs the connections until the window closes (see `Job`; requests in flight then
+   are finished and recorded), prints {"event": "done"} at once, writes every request to
+   `records_file`, and prints {"event": "result", ...}.
 
-Each client thread holds one connection to the server and keeps it open for the next
-request unless the server answers `Connection: close` (gunicorn's sync workers always
-do), in which case it reconnects; a request's latency runs from before the connect (when
-one is needed) to the last byte of the response. Requests are pre-encoded bytes and
-responses are parsed only as far as the status line and the headers it needs, to keep
-this process's CPU low; it reports the CPU it used during the window.
-
-Every response whose status is not the job's expected one counts as an error (0 stands
-for a connection that failed or closed without an answer). Secrets read from the
-credentials file are only ever sent to the server.
+Each connection sends one request after another and keeps the connection open unless the
+server answers `Connection: close` (gunicorn's sync workers always do), in which case it
+reconnects; latency runs from before the connect (when one is needed) to the last byte.
+Responses are parsed only as far as the status line and the headers, to keep this process's
+CPU low; it reports the CPU it used during the window. Times are time.monotonic() seconds, the
+clock the orchestrator marks a Vault outage with (one clock for every process on Linux).
+The records file holds no secret.
 """
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
-import secrets
+import os
 import socket
 import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from urllib.parse import quote_plus
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-FORM_BODY = b"grant_type=client_credentials"
-#: A warm-up stops after this many passes over the pool even if some worker never served a credential.
-WARMUP_MAX_PASSES = 40
-#: Per-request counts the bench middleware reports (bench/middleware.py), and their names in the result.
-COUNTED_HEADERS = {
-    "x-bench-queries": "sql_queries_per_request",
-    "x-bench-bcrypt": "bcrypt_checks_per_request",
-}
+from bench.traffic import TRAFFIC, Encoder
+
+#: Headers only the counting diagnostic server sets (bench/counting/middleware.py), summed when present.
+COUNTED_HEADERS = ("x-bench-queries", "x-bench-bcrypt")
 
 
 @dataclass
 class Job:
     host: str
     port: int
-    path: str  # "/api/v1/token" or "/bench/ceiling?agent=<uuid>"
-    expected_status: int
+    path: str
     concurrency: int
-    duration: float  # seconds; the window's limit
-    max_requests: int | None = None  # stop after this many requests (the soak), else None
-    credentials_file: str | None = None  # JSON {"credentials": [[client_id, secret], ...]}
-    order: str = "cycle"  # "cycle": round robin; "once": each credential at most once (cold)
-    wrong_secret: bool = False  # present each credential's clientId with a fresh random secret
-    random_client: bool = False  # a fresh random clientId (never issued) and secret per request
-    warmup_workers: int = 0  # before the window, until each credential was served by this many workers
-
-
-@dataclass
-class Tally:
-    """What one client thread saw."""
-
-    latencies: list[float] = field(default_factory=list)
-    statuses: Counter = field(default_factory=Counter)
-    counts: Counter = field(default_factory=Counter)  # header -> sum over the responses that carried it
-    counted: Counter = field(default_factory=Counter)  # header -> responses that carried it
-    workers: dict[int, set[str]] = field(default_factory=dict)  # credential index -> worker pids
-
-
-class Requests:
-    """The requests to send, pre-encoded; shared by the client threads."""
-
-    def __init__(self, job: Job, pairs: list[list[str]]) -> None:
-        self.job = job
-        self.head = (
-            f"POST {job.path} HTTP/1.1\r\n"
-            f"Host: {job.host}:{job.port}\r\n"
-            "Content-Type: application/x-www-form-urlencoded\r\n"
-            f"Content-Length: {len(FORM_BODY)}\r\n"
-            "Accept: application/json\r\n"
-        ).encode()
-        self.client_ids = [client_id for client_id, _ in pairs]
-        self.encoded = [self.encode(client_id, secret) for client_id, secret in pairs]
-        self._counter = itertools.count()
-        self._lock = threading.Lock()
-        self.exhausted = False
-
-    def encode(self, client_id: str, secret: str) -> bytes:
-        basic = base64.b64encode(f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()).decode()
-        return self.head + f"Authorization: Basic {basic}\r\n\r\n".encode() + FORM_BODY
-
-    def next(self) -> tuple[int, bytes] | None:
-        """Return (credential index, request bytes), or None when a once-only pool is used up."""
-        job = self.job
-        if job.random_client:
-            return -1, self.encode(secrets.token_hex(16), secrets.token_urlsafe(32))
-        with self._lock:
-            number = next(self._counter)
-        if job.order == "once":
-            if number >= len(self.encoded):
-                self.exhausted = True
-                return None
-            return number, self.encoded[number]
-        index = number % len(self.encoded)
-        if job.wrong_secret:
-            return index, self.encode(self.client_ids[index], secrets.token_urlsafe(32))
-        return index, self.encoded[index]
+    traffic: dict  # {"kind": "pool" | "agents", ...options of bench.traffic's class}
+    credentials_file: str | None  # JSON the traffic draws from ({"pool": [[client_id, secret], ...]}, ...)
+    records_file: str
+    # The window closes when max_seconds have passed, when max_requests were sent, or once both
+    # min_requests were sent and min_seconds have passed (None: no such bound).
+    min_requests: int = 0
+    min_seconds: float = 0.0
+    max_seconds: float | None = None
+    max_requests: int | None = None
+    warmup_passes: int = 0
 
 
 class Connection:
@@ -173,136 +117,108 @@ class Connection:
         return status, headers
 
 
-def client(
-    job: Job,
-    source: Requests,
-    tally: Tally,
-    start: threading.Event,
-    deadline: list[float],
-    budget: itertools.count | None,
-) -> None:
-    """Send requests one after another until the deadline, the budget or the pool ends."""
+@dataclass
+class Limits:
+    soft: float = float("inf")  # min_seconds from the start
+    hard: float = float("inf")  # max_seconds from the start
+
+
+def client(job: Job, source, records: list, sums: Counter, start: threading.Event, limits: Limits, issued) -> None:
+    """Send requests one after another until the window closes or the source runs dry."""
     connection = Connection(job.host, job.port)
+    clock = time.monotonic
     start.wait()
-    clock = time.perf_counter
     try:
-        while clock() < deadline[0]:
-            if budget is not None and next(budget) >= job.max_requests:
+        while True:
+            now = clock()
+            if now >= limits.hard:
                 break
-            item = source.next()
+            number = next(issued)
+            if job.max_requests is not None and number >= job.max_requests:
+                break
+            if number >= job.min_requests and now >= limits.soft:
+                break
+            item = source.next(number)
             if item is None:
                 break
-            index, data = item
             began = clock()
-            status, headers = connection.request(data)
-            tally.latencies.append(clock() - began)
-            tally.statuses[status] += 1
+            status, headers = connection.request(item[2])
+            records.append((began, clock(), status, item[1], item[0]))
+            source.answered(item, status)
             for name in COUNTED_HEADERS:
                 value = headers.get(name)
                 if value is not None:
-                    tally.counts[name] += int(value)
-                    tally.counted[name] += 1
-            worker = headers.get("x-bench-worker")
-            if worker is not None and index >= 0:
-                tally.workers.setdefault(index, set()).add(worker)
+                    sums[name] += int(value)
+                    sums[name + ":responses"] += 1
     finally:
         connection.close()
 
 
-def run_window(job: Job, source: Requests, *, duration: float) -> tuple[list[Tally], float]:
-    """Run the client threads; return their tallies and the elapsed seconds."""
-    tallies = [Tally() for _ in range(job.concurrency)]
+def run_window(job: Job, traffic) -> tuple[list[tuple], Counter, float, float]:
+    """Run the connections; return the records, the counted headers' sums, and the window's start and end."""
+    records: list[list[tuple]] = [[] for _ in range(job.concurrency)]
+    sums = [Counter() for _ in range(job.concurrency)]
     start = threading.Event()
-    deadline = [float("inf")]
-    budget = itertools.count() if job.max_requests else None
+    limits = Limits()
+    issued = itertools.count()
     threads = [
-        threading.Thread(target=client, args=(job, source, tally, start, deadline, budget), daemon=True)
-        for tally in tallies
+        threading.Thread(
+            target=client,
+            args=(job, traffic.source(t, job.concurrency), records[t], sums[t], start, limits, issued),
+            daemon=True,
+        )
+        for t in range(job.concurrency)
     ]
     for thread in threads:
         thread.start()
-    began = time.perf_counter()
-    deadline[0] = began + duration
+    began = time.monotonic()
+    limits.soft = began + job.min_seconds
+    if job.max_seconds is not None:
+        limits.hard = began + job.max_seconds
     start.set()
     for thread in threads:
         thread.join()
-    return tallies, time.perf_counter() - began
+    return [row for rows in records for row in rows], sum(sums, Counter()), began, time.monotonic()
 
 
-def load_pairs(job: Job) -> list[list[str]]:
-    """Return the job's [client_id, secret] pairs (none for random clients)."""
-    if not job.credentials_file:
-        return []
-    with open(job.credentials_file, encoding="utf-8") as handle:
-        return json.load(handle)["credentials"]
+def send_once(job: Job, data: bytes) -> int:
+    connection = Connection(job.host, job.port)
+    try:
+        return connection.request(data)[0]
+    finally:
+        connection.close()
 
 
-def warm_up(job: Job, pairs: list[list[str]]) -> dict:
-    """Present every credential until `warmup_workers` distinct workers have verified it (untimed)."""
-    once = Job(**{**job.__dict__, "order": "once", "wrong_secret": False, "max_requests": None})
-    seen: dict[int, set[str]] = {}
-    requests = 0
-    began = time.perf_counter()
-    for _ in range(WARMUP_MAX_PASSES):
-        pending = [i for i in range(len(pairs)) if len(seen.get(i, ())) < job.warmup_workers]
-        if not pending:
-            break
-        # One pass: each pending credential once, shared out over the client threads.
-        tallies, _ = run_window(once, Requests(once, [pairs[i] for i in pending]), duration=float("inf"))
-        for tally in tallies:
-            requests += sum(tally.statuses.values())
-            for position, workers in tally.workers.items():
-                seen.setdefault(pending[position], set()).update(workers)
-    covered = sum(1 for i in range(len(pairs)) if len(seen.get(i, ())) >= job.warmup_workers)
-    return {
-        "requests": requests,
-        "seconds": round(time.perf_counter() - began, 3),
-        "credentials": len(pairs),
-        "covered": covered,
-    }
-
-
-def percentile(ordered: list[float], share: float) -> float | None:
-    """The nearest-rank percentile of sorted values."""
-    if not ordered:
+def warm_up(job: Job, traffic) -> dict | None:
+    """Send the traffic's warm-up batches, each batch's requests at once over the connections (untimed)."""
+    batches = traffic.warmup(job.warmup_passes) if job.warmup_passes else []
+    if not batches:
         return None
-    rank = max(1, -(-len(ordered) * share // 1))
-    return ordered[int(rank) - 1]
-
-
-def summarize(job: Job, tallies: list[Tally], elapsed: float, cpu: float, exhausted: bool) -> dict:
-    latencies = sorted(value for tally in tallies for value in tally.latencies)
+    began = time.monotonic()
     statuses: Counter = Counter()
-    for tally in tallies:
-        statuses.update(tally.statuses)
-    total = sum(statuses.values())
-    counts: Counter = Counter()
-    counted: Counter = Counter()
-    for tally in tallies:
-        counts.update(tally.counts)
-        counted.update(tally.counted)
-    ms = lambda value: None if value is None else round(value * 1000, 3)  # noqa: E731
+    with ThreadPoolExecutor(max_workers=job.concurrency) as pool:
+        for batch in batches:
+            statuses.update(pool.map(lambda data: send_once(job, data), batch))
     return {
-        "requests": total,
-        "elapsed_s": round(elapsed, 3),
-        "rps": round(total / elapsed, 2) if elapsed > 0 else 0.0,
-        "expected_status": job.expected_status,
+        "requests": sum(statuses.values()),
+        "passes": job.warmup_passes,
+        "seconds": round(time.monotonic() - began, 3),
         "statuses": {str(status): count for status, count in sorted(statuses.items())},
-        "errors": total - statuses.get(job.expected_status, 0),
-        "latency_ms": {
-            "p50": ms(percentile(latencies, 0.50)),
-            "p95": ms(percentile(latencies, 0.95)),
-            "p99": ms(percentile(latencies, 0.99)),
-            "max": ms(latencies[-1] if latencies else None),
-            "mean": ms(sum(latencies) / len(latencies) if latencies else None),
-        },
-        **{
-            label: round(counts[name] / counted[name], 3) if counted[name] else None
-            for name, label in COUNTED_HEADERS.items()
-        },
-        "loadgen_cpu_s": round(cpu, 3),
-        "pool_exhausted": exhausted,
     }
+
+
+def write_records(path: str, rows: list[tuple]) -> None:
+    rows.sort()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(
+            {
+                "columns": ["start", "end", "status", "agent", "kind"],
+                "rows": [[round(a, 6), round(b, 6), status, agent, kind] for a, b, status, agent, kind in rows],
+            },
+            handle,
+            separators=(",", ":"),
+        )
 
 
 def emit(message: dict) -> None:
@@ -312,17 +228,39 @@ def emit(message: dict) -> None:
 
 def main() -> None:
     job = Job(**json.loads(sys.stdin.readline()))
-    pairs = load_pairs(job)
-    warmup = warm_up(job, pairs) if job.warmup_workers and pairs else None
-    source = Requests(job, pairs)
-    emit({"event": "ready", "warmup": warmup})
+    credentials = {}
+    if job.credentials_file:
+        with open(job.credentials_file, encoding="utf-8") as handle:
+            credentials = json.load(handle)
+    options = {name: value for name, value in job.traffic.items() if name != "kind"}
+    traffic = TRAFFIC[job.traffic["kind"]](options, Encoder(job.host, job.port, job.path), credentials)
+    emit({"event": "ready", "warmup": warm_up(job, traffic)})
     if sys.stdin.readline().strip() != "go":
         return
     cpu_before = time.process_time()
-    tallies, elapsed = run_window(job, source, duration=job.duration)
+    rows, sums, began, ended = run_window(job, traffic)
     cpu = time.process_time() - cpu_before
     emit({"event": "done"})
-    emit({"event": "result", **summarize(job, tallies, elapsed, cpu, source.exhausted)})
+    write_records(job.records_file, rows)
+    counted = {
+        name: round(sums[name] / sums[name + ":responses"], 3) if sums[name + ":responses"] else None
+        for name in COUNTED_HEADERS
+    }
+    emit(
+        {
+            "event": "result",
+            "requests": len(rows),
+            "began": began,
+            "ended": ended,
+            "elapsed_s": round(ended - began, 3),
+            "loadgen_cpu_s": round(cpu, 3),
+            "stopped_by_time_limit": job.max_seconds is not None
+            and ended >= began + job.max_seconds
+            and len(rows) < job.min_requests,
+            "per_request": counted,
+            **traffic.summary(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """
 A real Vault-API server for the benchmarks: OpenBao's dev server (tests/bao.py), chosen with `--vault bao`.
 
-bench/harness.py drives it through the same commands as the in-process test server
-(bench/vault_server.py), answered here instead of over a pipe:
+bench/orchestrator.py drives it through the same interface and commands as the test server
+(bench/vault_server.py's TestVault), answered here instead of over a pipe:
 
     {"op": "count"}              -> {"count": <requests the server handled since the last clear>,
                                      "handling_ms": <the time its core spent handling them>}
@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.harness import BenchError  # harness imports this module only when --vault bao is chosen
+from bench.errors import BenchError
 from tests.bao import BaoDevServer, BaoError, find_binary
 from vaultstore.backends.vault import SECRET_KEY, policy
 
@@ -47,7 +47,9 @@ REQUEST_TIME = "vault_core_handle_request_sum"
 
 
 class OpenBaoVault:
-    """One OpenBao dev server on 127.0.0.1 with AgentIdP's policy, and the harness's commands on it."""
+    """One OpenBao dev server on 127.0.0.1 with AgentIdP's policy, and the orchestrator's commands on it."""
+
+    name = "OpenBao dev server"
 
     def __init__(self) -> None:
         binary = find_binary(Path(sys.executable).parent)
@@ -85,7 +87,7 @@ class OpenBaoVault:
             f"its own process), a token with only the {POLICY_NAME} policy"
         )
 
-    # --- the harness's commands ----------------------------------------------------------------
+    # --- the orchestrator's commands ----------------------------------------------------------------
 
     def command(self, command: dict) -> dict:
         op = command["op"]

@@ -1,11 +1,11 @@
 """
 Fill the benchmark's database with the credentials its scenarios present.
 
-Run by bench/harness.py as `python -m bench.seed ...` from the project root, with the
-benchmark's environment (DJANGO_SETTINGS_MODULE=bench.settings, DATABASE_URL, and
+Run by bench/orchestrator.py as `python -m bench.seed ...` from the project root, with
+AgentIdP's environment (DJANGO_SETTINGS_MODULE=agentidp.settings, DATABASE_URL, and
 VAULT_ADDR/VAULT_TOKEN when Vault is the default store). Secrets go only to the JSON file
-named by --out (mode 0600, in the harness's private temporary directory); nothing here
-prints one.
+named by --out (mode 0600, in the orchestrator's private temporary directory); nothing
+here prints one.
 
     warm --name NAME --count N --out FILE
         An agent and N credentials made by credentials.services (agent_create,
@@ -29,7 +29,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentidp.settings")
 
 import django  # noqa: E402
 
@@ -49,7 +49,7 @@ BATCH_SIZE = 1000
 
 
 def seed_warm(*, name: str, count: int) -> dict:
-    agent = agent_create(acting=None, name=name, description="bench/run.py: warm credentials")
+    agent = agent_create(acting=None, name=name, description="bench: warm credentials")
     credentials = []
     storage = ""
     for _ in range(count):
@@ -60,7 +60,7 @@ def seed_warm(*, name: str, count: int) -> dict:
 
 
 def seed_cold(*, storage: str, name: str, count: int, vault_out: Path | None) -> dict:
-    agent = agent_create(acting=None, name=name, description=f"bench/run.py: cold {storage} credentials")
+    agent = agent_create(acting=None, name=name, description=f"bench: cold {storage} credentials")
     secrets = [generate_client_secret() for _ in range(count)]
     rows = [
         Credential(agent=agent, client_id=generate_client_id(), description=f"bench cold {storage}")

@@ -1,8 +1,6 @@
-"""Per-request measurements that the load generator reads from response headers."""
+"""Per-request counts, in response headers, that the load generator sums in the diagnostic pass."""
 
 from __future__ import annotations
-
-import os
 
 import bcrypt
 from django.db import connection
@@ -12,8 +10,6 @@ from django.http import HttpRequest, HttpResponse
 QUERIES_HEADER = "X-Bench-Queries"
 #: bcrypt verifications (bcrypt.checkpw calls) made while the request was handled.
 BCRYPT_HEADER = "X-Bench-Bcrypt"
-#: The gunicorn worker (process id) that handled the request, so warm-ups can reach every worker.
-WORKER_HEADER = "X-Bench-Worker"
 
 _bcrypt_checks = 0
 
@@ -28,7 +24,7 @@ def _counting(checkpw):
     return checkpw_counted
 
 
-class QueryCountMiddleware:
+class CountingMiddleware:
     """
     Count the SQL statements and bcrypt verifications of each request.
 
@@ -43,7 +39,6 @@ class QueryCountMiddleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
-        self.pid = str(os.getpid())
         if not hasattr(bcrypt.checkpw, "__wrapped__"):
             bcrypt.checkpw = _counting(bcrypt.checkpw)
 
@@ -60,5 +55,4 @@ class QueryCountMiddleware:
             response = self.get_response(request)
         response[QUERIES_HEADER] = str(executed)
         response[BCRYPT_HEADER] = str(_bcrypt_checks - checks_before)
-        response[WORKER_HEADER] = self.pid
         return response

@@ -1,0 +1,332 @@
+"""
+The token endpoint's benchmark (bench/run.py): POST /api/v1/token in up to seven scenarios,
+against the ceiling project (bench/ceiling), both served by the same gunicorn shape, on one
+PostgreSQL, one after the other in one run.
+
+The sequence: AgentIdP's database, environment and Vault server (bench/orchestrator.py);
+the ceiling's own database with one row; warm credentials; the ceiling, served and measured;
+AgentIdP, served with nothing of the benchmark inside it, and each scenario measured (cold
+pools seeded just before their scenario, sized from the ceiling's rate); the soak; and last a
+short diagnostic pass on AgentIdP with per-request counting (bench/counting), one worker,
+for each scenario's SQL statements and bcrypt verifications per request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from typing import Any
+
+import psutil
+import psycopg
+
+from bench import token_report
+from bench.machine import bcrypt_verify_seconds
+from bench.options import shown, without_password
+from bench.orchestrator import CONN_MAX_AGE, Orchestrator
+from bench.servers import PYTHON, Shape
+from bench.stats import stats
+
+RESULTS_PREFIX = ""
+#: The exit status when the benchmark could not run (targets that fail do not change it).
+ERROR_STATUS = 1
+TOKEN_PATH = "/api/v1/token"
+#: gunicorn's shape for AgentIdP and the ceiling alike.
+WORKERS = 2
+#: Credentials in each warm pool (made through credentials.services, so each costs one hash to create).
+WARM_POOL = 8
+#: A cold pool holds this much more than the scenario's estimated need, and this many per client on top.
+COLD_POOL_MARGIN = 1.3
+COLD_POOL_EXTRA_PER_CLIENT = 4
+#: With each worker's own cache, a warm-up presents each warm credential this many times per worker, so that
+#: every worker very likely verified it; with the shared Redis cache, once is enough.
+WARMUP_PASSES_PER_WORKER = 10
+#: Requests per scenario in the diagnostic pass, and its time limit per scenario.
+DIAGNOSTIC_REQUESTS = 20
+DIAGNOSTIC_MAX_SECONDS = 120.0
+#: The rate limits count as in a deployment, with limits no run reaches: every request here comes from one
+#: address (127.0.0.1), and the wrong-secret scenarios measure what a failure costs the store, not a 429.
+LIMIT_OUT_OF_REACH = "1000000000"
+RATE_LIMITS = {
+    name: LIMIT_OUT_OF_REACH
+    for name in (
+        "AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS",
+        "AGENTIDP_AUTH_FAILURES_PER_ADDRESS",
+        "AGENTIDP_AUTH_FAILURES_PER_CLIENT",
+        "AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR",
+        "AGENTIDP_AUTH_FAILURES_TOTAL",
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    pool: str | None  # "bcrypt-warm", "bcrypt-cold", "vault-warm", "vault-cold" or None (random clients)
+    expected_status: int = 200
+    wrong_secret: bool = False
+    random_client: bool = False
+    warm_up: bool = False  # every credential verified before the window
+
+    @property
+    def order(self) -> str:
+        return "once" if self.pool and self.pool.endswith("-cold") else "cycle"
+
+
+SCENARIOS = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario("ceiling", "the ceiling project: one primary-key SELECT, tiny JSON", "bcrypt-warm", warm_up=True),
+        Scenario("bcrypt-warm", f"{WARM_POOL} bcrypt credentials, each used before", "bcrypt-warm", warm_up=True),
+        Scenario("bcrypt-cold", "a never-used bcrypt credential per request", "bcrypt-cold"),
+        Scenario("vault-warm", f"{WARM_POOL} Vault credentials, each used before", "vault-warm", warm_up=True),
+        Scenario("vault-cold", "a never-used Vault credential per request", "vault-cold"),
+        Scenario("wrong-secret-bcrypt", "known bcrypt clientIds, a random wrong secret", "bcrypt-warm", 401, True),
+        Scenario("wrong-secret-vault", "known Vault clientIds, a random wrong secret", "vault-warm", 401, True),
+        Scenario(
+            "unknown-client",
+            "a random clientId never issued (Vault is the default store)",
+            None,
+            401,
+            random_client=True,
+        ),
+    )
+}
+
+
+def measure(orc: Orchestrator) -> dict[str, Any]:
+    """Run the scenarios; return the results document."""
+    args = orc.args
+    names = ["ceiling"] + [name for name in args.scenarios if name != "ceiling"]  # the ratios need the ceiling
+    shape = Shape(WORKERS)
+    orc.prepare_agentidp(RATE_LIMITS)
+    ceiling_env, ceiling_path = prepare_ceiling(orc)
+    orc.log(f"Seeding {WARM_POOL} bcrypt and {WARM_POOL} Vault credentials (bcrypt cost {args.bcrypt_rounds})")
+    pools = {}
+    for store in ("bcrypt", "vault"):
+        pools[f"{store}-warm"] = orc.seed_warm(store, name=f"bench-{store}-warm", count=WARM_POOL)
+    verify_s = bcrypt_verify_seconds(args.bcrypt_rounds)
+    passes = 1 if orc.cache == "redis" else WARMUP_PASSES_PER_WORKER * WORKERS
+
+    orc.log(f"Serving the ceiling project under gunicorn ({shape.describe()}, CONN_MAX_AGE={CONN_MAX_AGE})")
+    orc.serve(
+        "ceiling", application="bench.ceiling.wsgi:application", env=ceiling_env, shape=shape, ready_path=ceiling_path
+    )
+    rows = [measure_scenario(orc, SCENARIOS["ceiling"], pools, path=ceiling_path, passes=passes)]
+    orc.log(f"Serving AgentIdP under gunicorn ({shape.describe()}, CONN_MAX_AGE={CONN_MAX_AGE}, cache {orc.cache})")
+    orc.serve_agentidp(shape)
+    for name in names[1:]:
+        scenario = SCENARIOS[name]
+        if scenario.order == "once" and scenario.pool not in pools:
+            seed_cold_pool(orc, scenario.pool, pools, ceiling_rps=rows[0]["rps"], verify_s=verify_s)
+        rows.append(measure_scenario(orc, scenario, pools, path=TOKEN_PATH, passes=passes))
+    for row in rows:
+        row["ratio_to_ceiling"] = round(row["rps"] / rows[0]["rps"], 3) if rows[0]["rps"] else None
+
+    soak = None
+    if args.soak:
+        orc.log(f"Soak: {args.soak} bcrypt-warm requests (at most {args.soak_max_seconds:g} s)")
+        before = orc.server.worker_rss_mb()
+        soak = measure_scenario(
+            orc, SCENARIOS["bcrypt-warm"], pools, path=TOKEN_PATH, passes=0,
+            duration=args.soak_max_seconds, max_requests=args.soak,
+        )  # fmt: skip
+        soak["worker_rss_mb_before"] = before
+        soak["stopped_by_time_limit"] = soak["requests"] < args.soak
+    diagnose(orc, rows[1:], pools)
+
+    return {
+        **orc.results_header(),
+        "settings": settings(orc, names, verify_s, passes, shape),
+        "summary": summary(rows),
+        "scenarios": rows,
+        "soak": soak,
+        "targets": token_report.evaluate_targets(rows, soak),
+        "run_seconds": None,
+    }
+
+
+def prepare_ceiling(orc: Orchestrator) -> tuple[dict[str, str], str]:
+    """The ceiling's own database, migrated, with its one row; return its environment and its URL path."""
+    database = f"{orc.args.database}_ceiling"
+    orc.log(f"PostgreSQL: fresh database {database} for the ceiling project")
+    url = orc.create_database(database)
+    env = {
+        **orc.clean_environment(),
+        "DJANGO_SETTINGS_MODULE": "bench.ceiling.settings",
+        "DATABASE_URL": url,
+        "CONN_MAX_AGE": str(CONN_MAX_AGE),
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "ALLOWED_HOSTS": "127.0.0.1",
+    }
+    migrate = [PYTHON, "-m", "django", "migrate", "--noinput", "--verbosity", "0"]
+    orc.run_quietly(migrate, env=env, what="the ceiling's migrate")
+    with psycopg.connect(url, autocommit=True) as connection:
+        row_id = connection.execute("INSERT INTO ceiling_row (name) VALUES ('ceiling') RETURNING id").fetchone()[0]
+    return env, f"/ceiling/{row_id}"
+
+
+def seed_cold_pool(orc: Orchestrator, pool: str, pools: dict, *, ceiling_rps: float, verify_s: float) -> None:
+    """Never-used credentials for one cold scenario, sized from the ceiling's rate and bcrypt's cost, and 20 more."""
+    args = orc.args
+    store = pool.removesuffix("-cold")
+    rate = ceiling_rps
+    if store == "bcrypt":  # each worker verifies one secret at a time
+        rate = min(rate, min(WORKERS, psutil.cpu_count() or 1) / verify_s)
+    count = math.ceil(args.duration * rate * COLD_POOL_MARGIN) + COLD_POOL_EXTRA_PER_CLIENT * args.concurrency
+    orc.log(f"Seeding {count} never-used {store} credentials for {pool} (and {DIAGNOSTIC_REQUESTS} for the diagnostic)")
+    pairs = orc.seed_cold(store, name=f"bench-{pool}", count=count + DIAGNOSTIC_REQUESTS)
+    pools[pool], pools[f"{pool}-diagnostic"] = pairs[:count], pairs[count:]
+
+
+def job_for(
+    scenario: Scenario, *, path: str, concurrency: int, duration: float, max_requests: int | None, passes: int
+) -> dict:
+    return {
+        "path": path,
+        "concurrency": concurrency,
+        "traffic": {
+            "kind": "pool",
+            "label": scenario.name,
+            "order": scenario.order,
+            "wrong_secret": scenario.wrong_secret,
+            "random_client": scenario.random_client,
+        },
+        "min_seconds": duration,
+        "max_seconds": duration,
+        "max_requests": max_requests,
+        "warmup_passes": passes if scenario.warm_up else 0,
+    }
+
+
+def measure_scenario(
+    orc: Orchestrator, scenario: Scenario, pools: dict, *, path: str, passes: int,
+    duration: float | None = None, max_requests: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run one scenario's window; return its row of results."""
+    args = orc.args
+    duration = args.duration if duration is None else duration
+    orc.log(f"Scenario {scenario.name}: {scenario.description} ({duration:g} s, {args.concurrency} clients)")
+    job = job_for(
+        scenario, path=path, concurrency=args.concurrency, duration=duration, max_requests=max_requests, passes=passes
+    )
+    window = orc.window(job, {"pool": pools[scenario.pool]} if scenario.pool else None)
+    result, cpu = window["result"], window["cpu_s"]
+    elapsed = result["elapsed_s"]
+    figures = stats(window["records"], elapsed)
+    requests = figures["requests"]
+    vault_calls = window["vault_calls"]
+    row = {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "requests": requests,
+        "elapsed_s": elapsed,
+        "rps": figures["rps"] or 0.0,
+        "expected_status": scenario.expected_status,
+        "statuses": figures["statuses"],
+        "errors": requests - figures["statuses"].get(str(scenario.expected_status), 0),
+        "latency_ms": figures["latency_ms"],
+        "vault_calls_per_request": round(vault_calls / requests, 3) if requests else None,
+        "vault_handling_ms_per_call": (
+            round(window["vault_handling_ms"] / vault_calls, 3) if window["vault_handling_ms"] and vault_calls else None
+        ),
+        "cpu_s": cpu,
+        "server_cpu_ms_per_request": round(cpu["gunicorn"] / requests * 1000, 3) if requests else None,
+        "loadgen_core_share": round(cpu["loadgen"] / elapsed, 3) if elapsed else None,
+        "worker_rss_mb": window["worker_rss_mb"],
+        "warmup": window["warmup"],
+        "pool_exhausted": result["pool_exhausted"],
+    }
+    if row["pool_exhausted"]:
+        print(f"    the pool of never-used credentials ran out after {requests} requests", flush=True)
+    orc.note_disturbance(cpu, elapsed)
+    return row
+
+
+def diagnose(orc: Orchestrator, rows: list[dict], pools: dict) -> None:
+    """Replay each scenario briefly on AgentIdP with per-request counting; add its counts to each row."""
+    orc.log(f"Diagnostic pass: AgentIdP with per-request counting, 1 worker, {DIAGNOSTIC_REQUESTS} requests a scenario")
+    orc.serve_agentidp(Shape(1), settings_module="bench.counting.settings", name="agentidp-counting")
+    for row in rows:
+        scenario = SCENARIOS[row["scenario"]]
+        pool = scenario.pool
+        if pool and scenario.order == "once":
+            pool = f"{pool}-diagnostic"
+        job = job_for(
+            scenario, path=TOKEN_PATH, concurrency=1, duration=DIAGNOSTIC_MAX_SECONDS,
+            max_requests=DIAGNOSTIC_REQUESTS, passes=1,
+        )  # fmt: skip
+        window = orc.window(job, {"pool": pools[pool]} if pool else None)
+        requests = window["result"]["requests"]
+        counted = window["result"]["per_request"]
+        row["diagnostic"] = {
+            "requests": requests,
+            "sql_queries_per_request": counted["x-bench-queries"],
+            "bcrypt_checks_per_request": counted["x-bench-bcrypt"],
+            "vault_calls_per_request": round(window["vault_calls"] / requests, 3) if requests else None,
+        }
+        row["sql_queries_per_request"] = counted["x-bench-queries"]
+        row["bcrypt_checks_per_request"] = counted["x-bench-bcrypt"]
+    orc.stop_server()
+
+
+def settings(orc: Orchestrator, names: list[str], verify_s: float, passes: int, shape: Shape) -> dict[str, Any]:
+    args = orc.args
+    return {
+        "duration_s": args.duration,
+        "concurrency": args.concurrency,
+        "scenarios": names,
+        "bcrypt_rounds": args.bcrypt_rounds,
+        "bcrypt_verify_ms": round(verify_s * 1000, 3),
+        "warm_pool": WARM_POOL,
+        "warmup_passes": passes,
+        "gunicorn": shape.as_json(),
+        "conn_max_age": CONN_MAX_AGE,
+        "debug": False,
+        "log_level": "INFO (AgentIdP's default: LOG_LEVEL is not set)",
+        "cache": orc.cache,
+        "vault_server": args.vault,
+        "vault": orc.vault.describe(),
+        "vault_default_store": True,
+        "upgrade_on_use": False,
+        "rate_limits": f"counting, each limit {LIMIT_OUT_OF_REACH} per window (out of reach)",
+        "agentidp_environment": orc.agentidp_settings(),
+        "extra_environment": {name: shown(name, value) for name, value in args.settings},
+        "ceiling": {
+            "project": "bench/ceiling: Django + DRF only, no middleware, one APIView (no authentication, "
+            "JSONRenderer), one primary-key SELECT, tiny JSON body",
+            "database": f"{args.database}_ceiling",
+            "conn_max_age": CONN_MAX_AGE,
+            "gunicorn": shape.as_json(),
+        },
+        "diagnostic_pass": {
+            "settings_module": "bench.counting.settings",
+            "workers": 1,
+            "requests_per_scenario": DIAGNOSTIC_REQUESTS,
+            "counts": "sql_queries_per_request and bcrypt_checks_per_request of each row come from this pass",
+        },
+        "load_generator": "bench/loadgen.py (Python, raw sockets, one process)",
+        "database": args.database,
+        "postgres": without_password(args.postgres),
+        "client_auth": "client_secret_basic, grant_type=client_credentials form body",
+        "soak": args.soak or None,
+    }
+
+
+def summary(rows: list[dict]) -> dict[str, Any]:
+    """The figures that count, for a quick look: each scenario's rate, p50, p99 and ratio to the ceiling."""
+    return {
+        row["scenario"]: {
+            "rps": row["rps"],
+            "p50_ms": row["latency_ms"]["p50"],
+            "p99_ms": row["latency_ms"]["p99"],
+            "ratio_to_ceiling": row["ratio_to_ceiling"],
+        }
+        for row in rows
+    }
+
+
+render = token_report.render
+exit_status = token_report.exit_status
