@@ -34,6 +34,16 @@ from django.views.decorators.debug import sensitive_variables
 
 from ..exceptions import SecretMissing, SecretReadError, SecretStoreError, SecretWriteError
 from .base import BaseSecretBackend, SecretOwner, StoredSecret
+from .vault_answers import (
+    SECRET_KEY,
+    MalformedEntry,
+    client_secret_of,
+    data_of,
+    entry_of,
+    kv_version,
+    mismatched_cas,
+    upgrading,
+)
 from .vault_breaker import CircuitBreaker
 from .vault_errors import CHECKING, DESTROYING, READING, STORING, Sealed, is_outage, is_refusal, translated
 from .vault_options import DEFAULT_OPTIONS, validate_options
@@ -41,8 +51,6 @@ from .vault_token import TokenKeeper
 
 logger = logging.getLogger(__name__)
 
-#: The data key that holds the plaintext secret in each KV entry.
-SECRET_KEY = "clientSecret"
 #: Every AgentIdP key lives under this prefix of the mount (the policy grants nothing else).
 KEY_PREFIX = "agentidp"
 #: The only keys AgentIdP ever asks Vault about (a recorded path is refused unless it has this form).
@@ -71,71 +79,10 @@ def key_for(owner: SecretOwner) -> str:
     return f"{KEY_PREFIX}/agents/{owner.agent_id}/credentials/{owner.id}"
 
 
-def _mismatched_cas(exc: hvac.exceptions.VaultError) -> bool:
-    return isinstance(exc, hvac.exceptions.InvalidRequest) and any(
-        "check-and-set parameter did not match" in str(error) for error in exc.errors or ()
-    )
-
-
-def _upgrading(exc: hvac.exceptions.VaultError) -> bool:
-    # A KV v1 mount being upgraded to v2 answers 400 for a moment; Vault says to retry.
-    return isinstance(exc, hvac.exceptions.InvalidRequest) and any(
-        "Upgrading from non-versioned to versioned data" in str(error) for error in exc.errors or ()
-    )
-
-
-def _data(response: Any) -> dict[str, Any]:
-    """Return the `data` object of a Vault answer, or raise ValueError for anything else (garbled 200s)."""
-    # hvac returns a dict only for a 200 with a JSON body; otherwise the raw requests.Response.
-    if not isinstance(response, dict) or not isinstance(response.get("data"), dict):
-        raise ValueError("not a Vault data envelope")
-    return response["data"]
-
-
-def _entry(response: Any) -> dict[str, Any]:
-    """
-    Return the entry of a KV v2 read (`{"data": ..., "metadata": {...}}`), or raise ValueError if it is not one.
-
-    Only the shape of Vault's answer is checked here: what the entry holds is about one key
-    (see _client_secret), whereas an answer in no KV v2 shape says Vault, or whatever answered
-    in its place, cannot serve.
-    """
-    entry = _data(response)
-    if not isinstance(entry.get("metadata"), dict):
-        raise ValueError("not a KV v2 read")
-    return entry
-
-
-@sensitive_variables("entry", "values", "kept")
-def _client_secret(entry: dict[str, Any]) -> str:
-    """Return the client secret an entry holds, or raise _MalformedEntry (an entry no one can verify against)."""
-    values = entry.get("data")
-    kept = values.get(SECRET_KEY) if isinstance(values, dict) else None
-    if not isinstance(kept, str):
-        raise _MalformedEntry()
-    return kept
-
-
 @sensitive_variables("kept", "secret")
 def _matches(kept: str, secret: str) -> bool:
     """Compare a kept secret with a presented one in time independent of where they differ."""
     return hmac.compare_digest(kept.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
-
-
-def _positive_int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError("not a KV version")
-    return value
-
-
-class _MalformedEntry(Exception):
-    """
-    Vault answered a read in its own shape, but the entry holds no client secret string.
-
-    The entry is about one key (written by hand, or by something other than AgentIdP), not
-    an outage: it fails that key's verifications and never counts towards the breaker, so
-    that a few bad entries cannot stop every Vault credential. It carries nothing of the entry.
-    """
 
 
 class VaultSecretBackend(BaseSecretBackend):
@@ -219,7 +166,7 @@ class VaultSecretBackend(BaseSecretBackend):
         try:
             return operation(mount_point=self.mount, **kwargs)
         except hvac.exceptions.InvalidRequest as exc:
-            if not _upgrading(exc):
+            if not upgrading(exc):
                 raise
         return operation(mount_point=self.mount, **kwargs)
 
@@ -273,7 +220,7 @@ class VaultSecretBackend(BaseSecretBackend):
             try:
                 version = self._write(client, key, secret, cas=expected)
             except hvac.exceptions.InvalidRequest as exc:
-                if not _mismatched_cas(exc):
+                if not mismatched_cas(exc):
                     raise
                 current = self._current_version(client, key)
                 if current == 0:
@@ -303,7 +250,7 @@ class VaultSecretBackend(BaseSecretBackend):
         response = self._call(
             client.secrets.kv.v2.create_or_update_secret, path=key, secret={SECRET_KEY: secret}, cas=cas
         )
-        return _positive_int(_data(response).get("version"))
+        return kv_version(data_of(response).get("version"))
 
     def _current_version(self, client: hvac.Client, key: str) -> int:
         """Return the newest version of the key from a data read (the policy grants no metadata reads)."""
@@ -317,7 +264,7 @@ class VaultSecretBackend(BaseSecretBackend):
                 return 0
         data = response.get("data") if isinstance(response, dict) else None
         metadata = data.get("metadata") if isinstance(data, dict) else None
-        return _positive_int(metadata.get("version") if isinstance(metadata, dict) else None)
+        return kv_version(metadata.get("version") if isinstance(metadata, dict) else None)
 
     @sensitive_variables("secret")
     def verify(self, *, stored: StoredSecret, secret: str, missing_raises: bool = False) -> bool:
@@ -375,7 +322,7 @@ class VaultSecretBackend(BaseSecretBackend):
                         version=stored.vault_version,
                         raise_on_deleted_version=True,
                     )
-                    entry = _entry(response)
+                    entry = entry_of(response)
             except hvac.exceptions.InvalidPath:
                 if not quiet:
                     logger.warning(
@@ -387,8 +334,8 @@ class VaultSecretBackend(BaseSecretBackend):
                     "Vault does not hold the version of this secret that the database trusts."
                 ) from None
         try:
-            return _client_secret(entry)
-        except _MalformedEntry:
+            return client_secret_of(entry)
+        except MalformedEntry:
             logger.warning(
                 "Vault entry holds no client secret string path=%s version=%s", stored.vault_path, stored.vault_version
             )
@@ -399,7 +346,7 @@ class VaultSecretBackend(BaseSecretBackend):
         response = self._call(
             client.secrets.kv.v2.read_secret_version, path=DUMMY_KEY, version=1, raise_on_deleted_version=True
         )
-        return _entry(response)  # a 200 must at least be a KV v2 read (else ValueError, as for a garbled read)
+        return entry_of(response)  # a 200 must at least be a KV v2 read (else ValueError, as for a garbled read)
 
     def verify_dummy(self, *, secret: str) -> None:
         """
@@ -415,8 +362,8 @@ class VaultSecretBackend(BaseSecretBackend):
             except hvac.exceptions.InvalidPath:
                 self._plant_dummy(client)
                 return
-        with contextlib.suppress(_MalformedEntry):
-            kept = _client_secret(entry)
+        with contextlib.suppress(MalformedEntry):
+            kept = client_secret_of(entry)
             hmac.compare_digest(kept.encode("utf-8"), secret.encode("utf-8", "surrogatepass"))
 
     def _plant_dummy(self, client: hvac.Client) -> None:
