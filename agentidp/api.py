@@ -1,6 +1,7 @@
 """
-What every management endpoint shares: the one error body, pagination, and serializer
-fields that take JSON types as they are.
+The one error body of every management endpoint: DRF's exception handler, and the
+translation of what Django, DRF, the database and the secret stores raise into the
+contract's errors (credentials.errors).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from typing import Any
 from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
-from rest_framework import exceptions, pagination, serializers
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from vaultstore.exceptions import SecretStoreError
 
-from . import errors
+from credentials import errors
 
 logger = logging.getLogger(__name__)
 
@@ -123,58 +124,8 @@ def is_api_request(request: HttpRequest) -> bool:
     return request.path_info.startswith("/api/")
 
 
-class Pagination(pagination.PageNumberPagination):
-    page_size = 50
-    page_size_query_param = "pageSize"
-    max_page_size = 200
-
-
-# --- strict JSON fields ---------------------------------------------------------------------
-# DRF turns 12 into "12" for a CharField and "12" into 12 for an IntegerField. The contract
-# answers a wrong JSON type with VALIDATION_ERROR instead, so these accept only their own type.
-
-
-def has_control_characters(text: str) -> bool:
-    """Return whether text holds a control (or other unprintable) character besides newlines and tabs."""
-    return not text.isprintable() and any(ch not in "\n\r\t" and not ch.isprintable() for ch in text)
-
-
-class StrictCharField(serializers.CharField):
-    default_error_messages = {"invalid": "Must be a string."}
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        if has_control_characters(data):
-            raise serializers.ValidationError("Must not contain control characters.")
-        return super().to_internal_value(data)
-
-
-class StrictIntegerField(serializers.IntegerField):
-    default_error_messages = {"invalid": "Must be an integer."}
-
-    def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictSerializer(serializers.Serializer):
-    """A request body serializer that refuses keys it does not know, naming them."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
-
-
 __all__ = [
-    "Pagination",
-    "StrictCharField",
-    "StrictIntegerField",
-    "StrictSerializer",
+    "as_api_error",
     "error_response",
     "exception_handler",
     "is_api_request",

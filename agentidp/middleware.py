@@ -13,7 +13,7 @@ from django.urls import Resolver404, resolve
 
 from oauth.protocol import OAuthError
 
-from . import errors
+from credentials import errors
 from .api import as_api_error, error_response, is_api_request
 
 logger = logging.getLogger(__name__)

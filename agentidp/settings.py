@@ -197,6 +197,12 @@ if VAULT_ADDR:
 # a password hash at login. After a failed move, moves pause for this many seconds.
 AGENTIDP_UPGRADE_ON_USE = env.bool("AGENTIDP_UPGRADE_ON_USE", default=True)
 AGENTIDP_UPGRADE_RETRY_SECONDS = env.int("AGENTIDP_UPGRADE_RETRY_SECONDS", default=60)
+# How clients authenticate at the token, introspection and revocation endpoints: the
+# credentials.clientauth methods, tried in this order (like AUTHENTICATION_BACKENDS).
+AGENTIDP_CLIENT_AUTH_METHODS = [
+    "credentials.clientauth.methods.ClientSecretBasic",
+    "credentials.clientauth.methods.ClientSecretPost",
+]
 
 # --- Cache ------------------------------------------------------------------------------------
 # Local memory by default (one per process); Redis for several processes: CACHE_URL=redis://host:6379/0.
@@ -212,13 +218,13 @@ REST_FRAMEWORK = {
         "oauth.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["credentials.api.permissions.IsAgentIdPAdmin"],
+    "DEFAULT_PERMISSION_CLASSES": ["oauth.permissions.IsAgentIdPAdmin"],
     "DEFAULT_PARSER_CLASSES": ["agentidp.parsers.JSONParser"],
     # JSON only: responses that carry a secret must not depend on a renderer that can fail.
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "agentidp.negotiation.ContentNegotiation",
     "DEFAULT_METADATA_CLASS": "agentidp.negotiation.Metadata",
-    "DEFAULT_PAGINATION_CLASS": "agentidp.api.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "credentials.api.base.Pagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "agentidp.api.exception_handler",
     "NON_FIELD_ERRORS_KEY": "nonFieldErrors",

@@ -37,8 +37,8 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
-from agentidp.api import has_control_characters
-from agentidp.errors import ApiError
+from .api.base import has_control_characters
+from credentials.errors import ApiError
 from vaultstore.exceptions import SecretStoreError
 
 from . import services

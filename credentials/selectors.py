@@ -8,7 +8,7 @@ import uuid
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from agentidp.errors import AgentNotFound, CredentialNotFound
+from credentials.errors import AgentNotFound, CredentialNotFound
 
 from .models import Agent, Credential, GraceSecret
 

@@ -19,50 +19,21 @@ always pays the store's full price, and cannot grow the cache.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import functools
 import hashlib
 import hmac
 import logging
-import uuid
 
 from django.conf import settings
 from django.core.cache import cache
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
-from vaultstore.backends import StoredSecret
+from .trust import Trusted
 
 logger = logging.getLogger(__name__)
 
 KEY_SALT = "agentidp.credentials.verified"
 KEY_PREFIX = "agentidp:verified:"
-
-
-@dataclasses.dataclass(frozen=True)
-class Trusted:
-    """One secret a credential trusts, named exactly: where it is kept, and since when it is trusted."""
-
-    credential_id: uuid.UUID
-    stored: StoredSecret
-    # Vault numbers versions from 1 again once a key is destroyed, so a path and version can
-    # come back with another secret; the moment the credential came to trust it cannot.
-    since: datetime.datetime
-
-    @functools.cached_property
-    def name(self) -> str:
-        stored = self.stored
-        return "\x1f".join(
-            [
-                str(self.credential_id),
-                self.since.isoformat(),
-                stored.storage,
-                stored.secret_hash,
-                stored.vault_path,
-                str(stored.vault_version or ""),
-            ]
-        )
 
 
 def _cache_key(trusted: Trusted) -> str:

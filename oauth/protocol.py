@@ -6,20 +6,15 @@ request parameters, client authentication (RFC 6749 section 2.3.1) and error res
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
 import json
 import logging
 from typing import Any
-from urllib.parse import unquote_plus
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, JsonResponse
 
+from credentials import clientauth
 from credentials.models import Credential
-from credentials.services import InvalidClient, VerificationWithheld, credential_authenticate
-from vaultstore.exceptions import SecretStoreError
 
 from .throttling import AuthenticationGuard, Throttled, client_address, client_ref
 
@@ -28,7 +23,6 @@ auth_logger = logging.getLogger("agentidp.auth")
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 JSON_MEDIA_TYPE = "application/json"
-BASIC_CHALLENGE = 'Basic realm="agentidp", charset="UTF-8"'
 
 
 def oauth_response(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None):
@@ -142,52 +136,10 @@ def _safe_name(name: str) -> str:
     return repr(name[:40])
 
 
-@dataclasses.dataclass(frozen=True)
-class ClientCredentials:
-    client_id: str
-    client_secret: str = dataclasses.field(repr=False)
-    method: str  # "client_secret_basic" or "client_secret_post"
-
-    @property
-    def used_basic(self) -> bool:
-        return self.method == "client_secret_basic"
-
-
-def _invalid_client(description: str, *, basic: bool) -> OAuthError:
+def _invalid_client(description: str, *, challenge: str | None) -> OAuthError:
     return OAuthError(
-        "invalid_client", description, status=401, headers={"WWW-Authenticate": BASIC_CHALLENGE} if basic else None
+        "invalid_client", description, status=401, headers={"WWW-Authenticate": challenge} if challenge else None
     )
-
-
-def client_credentials_from(request: HttpRequest, params: dict[str, str]) -> ClientCredentials:
-    """
-    Read the client's id and secret from HTTP Basic or from the body, not both.
-
-    Basic's user and password are form-urlencoded before base64 (RFC 6749 section 2.3.1).
-    A malformed Basic header, half of the body pair, or no credentials at all is invalid_client.
-    """
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    in_body = "client_id" in params or "client_secret" in params
-    if header:
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            raise _invalid_client("Authenticate the client with HTTP Basic or client_secret_post.", basic=True)
-        if in_body:
-            raise invalid_request("Authenticate the client one way only: HTTP Basic or the request body.")
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            raise _invalid_client("The Basic authorization header is malformed.", basic=True) from None
-        user, colon, password = decoded.partition(":")
-        if not colon or not user or not password:
-            raise _invalid_client("The Basic authorization header is malformed.", basic=True)
-        return ClientCredentials(unquote_plus(user), unquote_plus(password), "client_secret_basic")
-    if "client_id" in params and "client_secret" in params:
-        return ClientCredentials(params["client_id"], params["client_secret"], "client_secret_post")
-    if in_body:
-        # An id without a secret is a client that failed to authenticate (AgentIdP has no public clients).
-        raise _invalid_client("Send both client_id and client_secret.", basic=False)
-    raise _invalid_client("Client authentication is required.", basic=True)
 
 
 def rate_limited(throttled: Throttled) -> OAuthError:
@@ -211,7 +163,7 @@ def _log_attempt(
     *,
     outcome: str,
     reason: str,
-    presented: ClientCredentials | None = None,
+    presented: clientauth.Presented | None = None,
     credential: Credential | None = None,
     level: int = logging.INFO,
 ) -> None:
@@ -227,7 +179,7 @@ def _log_attempt(
         "outcome": outcome,
         "reason": reason,
         "endpoint": request.resolver_match.url_name if request.resolver_match else "",
-        "auth_method": presented.method if presented else "",
+        "auth_method": presented.method_name if presented else "",
         "client_id": credential.client_id if credential else "",
         "client_ref": client_ref(presented.client_id) if presented else "",
         "credential_id": str(credential.id) if credential else "",
@@ -247,39 +199,40 @@ def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credent
     """
     Return the authenticated client's credential, or raise the OAuthError to answer with.
 
-    Every failure is the same invalid_client, whatever the reason (logged, with ids only).
-    A store that cannot answer (Vault down) is temporarily_unavailable with Retry-After.
-    The failure limits (oauth.throttling) apply before any secret is verified: 429.
+    The request presents its credentials by one of the client-authentication methods
+    (credentials.clientauth). Every failure is the same invalid_client, whatever the reason
+    (logged, with ids only). A store that cannot answer (Vault down) is
+    temporarily_unavailable with Retry-After. The failure limits (oauth.throttling) apply
+    before any secret is verified: 429.
     """
     try:
-        presented = client_credentials_from(request, params)
-    except OAuthError as exc:
-        _log_attempt(request, outcome="failure", reason="malformed_credentials" if exc.status == 401 else exc.error)
-        raise
+        presented = clientauth.presented_by(request, params)
+    except clientauth.MalformedClientAuth as exc:
+        reason = "malformed_credentials" if exc.error == "invalid_client" else exc.error
+        _log_attempt(request, outcome="failure", reason=reason)
+        if exc.error == "invalid_client":
+            raise _invalid_client(exc.description, challenge=exc.challenge) from None
+        raise OAuthError(exc.error, exc.description) from None
     guard = AuthenticationGuard.for_request(request, presented.client_id)
     try:
         guard.check()
-        credential = credential_authenticate(
-            client_id=presented.client_id, client_secret=presented.client_secret, store_allowed=guard.store_allowed
-        )
-    except (Throttled, VerificationWithheld) as exc:
+        credential = clientauth.authenticate(presented, store_allowed=guard.store_allowed)
+    except (Throttled, clientauth.VerificationWithheld) as exc:
         throttled = exc if isinstance(exc, Throttled) else guard.withheld()
         _log_attempt(request, outcome="throttled", reason=throttled.limit, presented=presented, level=logging.WARNING)
         raise rate_limited(throttled) from None
-    except InvalidClient as exc:
+    except clientauth.InvalidClient as exc:
         guard.failed()
         _log_attempt(request, outcome="failure", reason=exc.reason, presented=presented, credential=exc.credential)
-        raise _invalid_client("Client authentication failed.", basic=presented.used_basic) from None
-    except SecretStoreError as exc:
-        _log_attempt(
-            request, outcome="unavailable", reason=type(exc).__name__, presented=presented, level=logging.WARNING
-        )
+        raise _invalid_client("Client authentication failed.", challenge=presented.method.challenge) from None
+    except clientauth.StoreUnavailable as exc:
+        _log_attempt(request, outcome="unavailable", reason=exc.reason, presented=presented, level=logging.WARNING)
         raise OAuthError(
             "temporarily_unavailable",
             "The secret store is unavailable; try again shortly.",
             status=503,
             headers={"Retry-After": str(exc.retry_after or 5)},
-            extra={"code": "VAULT_READ_ERROR"},
+            extra={"code": exc.code},
         ) from None
     guard.succeeded()
     _log_attempt(request, outcome="success", reason="verified", presented=presented, credential=credential)

@@ -18,6 +18,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 
+from credentials import clientauth
 from credentials.scopes import parse_scope_parameter
 
 from .keys import jwks
@@ -155,7 +156,7 @@ def authorization_server_metadata(request: HttpRequest) -> HttpResponse:
     """RFC 8414 metadata: where the endpoints are and what they support."""
     if request.method not in ("GET", "HEAD"):
         return _get_only(request)
-    auth_methods = ["client_secret_basic", "client_secret_post"]
+    auth_methods = clientauth.method_names()
     response = JsonResponse(
         {
             "issuer": settings.AGENTIDP_ISSUER,

@@ -30,7 +30,7 @@ from credentials.services import (
     credential_secret_missing,
     secrets_missing_count,
 )
-from credentials.services import SECRETS_MISSING_PREFIX
+from credentials.services.missing import SECRETS_MISSING_PREFIX
 from tests.bao import BaoDevServer, find_binary
 from tests.conftest import basic_auth, form_post
 from tests.credentials.helpers import reason
@@ -74,7 +74,7 @@ def lost_events(credential: Credential | None = None) -> list[AuditEvent]:
 
 def lost_lines(caplog) -> list[logging.LogRecord]:
     """The ERROR lines that say a store lost a secret (Django also logs each 503 at ERROR, as django.request)."""
-    return [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "credentials.services"]
+    return [r for r in caplog.records if r.levelno == logging.ERROR and r.name.startswith("credentials.services")]
 
 
 def row(issued) -> Credential:
@@ -367,9 +367,9 @@ def test_a_move_off_vault_during_verification_is_invalid_client_not_a_lost_secre
 
 
 def test_a_report_for_a_secret_the_row_no_longer_trusts_writes_nothing(vault, vault_issued):
-    from credentials.services import _current_secret
+    from credentials.trust import current_secret
 
-    trusted = _current_secret(vault_issued.credential)
+    trusted = current_secret(vault_issued.credential)
     credential_rotate(acting=None, credential=vault_issued.credential)
 
     assert credential_secret_missing(

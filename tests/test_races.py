@@ -16,15 +16,15 @@ from django.db import connection, transaction
 from django.test import Client
 from rest_framework.test import APIClient
 
-from agentidp.errors import ApiError
+from credentials.errors import ApiError
 from credentials.models import Credential, SecretPurge
 from credentials.services import (
-    InvalidClient,
-    credential_authenticate,
     credential_create,
     credential_delete,
     credential_rotate,
 )
+from credentials.clientauth import InvalidClient
+from credentials.clientauth.secret import credential_authenticate
 from tests.concurrency import (
     PATIENCE_SECONDS,
     InThread,

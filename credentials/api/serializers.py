@@ -5,7 +5,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from agentidp.api import StrictCharField, StrictIntegerField, StrictSerializer
+from .base import StrictCharField, StrictIntegerField, StrictSerializer
 from credentials.models import Agent
 from credentials.scopes import MAX_SCOPES, SCOPE_TOKEN_RE
 from credentials.services import MAX_GRACE_PERIOD_SECONDS

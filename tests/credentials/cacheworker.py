@@ -61,7 +61,8 @@ def seed(count: int) -> dict:
 
 
 def auth(client_id: str, secret: str) -> dict:
-    from credentials.services import InvalidClient, credential_authenticate
+    from credentials.clientauth import InvalidClient
+    from credentials.clientauth.secret import credential_authenticate
 
     global store_asked
     store_asked = 0

@@ -6,7 +6,8 @@ import pytest
 from django.utils import timezone
 
 from credentials.models import AuditEvent, Credential, GraceSecret
-from credentials.services import InvalidClient, credential_authenticate
+from credentials.clientauth import InvalidClient
+from credentials.clientauth.secret import credential_authenticate
 
 #: The keys of a credential in API responses (the contract's Credential), without and with its secret.
 CREDENTIAL_KEYS = {

@@ -14,7 +14,7 @@ environment the test gives it (DATABASE_URL of its own SQLite file, VAULT_ADDR, 
         Run `manage.py COMMAND ARGS...`, killing this process with SIGKILL (no clean-up of any kind)
         right after the Nth return of POINT: "store" (VaultSecretBackend.store: Vault took the
         write), "record" (SecretsFile.record: the line is in the file and fsynced) or "rotate"
-        (credentials.services.credential_rotate: the rotation committed).
+        (credentials.services.credential_migrate: the rotation committed).
 """
 
 import functools
@@ -61,7 +61,8 @@ def seed(count: int) -> None:
 
 def check() -> None:
     from credentials.models import Credential
-    from credentials.services import InvalidClient, credential_authenticate
+    from credentials.clientauth import InvalidClient
+    from credentials.clientauth.secret import credential_authenticate
 
     result = {}
     for client_id, candidates in json.load(sys.stdin).items():
@@ -88,7 +89,7 @@ def kill(point: str, nth: int, argv: list[str]) -> None:
     owner, name = {
         "store": (VaultSecretBackend, "store"),
         "record": (SecretsFile, "record"),
-        "rotate": (services, "credential_rotate"),
+        "rotate": (services, "credential_migrate"),
     }[point]
     kill_after(owner, name, nth)
     execute_from_command_line(["manage.py", *argv])

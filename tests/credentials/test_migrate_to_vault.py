@@ -33,7 +33,8 @@ from django.utils import timezone
 from credentials import services
 from credentials.management.commands.migrate_to_vault import SecretsFile
 from credentials.models import AuditEvent, Credential, GraceSecret, SecretPurge
-from credentials.services import UPGRADE_PAUSED_CACHE_KEY, grace_secrets_expire
+from credentials.clientauth.secret import UPGRADE_PAUSED_CACHE_KEY
+from credentials.services import grace_secrets_expire
 from oauth.keys import generate_signing_key_pem
 from tests.conftest import assert_logs_keep
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason

@@ -8,7 +8,7 @@ from django.db import DatabaseError, connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from agentidp.errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
+from credentials.errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
 from credentials import services
 from credentials.audit import Actor
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
@@ -17,14 +17,15 @@ from credentials.services import (
     agent_create,
     agent_delete,
     agent_update,
-    credential_authenticate,
     credential_create,
     credential_delete,
     credential_rotate,
 )
+from credentials.clientauth.secret import credential_authenticate
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.factories import AgentFactory, make_credential
 from vaultstore.backends import get_default_backend
+from vaultstore.exceptions import SecretStoreError
 
 SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -580,8 +581,8 @@ def test_rotate_keeps_old_secret_when_the_store_fails(issued):
     backend = get_default_backend()
 
     with (
-        mock.patch.object(backend, "store", side_effect=services.SecretStoreError("down")),
-        pytest.raises(services.SecretStoreError),
+        mock.patch.object(backend, "store", side_effect=SecretStoreError("down")),
+        pytest.raises(SecretStoreError),
     ):
         credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=60)
 

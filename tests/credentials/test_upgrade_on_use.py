@@ -1,7 +1,7 @@
 """
 Upgrade on use: a bcrypt credential made before Vault was enabled moves into Vault, with
 the same secret, the first time it authenticates; and the services migrate_to_vault
-relies on (credential_rotate's from_storage, client_secret and before_commit, and
+relies on (credential_migrate with its from_storage, client_secret and before_commit, and
 credential_delete of a credential whose move was interrupted).
 
 Each test makes its bcrypt credential with the suite's bcrypt-only settings and only then
@@ -18,17 +18,17 @@ from django.core.cache import cache
 from django.db import DatabaseError
 from django.utils import timezone
 
-from agentidp.errors import CredentialNotFound
+from credentials.errors import CredentialNotFound
 from credentials import services
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.services import (
-    UPGRADE_PAUSED_CACHE_KEY,
     agent_update,
-    credential_authenticate,
     credential_delete,
+    credential_migrate,
     credential_rotate,
     grace_secrets_expire,
 )
+from credentials.clientauth.secret import UPGRADE_PAUSED_CACHE_KEY, credential_authenticate
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.factories import make_credential
 
@@ -286,7 +286,7 @@ def test_the_pause_lasts_as_long_as_the_retry_setting_says(old, vault, settings,
     settings.AGENTIDP_UPGRADE_RETRY_SECONDS = 123
     break_writes(server, "503")
 
-    with mock.patch.object(services.cache, "set", wraps=services.cache.set) as cache_set:
+    with mock.patch.object(cache, "set", wraps=cache.set) as cache_set:
         assert token_response(old.credential.client_id, old.client_secret).status_code == 200
 
     pauses = [c for c in cache_set.call_args_list if c.args[:1] == (UPGRADE_PAUSED_CACHE_KEY,)]
@@ -457,7 +457,7 @@ def test_rotate_from_bcrypt_refuses_a_credential_already_on_vault_and_changes_no
     assert before.storage == "vault"
 
     with pytest.raises(services.StorageChanged) as excinfo:
-        credential_rotate(acting=None, credential=old.credential, from_storage="bcrypt")
+        credential_migrate(acting=None, credential=old.credential, from_storage="bcrypt")
 
     assert excinfo.value.status == 409
     after = row_of(old)
@@ -474,7 +474,7 @@ def test_rotate_from_bcrypt_uses_the_row_as_it_is_now_not_the_callers_copy(old, 
     assert token_response(old.credential.client_id, old.client_secret).status_code == 200
 
     with pytest.raises(services.StorageChanged):
-        credential_rotate(acting=None, credential=stale, from_storage=stale.storage)
+        credential_migrate(acting=None, credential=stale, from_storage=stale.storage)
 
     assert authenticates(old.credential.client_id, old.client_secret)
     assert not events(AuditEvent.Action.CREDENTIAL_ROTATED)
@@ -484,13 +484,13 @@ def test_rotate_of_a_deleted_credential_is_credential_not_found(old):
     credential_delete(acting=None, credential=old.credential)
 
     with pytest.raises(CredentialNotFound):
-        credential_rotate(acting=None, credential=old.credential, from_storage="bcrypt")
+        credential_migrate(acting=None, credential=old.credential, from_storage="bcrypt")
 
 
 def test_rotate_with_a_given_client_secret_keeps_that_secret(old, vault):
     given = "handed-out-before-" + "x" * 24
 
-    rotated = credential_rotate(acting=None, credential=old.credential, from_storage="bcrypt", client_secret=given)
+    rotated = credential_migrate(acting=None, credential=old.credential, from_storage="bcrypt", client_secret=given)
 
     assert rotated.client_secret == given
     row = row_of(old)

@@ -21,18 +21,16 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError
 from django.utils import timezone
 
-from agentidp.errors import Conflict, CredentialNotFound
+from credentials.errors import Conflict, CredentialNotFound
 from credentials import services
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.services import (
     MAX_GRACE_SECRETS,
     PURGE_FIRST_DELAY_SECONDS,
     PURGE_MAX_DELAY_SECONDS,
-    InvalidClient,
     PurgeReport,
     agent_delete,
     agent_update,
-    credential_authenticate,
     credential_create,
     credential_delete,
     credential_rotate,
@@ -40,6 +38,8 @@ from credentials.services import (
     secret_purge_attempt,
     secret_purges_run_due,
 )
+from credentials.clientauth import InvalidClient
+from credentials.clientauth.secret import credential_authenticate
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.factories import make_credential
 from vaultstore.backends import get_default_backend
@@ -250,7 +250,7 @@ def test_create_logs_the_orphan_path_at_error_when_neither_vault_nor_the_databas
         credential_create(acting=None, agent=agent)
 
     path = path_for(vault_enabled, spy.owners[0])
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "credentials.services"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("credentials.services")]
     assert [path in r.getMessage() for r in errors] == [True]
     assert not Credential.objects.exists()
     assert not SecretPurge.objects.exists()

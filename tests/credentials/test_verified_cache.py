@@ -37,7 +37,9 @@ from django.utils import timezone
 
 from credentials import services
 from credentials.models import Credential, GraceSecret
-from credentials.services import credential_authenticate, credential_delete, credential_rotate
+from credentials.clientauth import secret
+from credentials.clientauth.secret import credential_authenticate
+from credentials.services import credential_delete, credential_rotate
 from credentials.verified import KEY_PREFIX
 from oauth.keys import generate_signing_key_pem
 from tests.conftest import assert_logs_keep
@@ -265,7 +267,7 @@ def test_rotation_with_grace_keeps_the_old_secret_working_from_the_cache_until_t
     assert grace.stored_secret == old_stored
 
     # Matched as the grace entry: a secret trusted since the rotation, so checked by the store once...
-    matched, by_store = services._secret_matching(current, old)
+    matched, by_store = secret._secret_matching(current, old)
     assert (matched.stored, by_store) == (old_stored, True)
     assert asked_for(store_asked.bcrypt) == [current.stored_secret, old_stored]
     # ...and then answered from the cache; only the new current hash is still asked.

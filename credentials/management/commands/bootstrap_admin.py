@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from agentidp.errors import ApiError
+from credentials.errors import ApiError
 from credentials import services
 from credentials.audit import Actor
 from credentials.models import Agent, AuditEvent, Credential, agent_name_key

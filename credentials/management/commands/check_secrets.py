@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Prefetch
 from django.utils import timezone
 
-from agentidp.errors import AgentNotFound
+from credentials.errors import AgentNotFound
 from credentials import selectors, services
 from credentials.audit import Actor
 from credentials.models import AuditEvent, Credential, GraceSecret

@@ -23,7 +23,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from agentidp.errors import AgentNotFound, ApiError, CredentialNotFound
+from credentials.errors import AgentNotFound, ApiError, CredentialNotFound
 from credentials import selectors, services
 from credentials.audit import Actor
 from credentials.models import AuditEvent, Credential
@@ -454,7 +454,7 @@ class Command(BaseCommand):
         ends). Failures are reported on standard error.
         """
         try:
-            services.credential_rotate(
+            services.credential_migrate(
                 acting=ACTOR,
                 credential=credential,
                 grace_period_seconds=grace_period,

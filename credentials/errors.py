@@ -2,7 +2,7 @@
 The management API's errors.
 
 Each class carries the contract's code, HTTP status and any extra headers, so services
-raise them and one exception handler (agentidp.api.exception_handler) renders every one
+raise them and one exception handler (the project's DRF EXCEPTION_HANDLER) renders every one
 as {"code", "message", "details"}.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework.permissions import BasePermission
 
-from oauth.tokens import ActiveToken
+from .tokens import ActiveToken
 
 
 class IsAgentIdPAdmin(BasePermission):
