@@ -95,7 +95,9 @@ class VaultSecretBackend(BaseSecretBackend):
         super().__init__(**options)
         self._local = threading.local()
         self.token_keeper = TokenKeeper(
-            token=self.options["token"], token_file=self.options["token_file"], client=self._client_without_renewal
+            token=self.options["token"],
+            token_file=self.options["token_file"],
+            thread_client=self._client_without_renewal,
         )
         self.breaker = CircuitBreaker(
             failures=self.options["breaker_failures"], seconds=self.options["breaker_seconds"]

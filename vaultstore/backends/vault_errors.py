@@ -8,7 +8,8 @@ here answer what the backend and its breaker ask of a failure: is it an outage, 
 write that failed perhaps apply, did Vault refuse the token.
 
 No message or log line made here carries a secret, a response body or the Vault token:
-the words come from the exception's class, and the original is never chained.
+the words come from the exception's class, and errors are raised from None so that no
+traceback shows the original.
 """
 
 from __future__ import annotations

@@ -32,14 +32,15 @@ class TokenKeeper:
     """
     Hand out the Vault token, and keep it valid while the backend lives.
 
-    `client` returns the calling thread's hvac client without renewing (the renewal timer
-    asks Vault through it). Thread-safe: one thread renews while the others go on.
+    `thread_client` returns the calling thread's hvac client without renewing it (the
+    renewal timer asks Vault through it). Thread-safe: one thread renews while the others
+    go on with the token they have.
     """
 
-    def __init__(self, *, token: str, token_file: str, client: Callable[[], hvac.Client]) -> None:
+    def __init__(self, *, token: str, token_file: str, thread_client: Callable[[], hvac.Client]) -> None:
         self._token = token
         self._token_file = token_file
-        self._client = client
+        self._thread_client = thread_client
         self._file_lock = threading.Lock()
         self._read_at: float | None = None
         self._refused = False
@@ -115,7 +116,7 @@ class TokenKeeper:
         with self._renewal_lock:
             if self.closed:
                 return
-            self._next_check = self._look_after(self._client())
+            self._next_check = self._look_after(self._thread_client())
             self._schedule()
 
     def _look_after(self, client: hvac.Client) -> float:
