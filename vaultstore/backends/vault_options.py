@@ -1,5 +1,5 @@
 """
-The Vault backend's options: their defaults, and the check that names the first bad one.
+Check the Vault backend's options: their defaults, and the first bad one named.
 
 agentidp/settings.py builds them from VAULT_ADDR, VAULT_TOKEN and the other VAULT_*
 variables; a bad value is ImproperlyConfigured at start-up (system check vaultstore.E010),
