@@ -32,7 +32,6 @@ from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
@@ -253,11 +252,10 @@ class CredentialStatusFilter(admin.SimpleListFilter):
         return [("active", "Active"), ("expired", "Expired")]
 
     def queryset(self, request, queryset):
-        now = timezone.now()
         if self.value() == "active":
-            return queryset.exclude(expires_at__lte=now)
+            return queryset.active()
         if self.value() == "expired":
-            return queryset.filter(expires_at__lte=now)
+            return queryset.expired()
         return queryset
 
 

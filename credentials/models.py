@@ -106,8 +106,22 @@ def _vault_location_complete(prefix: str) -> models.CheckConstraint:
     )
 
 
+class CredentialQuerySet(models.QuerySet):
+    """The one definition of an active and of an expired credential in queries (Credential.is_expired in Python)."""
+
+    def active(self, now: datetime.datetime | None = None) -> CredentialQuerySet:
+        """Credentials without an expiry, or whose expiry lies ahead of `now` (default: this moment)."""
+        return self.filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now or timezone.now()))
+
+    def expired(self, now: datetime.datetime | None = None) -> CredentialQuerySet:
+        """Credentials whose expiry has come by `now` (default: this moment)."""
+        return self.filter(expires_at__lte=now or timezone.now())
+
+
 class Credential(SecretLocation):
     """One OAuth client of an agent. Its secret lives in the store named by `storage`."""
+
+    objects = CredentialQuerySet.as_manager()
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # PROTECT: an agent is deleted through agent_delete, which deletes its credentials first.

@@ -74,8 +74,7 @@ def credential_find_by_client_id(*, client_id: str) -> Credential | None:
 
 
 def credential_active_count(*, agent: Agent) -> int:
-    now = timezone.now()
-    return Credential.objects.filter(agent=agent).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).count()
+    return Credential.objects.filter(agent=agent).active().count()
 
 
 def grace_secrets_live(*, credential_id: uuid.UUID) -> list[GraceSecret]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 
 from credentials.errors import AgentNotFound, ApiError, CredentialNotFound
@@ -245,8 +245,8 @@ class Command(BaseCommand):
                 raise CommandError(f"No agent has the id {agent!r}.") from None
         now = timezone.now()
         remaining = credentials.exclude(storage=TARGET)
-        expired = remaining.filter(expires_at__lte=now)
-        todo = remaining.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        expired = remaining.expired(now)
+        todo = remaining.active(now)
 
         if not rotate:
             self._report(credentials, expired_count=expired.count())
