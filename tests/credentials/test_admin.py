@@ -1092,13 +1092,14 @@ def test_a_result_page_that_cannot_be_rendered_still_shows_the_new_secret(
 ):
     from django.template.response import TemplateResponse
 
-    class Failing(TemplateResponse):
-        def render(self):
-            if str(self.template_name).endswith("issued.html"):
-                raise RuntimeError("the template broke")
-            return super().render()
+    render = TemplateResponse.render
 
-    monkeypatch.setattr("credentials.admin.TemplateResponse", Failing)
+    def failing(self):
+        if str(self.template_name).endswith("issued.html"):
+            raise RuntimeError("the template broke")
+        return render(self)
+
+    monkeypatch.setattr(TemplateResponse, "render", failing)
     confirmation = ask_to_rotate(client, "button-get", [issued.credential])
 
     response = confirm_rotation(client, "button", [issued.credential], confirmation)

@@ -38,7 +38,7 @@ SECRET_FIELDS = ("secret_hash", "vault_path", "vault_version")
 CONSOLE_ADMINS = {
     model._meta.model_name: model_admin
     for model, model_admin in admin.site._registry.items()
-    if type(model_admin).__module__ == "credentials.admin"
+    if type(model_admin).__module__.startswith("credentials.admin.")
 }
 
 #: How each changelist reaches a secret-bearing column: through relations, or as a key of a JSON column.
