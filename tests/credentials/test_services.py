@@ -9,7 +9,6 @@ from django.test import override_settings
 from django.utils import timezone
 
 from credentials.errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
-from credentials import services
 from credentials.audit import Actor
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.services import (
@@ -23,6 +22,7 @@ from credentials.services import (
 )
 from credentials.clientauth.secret import credential_authenticate
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
+from tests.dbfaults import deletes, failing, inserts, on_statement, selects
 from tests.factories import AgentFactory, make_credential
 from vaultstore.backends import get_default_backend
 from vaultstore.exceptions import SecretStoreError
@@ -71,10 +71,11 @@ def test_agent_create_refuses_a_name_taken_ignoring_case_and_lookalikes(db, take
 
 
 def test_agent_create_conflict_when_the_unique_index_decides(db):
-    agent_create(acting=None, name="racer")
+    # A concurrent request creates the name right after this one looked it up, before its INSERT.
+    def competitor():
+        agent_create(acting=None, name="racer")
 
-    # A concurrent request that passed the look-up before the first one committed.
-    with mock.patch.object(services, "_name_taken", return_value=False), pytest.raises(Conflict):
+    with on_statement(selects(Agent), after=competitor, nth=1), pytest.raises(Conflict):
         agent_create(acting=None, name="RACER")
 
     assert Agent.objects.count() == 1
@@ -179,17 +180,17 @@ def test_agent_update_of_a_deleted_agent_is_agent_not_found(agent):
         agent_update(acting=None, agent=agent, description="x")
 
 
-def test_agent_delete_deletes_each_credential_through_credential_delete(agent):
+def test_agent_delete_deletes_each_credential_as_credential_delete_does(agent):
     first, second = make_credential(agent), make_credential(agent)
 
-    with mock.patch.object(services, "credential_delete", wraps=services.credential_delete) as spy:
-        agent_delete(acting=None, agent=agent)
+    agent_delete(acting=None, agent=agent)
 
-    assert [call.kwargs["credential"].pk for call in spy.call_args_list] == [first.credential.pk, second.credential.pk]
     assert not Agent.objects.filter(pk=agent.pk).exists()
     assert not Credential.objects.filter(agent_id=agent.pk).exists()
+    # One credential.deleted event each, in creation order, as credential_delete writes it.
     deleted = events(AuditEvent.Action.CREDENTIAL_DELETED)
     assert [e.credential_id for e in deleted] == [first.credential.pk, second.credential.pk]
+    assert [e.details for e in deleted] == [{"clientId": i.credential.client_id} for i in (first, second)]
     assert all(e.agent_id == agent.pk for e in deleted)
     [agent_event] = events(AuditEvent.Action.AGENT_DELETED)
     assert agent_event.agent_id == agent.pk
@@ -201,7 +202,7 @@ def test_agent_delete_keeps_everything_when_a_credential_cannot_be_deleted(agent
     issued = make_credential(agent)
 
     with (
-        mock.patch.object(services, "credential_delete", side_effect=DatabaseError("down")),
+        failing(deletes(Credential), DatabaseError("down")),
         pytest.raises(DatabaseError),
     ):
         agent_delete(acting=None, agent=agent)
@@ -423,7 +424,7 @@ def test_credential_create_leaves_nothing_when_the_database_write_fails_on_bcryp
     backend = get_default_backend()
 
     with (
-        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        failing(inserts(AuditEvent), DatabaseError("disk full")),
         mock.patch.object(backend, "delete", wraps=backend.delete) as delete,
         pytest.raises(DatabaseError),
     ):
