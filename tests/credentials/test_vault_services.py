@@ -22,7 +22,6 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from credentials.errors import Conflict, CredentialNotFound
-from credentials import services
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.services import (
     MAX_GRACE_SECRETS,
@@ -34,6 +33,7 @@ from credentials.services import (
     credential_create,
     credential_delete,
     credential_rotate,
+    generate_client_secret,
     grace_secrets_expire,
     secret_purge_attempt,
     secret_purges_run_due,
@@ -41,6 +41,7 @@ from credentials.services import (
 from credentials.clientauth import InvalidClient
 from credentials.clientauth.secret import credential_authenticate
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
+from tests.dbfaults import failing, inserts
 from tests.factories import make_credential
 from vaultstore.backends import get_default_backend
 from vaultstore.backends.vault import DUMMY_KEY
@@ -82,15 +83,16 @@ def store_spy():
 
 @contextlib.contextmanager
 def secrets_spy():
-    """Record every client secret the services generate (also those of operations that fail)."""
+    """Record every client secret the default backend is given to store (also by operations that fail)."""
+    backend = get_default_backend()
+    real_store = backend.store
     made = []
-    real = services.generate_client_secret
 
-    def generate():
-        made.append(real())
-        return made[-1]
+    def store(*, owner, secret, replacing=None):
+        made.append(secret)
+        return real_store(owner=owner, secret=secret, replacing=replacing)
 
-    with mock.patch.object(services, "generate_client_secret", generate):
+    with mock.patch.object(backend, "store", store):
         yield made
 
 
@@ -244,7 +246,7 @@ def test_create_logs_the_orphan_path_at_error_when_neither_vault_nor_the_databas
 
     with (
         store_spy() as spy,
-        mock.patch.object(services, "_purges_record", side_effect=DatabaseError("database is gone")),
+        failing(inserts(SecretPurge), DatabaseError("database is gone")),
         pytest.raises(SecretWriteError),
     ):
         credential_create(acting=None, agent=agent)
@@ -259,7 +261,7 @@ def test_create_logs_the_orphan_path_at_error_when_neither_vault_nor_the_databas
 def test_create_destroys_the_vault_entry_when_the_database_write_fails(vault_enabled, agent):
     with (
         store_spy() as spy,
-        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        failing(inserts(AuditEvent), DatabaseError("disk full")),
         pytest.raises(DatabaseError),
     ):
         credential_create(acting=None, agent=agent)
@@ -278,7 +280,7 @@ def test_create_queues_the_vault_entry_when_the_database_fails_and_vault_then_re
 
     with (
         store_spy() as spy,
-        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        failing(inserts(AuditEvent), DatabaseError("disk full")),
         pytest.raises(DatabaseError),
     ):
         credential_create(acting=None, agent=agent)
@@ -386,7 +388,7 @@ def test_rotate_keeps_the_old_version_trusted_when_the_database_fails_after_the_
     before = Credential.objects.get(pk=issued.credential.pk)
 
     with (
-        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        failing(inserts(AuditEvent), DatabaseError("disk full")),
         pytest.raises(DatabaseError),
     ):
         credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=60)
@@ -637,7 +639,7 @@ def test_delete_changes_nothing_when_the_database_fails(vault_enabled, agent, dj
 
     with (
         django_capture_on_commit_callbacks(execute=True),
-        mock.patch.object(services, "audit_record", side_effect=DatabaseError("disk full")),
+        failing(inserts(AuditEvent), DatabaseError("disk full")),
         pytest.raises(DatabaseError),
     ):
         credential_delete(acting=None, credential=issued.credential)
@@ -851,7 +853,8 @@ def test_logs_and_errors_never_carry_a_client_secret_or_the_vault_token(
         client_id = issued.credential.client_id
         rotated = credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=60)
         credential_authenticate(client_id=client_id, client_secret=rotated.client_secret)
-        wrong = services.generate_client_secret()
+        wrong = generate_client_secret()
+        made.append(wrong)
         with pytest.raises(InvalidClient) as excinfo:
             credential_authenticate(client_id=client_id, client_secret=wrong)
         raised.append(excinfo.value)
