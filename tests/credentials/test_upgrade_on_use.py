@@ -30,6 +30,7 @@ from credentials.services import (
 )
 from credentials.clientauth.secret import UPGRADE_PAUSED_CACHE_KEY, credential_authenticate
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
+from tests.dbfaults import failing, inserts
 from tests.factories import make_credential
 
 #: Substring of every KV data path AgentIdP writes.
@@ -300,7 +301,7 @@ def test_when_the_database_fails_after_the_vault_write_the_credential_stays_on_b
     secret_hash = row_of(old).secret_hash
     path = path_for(vault, old.credential)
 
-    with mock.patch.object(services, "audit_record", side_effect=DatabaseError("database is gone")):
+    with failing(inserts(AuditEvent), DatabaseError("database is gone")):
         response = token_response(client_id, old.client_secret)
 
     assert response.status_code == 200, response.content
@@ -316,7 +317,7 @@ def test_when_neither_the_database_nor_vault_take_the_move_its_entry_stays_queue
     path = path_for(vault, old.credential)
     server.inject("status", status=503, path="/metadata/agentidp/", method="DELETE")
 
-    with mock.patch.object(services, "audit_record", side_effect=DatabaseError("database is gone")):
+    with failing(inserts(AuditEvent), DatabaseError("database is gone")):
         assert token_response(old.credential.client_id, old.client_secret).status_code == 200
 
     assert row_of(old).storage == "bcrypt"
