@@ -13,8 +13,8 @@ environment the test gives it (DATABASE_URL of its own SQLite file, VAULT_ADDR, 
     python tests/credentials/killpoint.py kill POINT N COMMAND [ARGS...]
         Run `manage.py COMMAND ARGS...`, killing this process with SIGKILL (no clean-up of any kind)
         right after the Nth return of POINT: "store" (VaultSecretBackend.store: Vault took the
-        write), "record" (SecretsFile.record: the line is in the file and fsynced) or "rotate"
-        (credentials.services.credential_migrate: the rotation committed).
+        write), "record" (credentials.migration.SecretsFile.record: the line is in the file and
+        fsynced) or "rotate" (credentials.services.credential_migrate: the rotation committed).
 """
 
 import functools
@@ -49,7 +49,7 @@ def seed(count: int) -> None:
     from django.core.management import call_command
 
     from credentials import services
-    from credentials.management.commands.migrate_to_vault import SecretsFile
+    from credentials.migration import SecretsFile
 
     call_command("migrate", verbosity=0)
     agent = services.agent_create(acting=None, name="migrating-agent")
@@ -83,7 +83,7 @@ def kill(point: str, nth: int, argv: list[str]) -> None:
     from django.core.management import execute_from_command_line
 
     from credentials import services
-    from credentials.management.commands.migrate_to_vault import SecretsFile
+    from credentials.migration import SecretsFile
     from vaultstore.backends.vault import VaultSecretBackend
 
     owner, name = {

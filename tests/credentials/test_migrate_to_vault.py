@@ -31,7 +31,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from credentials import services
-from credentials.management.commands.migrate_to_vault import SecretsFile
+from credentials.migration import SecretsFile
 from credentials.models import AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.clientauth.secret import UPGRADE_PAUSED_CACHE_KEY
 from credentials.services import grace_secrets_expire
