@@ -1,21 +1,38 @@
 """
-Keep migrate_to_vault's new secrets on record in a file, durable before each rotation commits.
+Move the credentials that bcrypt keeps into Vault with new secrets, on record in a file (migrate_to_vault).
 
-A run interrupted at any point (kill -9 included) is finished by a run with the same file,
-which reuses the secrets the file already holds.
+bcrypt hashes cannot be turned back into secrets, so a credential moves either when it
+next authenticates (upgrade on use) or when it is rotated here: the new secret goes to
+Vault and to the secrets file, which the operator hands to the agents. A secret's line is
+written and fsynced before its rotation commits, so every secret that works is on record,
+and a run interrupted at any point (kill -9 included) is finished by a run with the same
+file: `Migration.run` reuses the secrets the file already holds.
 """
 
 from __future__ import annotations
 
+import datetime
+import enum
 import json
 import os
 import stat
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from django.db.models import Count
+from django.utils import timezone
+
+from vaultstore.backends import get_backend_for
+from vaultstore.exceptions import SecretStoreError
 
 from . import services
-from .models import Credential
+from .errors import ApiError, CredentialNotFound
+from .models import AuditEvent, Credential, CredentialQuerySet
 
+TARGET = "vault"
 LINE_KEYS = ("agentId", "credentialId", "clientId", "clientSecret")
 
 
@@ -166,3 +183,165 @@ class SecretsFile:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class Outcome(enum.StrEnum):
+    """How one credential went."""
+
+    #: Rotated into Vault with a new secret, now on record in the file.
+    ROTATED = "rotated"
+    #: Rotated into Vault with the secret an interrupted run had already put on record.
+    FINISHED = "finished"
+    #: Moved or deleted meanwhile: nothing left to do for it.
+    SKIPPED = "skipped"
+    #: Refused (such as too many grace secrets); the run goes on.
+    FAILED = "failed"
+    #: Vault did not answer; the run ends here.
+    STOPPED = "stopped"
+    #: Its line is not in force: the credential was rotated after the interrupted run and keeps that secret.
+    NOT_IN_FORCE = "not_in_force"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One credential's outcome, named by clientId (empty for a row deleted meanwhile), and why it failed."""
+
+    outcome: Outcome
+    client_id: str
+    why: str = ""
+    #: One of the credentials still to move (`Migration.todo`), rather than a line of an interrupted run.
+    to_move: bool = True
+
+
+class Migration:
+    """
+    The move to Vault of some credentials (every one, or one agent's): what is left to do, and doing it.
+
+    The credentials that Vault does not keep yet and that have not expired are to move;
+    expired ones stay on bcrypt, as a new secret would be of no use to them.
+    """
+
+    def __init__(self, credentials: CredentialQuerySet, *, acting: Any, now: datetime.datetime | None = None) -> None:
+        self.credentials = credentials
+        self.acting = acting
+        now = now or timezone.now()
+        remaining = credentials.exclude(storage=TARGET)
+        self.todo = remaining.active(now)
+        self.expired = remaining.expired(now)
+
+    def storage_counts(self) -> dict[str, int]:
+        """Return how many of the credentials each store keeps."""
+        return dict(self.credentials.values_list("storage").annotate(n=Count("id")).order_by())
+
+    def handed_out_count(self, secrets_file: SecretsFile) -> int:
+        """Return how many of the credentials to move would reuse a secret the file already holds."""
+        return sum(1 for credential in self.todo.iterator() if secrets_file.handed_out(credential) is not None)
+
+    def run(self, *, secrets_file: SecretsFile, grace_period_seconds: int, batch_size: int = 100) -> Iterator[Result]:
+        """
+        Move the credentials, recording each new secret in the open `secrets_file`; yield one Result each.
+
+        First the lines of an interrupted run whose credentials have left bcrypt meanwhile
+        (`to_move` False), then the credentials to move, in batches of `batch_size` read
+        by primary key, each re-read just before its rotation. Each one is rotated in its
+        own transaction (credential_migrate), its line written before the commit; a
+        credential with a line already in the file gets that secret. The run ends after
+        the first STOPPED.
+        """
+        for result in self._finish_moved_on_use(secrets_file, grace_period_seconds):
+            yield result
+            if result.outcome is Outcome.STOPPED:
+                return
+        last_pk = None
+        while True:
+            batch = self.todo.order_by("pk")
+            if last_pk is not None:
+                batch = batch.filter(pk__gt=last_pk)
+            ids = list(batch.values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                return
+            for pk in ids:
+                last_pk = pk
+                credential = Credential.objects.filter(pk=pk).first()
+                if credential is None:
+                    yield Result(Outcome.SKIPPED, "")
+                    continue
+                handed_out = secrets_file.handed_out(credential)
+                result = self._rotate(
+                    credential,
+                    grace_period_seconds=grace_period_seconds,
+                    client_secret=handed_out,
+                    before_commit=None if handed_out else secrets_file.record,
+                )
+                yield result
+                if result.outcome is Outcome.STOPPED:
+                    return
+
+    def _finish_moved_on_use(self, secrets_file: SecretsFile, grace_period_seconds: int) -> Iterator[Result]:
+        """
+        Finish the lines of an interrupted run whose credentials have left bcrypt meanwhile.
+
+        A line is written before its rotation commits; if the run was interrupted in
+        between and the agent then authenticated with its old secret, the upgrade on use
+        moved the credential into Vault with that old secret. Such a credential is rotated
+        now to the secret in the file, as the interrupted run would have done. One that
+        was rotated after the interruption (by the API or the console) keeps its secret:
+        its line is NOT_IN_FORCE. Lines whose secret works already, and credentials that
+        moved again meanwhile, yield nothing.
+        """
+        ids = list(secrets_file.lines)
+        for start in range(0, len(ids), 500):
+            chunk = self.credentials.filter(pk__in=ids[start : start + 500], storage=TARGET).order_by("pk")
+            for credential in chunk:
+                handed_out = secrets_file.handed_out(credential)
+                if handed_out is None:
+                    continue
+                try:
+                    stored = credential.stored_secret
+                    if get_backend_for(stored).verify(stored=stored, secret=handed_out):
+                        continue
+                except SecretStoreError as exc:
+                    yield Result(Outcome.STOPPED, credential.client_id, str(exc), to_move=False)
+                    return
+                last_change = (
+                    AuditEvent.objects.filter(credential_id=credential.id)
+                    .exclude(action=AuditEvent.Action.TOKEN_REVOKED)
+                    .order_by("-occurred_at", "-id")
+                    .values_list("action", flat=True)
+                    .first()
+                )
+                if last_change != AuditEvent.Action.CREDENTIAL_MOVED:
+                    yield Result(Outcome.NOT_IN_FORCE, credential.client_id, to_move=False)
+                    continue
+                result = self._rotate(credential, grace_period_seconds=grace_period_seconds, client_secret=handed_out)
+                if result.outcome is Outcome.SKIPPED:
+                    continue
+                yield Result(result.outcome, result.client_id, result.why, to_move=False)
+                if result.outcome is Outcome.STOPPED:
+                    return
+
+    def _rotate(
+        self,
+        credential: Credential,
+        *,
+        grace_period_seconds: int,
+        client_secret: str | None,
+        before_commit: Callable[[services.IssuedCredential], None] | None = None,
+    ) -> Result:
+        """Rotate one credential into Vault, from the store it is in now, to `client_secret` or a new secret."""
+        try:
+            services.credential_migrate(
+                acting=self.acting,
+                credential=credential,
+                grace_period_seconds=grace_period_seconds,
+                from_storage=credential.storage,
+                client_secret=client_secret,
+                before_commit=before_commit,
+            )
+        except (services.StorageChanged, CredentialNotFound):
+            return Result(Outcome.SKIPPED, credential.client_id)
+        except ApiError as exc:
+            return Result(Outcome.FAILED, credential.client_id, exc.message)
+        except SecretStoreError as exc:
+            return Result(Outcome.STOPPED, credential.client_id, str(exc))
+        return Result(Outcome.FINISHED if client_secret else Outcome.ROTATED, credential.client_id)
