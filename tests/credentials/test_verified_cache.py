@@ -37,7 +37,6 @@ from django.utils import timezone
 
 from credentials import services
 from credentials.models import Credential, GraceSecret
-from credentials.clientauth import secret
 from credentials.clientauth.secret import credential_authenticate
 from credentials.services import credential_delete, credential_rotate
 from credentials.verified import KEY_PREFIX
@@ -61,16 +60,29 @@ LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"
 
 @pytest.fixture
 def store_asked() -> Iterator[types.SimpleNamespace]:
-    """Count the verifications each store runs (the real verification still runs)."""
+    """
+    Count the verifications each store runs (the real verification still runs); `answers`
+    keeps what each said, (stored, matched), in order.
+    """
+    answers = []
+
+    def answering(real):
+        def verify(self, *, stored, secret, **options):
+            matched = real(self, stored=stored, secret=secret, **options)
+            answers.append((stored, matched))
+            return matched
+
+        return verify
+
     with (
         mock.patch.object(
-            BcryptSecretBackend, "verify", autospec=True, side_effect=BcryptSecretBackend.verify
+            BcryptSecretBackend, "verify", autospec=True, side_effect=answering(BcryptSecretBackend.verify)
         ) as bcrypt_verify,
         mock.patch.object(
-            VaultSecretBackend, "verify", autospec=True, side_effect=VaultSecretBackend.verify
+            VaultSecretBackend, "verify", autospec=True, side_effect=answering(VaultSecretBackend.verify)
         ) as vault_verify,
     ):
-        yield types.SimpleNamespace(bcrypt=bcrypt_verify, vault=vault_verify)
+        yield types.SimpleNamespace(bcrypt=bcrypt_verify, vault=vault_verify, answers=answers)
 
 
 def asked_for(spy) -> list:
@@ -267,8 +279,9 @@ def test_rotation_with_grace_keeps_the_old_secret_working_from_the_cache_until_t
     assert grace.stored_secret == old_stored
 
     # Matched as the grace entry: a secret trusted since the rotation, so checked by the store once...
-    matched, by_store = secret._secret_matching(current, old)
-    assert (matched.stored, by_store) == (old_stored, True)
+    store_asked.answers.clear()
+    assert credential_authenticate(client_id=client_id, client_secret=old).pk == current.pk
+    assert store_asked.answers == [(current.stored_secret, False), (old_stored, True)]
     assert asked_for(store_asked.bcrypt) == [current.stored_secret, old_stored]
     # ...and then answered from the cache; only the new current hash is still asked.
     assert credential_authenticate(client_id=client_id, client_secret=old).pk == current.pk
