@@ -398,7 +398,7 @@ def test_concurrent_requests_with_the_right_secret_all_get_tokens_while_one_of_t
             )
         return matched
 
-    monkeypatch.setattr("vaultstore.backends.bcrypt.bcrypt.checkpw", checkpw)
+    monkeypatch.setattr(bcrypt, "checkpw", checkpw)
 
     def request_token() -> int:
         return token_status(Client(raise_request_exception=False), credential.client_id, issued.client_secret)
@@ -433,7 +433,7 @@ def test_a_rotation_during_verification_still_refuses_the_old_secret_when_vault_
         wait_until(rotated.is_set, "the rotation committed")
         return matched
 
-    monkeypatch.setattr("vaultstore.backends.bcrypt.bcrypt.checkpw", checkpw)
+    monkeypatch.setattr(bcrypt, "checkpw", checkpw)
 
     def rotate() -> None:
         wait_until(checking.is_set, "the request is verifying the old secret")
