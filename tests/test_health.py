@@ -10,6 +10,7 @@ from django.db import DatabaseError, connections
 from django.test import RequestFactory
 
 from agentidp import health
+from tests.dbfaults import failing
 from vaultstore.backends import get_backend
 from vaultstore.backends.vault import DUMMY_KEY
 from vaultstore.exceptions import SecretReadError
@@ -134,10 +135,9 @@ def test_strict_readyz_is_503_with_retry_after_when_vault_is_unavailable(client,
 
 
 def test_readyz_is_503_when_the_database_fails(client, db):
-    failing = mock.MagicMock()
-    failing.cursor.side_effect = DatabaseError('FATAL: password authentication failed for user "agentidp"')
+    refused = DatabaseError('FATAL: password authentication failed for user "agentidp"')
 
-    with mock.patch("agentidp.health.connection", failing):
+    with failing(r".", refused) as database:
         response = client.get("/readyz")
         strict = client.get("/readyz?strict=true")
 
@@ -150,7 +150,7 @@ def test_readyz_is_503_when_the_database_fails(client, db):
         assert body["checks"]["database"]["problems"]
         assert "password" not in answer.content.decode()
         assert_never_cached(answer)
-    assert failing.cursor.called
+    assert database.acted >= 2  # each request asked the database
 
 
 def test_readyz_refuses_post_with_405(client, db):
