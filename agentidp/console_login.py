@@ -9,7 +9,7 @@ Django cache:
   digest of the normalised username, so that usernames no account holds count alike and
   nothing tells whether an account exists;
 - failed sign-ins per client address (AGENTIDP_CONSOLE_LOGIN_FAILURES_PER_ADDRESS), the
-  address oauth.throttling.client_address works out (AGENTIDP_TRUSTED_PROXIES).
+  address oauth.addresses.client_address works out (AGENTIDP_TRUSTED_PROXIES).
 
 Over either, no password is checked (no hasher work) and the backend tells authenticate()
 to stop (PermissionDenied); ConsoleAuthenticationForm then says so on the login page, the
@@ -42,10 +42,10 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest
 from django.utils.crypto import salted_hmac
 
+from oauth.addresses import client_address
 from oauth.throttling import (
     FailureLimit,
     Throttled,
-    client_address,
     counters_read,
     known_mark,
     known_remember,

@@ -16,7 +16,8 @@ from django.http import HttpRequest, JsonResponse
 from credentials import clientauth
 from credentials.models import Credential
 
-from .throttling import AuthenticationGuard, Throttled, client_address, client_ref
+from .addresses import client_address
+from .throttling import AuthenticationGuard, Throttled, client_ref
 
 #: One line per client authentication attempt, for operators to route on its own.
 auth_logger = logging.getLogger("agentidp.auth")

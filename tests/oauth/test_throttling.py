@@ -396,8 +396,7 @@ def test_the_client_address_believes_only_the_trusted_proxies(settings, trusted,
 
 def test_x_forwarded_for_without_trusted_proxies_is_ignored_and_said_once(settings, caplog):
     settings.AGENTIDP_TRUSTED_PROXIES = 0
-    throttling._warn_untrusted_forwarding.cache_clear()
-    caplog.set_level(logging.WARNING, logger="oauth.throttling")
+    caplog.set_level(logging.WARNING, logger="oauth.addresses")
 
     for _ in range(3):
         assert client_address(request_from("10.0.0.5", "1.2.3.4")) == "10.0.0.5"
@@ -405,7 +404,6 @@ def test_x_forwarded_for_without_trusted_proxies_is_ignored_and_said_once(settin
 
     warnings = [record.getMessage() for record in caplog.records if "X-Forwarded-For" in record.getMessage()]
     assert len(warnings) == 1 and "AGENTIDP_TRUSTED_PROXIES" in warnings[0]
-    throttling._warn_untrusted_forwarding.cache_clear()
 
 
 @pytest.mark.parametrize("trusted", [0, 1])
