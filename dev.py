@@ -138,7 +138,7 @@ def issuer_for(addrport: str) -> str:
     host, _, port = addrport.rpartition(":")
     if not host:
         host = "127.0.0.1"  # a port alone: runserver's default address
-    if host in ("0", "0.0.0.0", "[::]"):
+    if host in ("0", "0.0.0.0", "[::]"):  # noqa: S104 (recognised, to print a reachable address instead)
         host = "localhost"  # every interface: this machine's own name reaches it
     return f"http://{host}:{port}"
 

@@ -16,9 +16,8 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from vaultstore.exceptions import SecretStoreError
-
 from credentials import errors
+from vaultstore.exceptions import SecretStoreError
 
 logger = logging.getLogger(__name__)
 

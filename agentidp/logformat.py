@@ -15,7 +15,10 @@ def escape_controls(text: str) -> str:
 
 
 class EscapingFormatter(logging.Formatter):
-    """The plain text format, with control characters in the message escaped (a traceback still follows on its own lines)."""
+    """
+    The plain text format, with control characters in the message escaped (a traceback
+    still follows on its own lines).
+    """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape_controls(super().formatMessage(record))

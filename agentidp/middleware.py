@@ -11,9 +11,9 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 
+from credentials import errors
 from oauth.protocol import OAuthError
 
-from credentials import errors
 from .api import as_api_error, error_response, is_api_request
 
 logger = logging.getLogger(__name__)

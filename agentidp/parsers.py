@@ -12,7 +12,10 @@ from rest_framework.utils.json import strict_constant
 
 
 def _without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Build a JSON object, refusing a key sent twice (which value counts would be a guess; the OAuth endpoints refuse it too)."""
+    """
+    Build a JSON object, refusing a key sent twice (which value counts would be a guess;
+    the OAuth endpoints refuse it too).
+    """
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:

@@ -170,7 +170,8 @@ class SecretsFile:
 
     def record(self, issued: services.IssuedCredential) -> None:
         """Append the new secret's line and make it durable (called before the rotation commits)."""
-        assert self.fd is not None
+        if self.fd is None:
+            raise RuntimeError("The secrets file is not open.")
         line = self.line_for(issued)
         data = (json.dumps(line) + "\n").encode()
         while data:

@@ -73,7 +73,8 @@ class SecretLocation(models.Model):
     # bcrypt only; never shown in the admin, an API response or a log line.
     secret_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
     # Vault only: the KV v2 path of the secret, and the version of it that is trusted.
-    vault_path = models.CharField(max_length=512, null=True, blank=True, editable=False)
+    # NULL, not "", for "no path": the check constraint below tests for it.
+    vault_path = models.CharField(max_length=512, null=True, blank=True, editable=False)  # noqa: DJ001
     vault_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
 
     #: The fields set_stored_secret() writes, for save(update_fields=...).
@@ -121,8 +122,6 @@ class CredentialQuerySet(models.QuerySet):
 class Credential(SecretLocation):
     """One OAuth client of an agent. Its secret lives in the store named by `storage`."""
 
-    objects = CredentialQuerySet.as_manager()
-
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # PROTECT: an agent is deleted through agent_delete, which deletes its credentials first.
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="credentials")
@@ -133,6 +132,8 @@ class Credential(SecretLocation):
     expires_at = models.DateTimeField(null=True, blank=True)
     # The last successful client authentication, to within LAST_USED_RESOLUTION.
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = CredentialQuerySet.as_manager()
 
     #: last_used_at is written at most this often per credential, so the token endpoint rarely writes.
     LAST_USED_RESOLUTION = datetime.timedelta(minutes=1)
@@ -167,6 +168,9 @@ class GraceSecret(SecretLocation):
     class Meta:
         ordering = ["-valid_until", "-id"]
         constraints = [_vault_location_complete("credentials_gracesecret")]
+
+    def __str__(self) -> str:
+        return f"previous secret of {self.credential_id} until {self.valid_until:%Y-%m-%d %H:%M:%S}"
 
     def __repr__(self) -> str:
         return f"<GraceSecret of {self.credential_id} until {self.valid_until:%Y-%m-%dT%H:%M:%SZ}>"
@@ -228,7 +232,7 @@ class AuditEvent(models.Model):
         CREDENTIAL_MOVED = "credential.moved"
         # A store does not hold a secret the credential trusts (written once per such secret).
         CREDENTIAL_SECRET_MISSING = "credential.secret_missing", "Credential Secret Missing"
-        TOKEN_REVOKED = "token.revoked"
+        TOKEN_REVOKED = "token.revoked"  # noqa: S105 (an audit action's name)
         RATE_LIMITED = "client.rate_limited", "Client Rate Limited"
 
     class ActorType(models.TextChoices):

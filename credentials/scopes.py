@@ -15,9 +15,7 @@ def normalize_scopes(scopes: Iterable[str]) -> list[str]:
     seen: dict[str, None] = {}
     for scope in scopes:
         if not isinstance(scope, str) or not SCOPE_TOKEN_RE.fullmatch(scope):
-            raise ValueError(
-                "A scope is 1 to 128 printable ASCII characters without spaces, quotes or backslashes."
-            )
+            raise ValueError("A scope is 1 to 128 printable ASCII characters without spaces, quotes or backslashes.")
         seen.setdefault(scope, None)
     if len(seen) > MAX_SCOPES:
         raise ValueError(f"An agent has at most {MAX_SCOPES} scopes.")

@@ -33,7 +33,9 @@ def agent_list(*, status: str | None = None, search: str | None = None) -> Query
     if status:
         agents = agents.filter(status=status)
     if search:
-        agents = agents.filter(Q(name__icontains=search) | Q(description__icontains=search) | Q(owner__icontains=search))
+        agents = agents.filter(
+            Q(name__icontains=search) | Q(description__icontains=search) | Q(owner__icontains=search)
+        )
     return agents
 
 

@@ -49,7 +49,7 @@ def check_shared_cache(app_configs=None, **kwargs):
     from django.conf import settings
 
     backend = settings.CACHES.get("default", {}).get("BACKEND", "")
-    if backend.endswith("LocMemCache") or backend.endswith("DummyCache"):
+    if backend.endswith(("LocMemCache", "DummyCache")):
         return [
             Warning(
                 "The cache is local to each process: with several server processes the rate limits count "

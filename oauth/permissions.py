@@ -19,7 +19,7 @@ class IsAgentIdPAdmin(BasePermission):
     agent's credential through the API.
     """
 
-    token_message = "The access token lacks the scope agentidp:admin."
+    token_message = "The access token lacks the scope agentidp:admin."  # noqa: S105 (a message)
     session_message = "Your account lacks the console permission this call needs."
 
     def has_permission(self, request, view) -> bool:

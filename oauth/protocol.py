@@ -85,7 +85,9 @@ def parse_parameters(request: HttpRequest) -> dict[str, str]:
         else:
             raise invalid_request(f"Send the parameters as {FORM_MEDIA_TYPE} (or {JSON_MEDIA_TYPE}).")
     except RequestDataTooBig:
-        raise OAuthError("invalid_request", "The request body is larger than this server accepts.", status=413) from None
+        raise OAuthError(
+            "invalid_request", "The request body is larger than this server accepts.", status=413
+        ) from None
     except SuspiciousOperation:  # too many fields, and the like
         raise invalid_request("The request body could not be read.") from None
     return {name: value for name, value in params.items() if value != ""}

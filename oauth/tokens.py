@@ -32,7 +32,7 @@ from .models import RevokedToken
 
 logger = logging.getLogger(__name__)
 
-TOKEN_TYPE = "at+jwt"
+TOKEN_TYPE = "at+jwt"  # noqa: S105 (RFC 9068's JWT type)
 # Our tokens are well under this; anything longer is not worth parsing.
 MAX_TOKEN_LENGTH = 8192
 

@@ -161,7 +161,9 @@ class BaoDevServer:
         self.request("PUT", f"sys/policies/acl/{name}", {"policy": hcl})
 
     def create_token(self, *, policies: list[str], ttl: str = "24h") -> str:
-        answer = self.request("POST", "auth/token/create", {"policies": policies, "ttl": ttl, "no_default_policy": False})
+        answer = self.request(
+            "POST", "auth/token/create", {"policies": policies, "ttl": ttl, "no_default_policy": False}
+        )
         return answer["auth"]["client_token"]
 
     def revoke_token(self, token: str) -> None:

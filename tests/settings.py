@@ -4,8 +4,8 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "agentidp-tests-only")
 
-from agentidp.settings import *  # noqa: E402,F403
-from oauth.keys import generate_signing_key_pem  # noqa: E402
+from agentidp.settings import *  # noqa: F403
+from oauth.keys import generate_signing_key_pem
 
 DEBUG = False
 # bcrypt's lowest cost: tests check behaviour, bench/ measures cost.

@@ -27,7 +27,9 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_layers_run_one_way():
-    result = run("-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())")
+    result = run(
+        "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 kept, 0 broken" in result.stdout
 

@@ -279,9 +279,7 @@ def test_signing_in_without_a_request_is_not_limited(db, staff, limits):
     assert authenticate(username="operator", password=PASSWORD) == staff
 
 
-def test_someone_on_the_operators_own_address_gets_no_more_guesses_than_the_address_limit(
-    db, staff, limits, hashing
-):
+def test_someone_on_the_operators_own_address_gets_no_more_guesses_than_the_address_limit(db, staff, limits, hashing):
     assert signed_in(sign_in("operator", PASSWORD, OWNER))
     before = len(hashing)
 

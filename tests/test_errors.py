@@ -182,7 +182,9 @@ def test_a_management_body_with_a_key_sent_twice_is_refused_and_nothing_is_made(
     assert not Agent.objects.filter(name__in=["harmless", "other", "bot"]).exists()
 
 
-@pytest.mark.parametrize("path", ["/.well-known/oauth-authorization-server", "/.well-known/jwks.json", "/healthz", "/readyz"])
+@pytest.mark.parametrize(
+    "path", ["/.well-known/oauth-authorization-server", "/.well-known/jwks.json", "/healthz", "/readyz"]
+)
 @pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
 def test_an_unsafe_method_on_a_read_only_view_is_405_not_a_csrf_page(db, path, method):
     from django.test import Client

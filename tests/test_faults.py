@@ -260,10 +260,10 @@ def connection_lost_case(lab: Lab, agent, operation: str):
     still work, and what each row trusted before."""
     issued = {"create": None, "rotate": make_credential(agent), "rotate_into_vault": lab.bcrypt}[operation]
     before = trusted_locations()
-    if issued is None:
-        call = lambda: lab.create(agent)  # noqa: E731
-    else:
-        call = lambda: lab.rotate(issued.credential)  # noqa: E731
+
+    def call():
+        return lab.create(agent) if issued is None else lab.rotate(issued.credential)
+
     return lose_connection_during_vault_write(lab, call), issued, before
 
 

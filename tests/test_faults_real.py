@@ -258,9 +258,7 @@ def test_delete_while_sealed_answers_204_at_once_and_purge_secrets_destroys_the_
     assert_store_consistent(lab.vault)
 
 
-def test_delete_while_down_answers_204_at_once_and_a_later_vault_write_purges_the_secret_once_vault_is_back(
-    lab, agent
-):
+def test_delete_while_down_answers_204_at_once_and_a_later_vault_write_purges_the_secret_once_vault_is_back(lab, agent):
     issued = make_credential(agent)
     path = lab.path(issued.credential)
     lab.bao.stop()

@@ -129,9 +129,7 @@ def test_the_json_format_writes_one_object_per_record_with_the_authentication_fi
     assert document["auth"]["client_id"] == issued.credential.client_id
 
 
-def test_a_secret_in_the_url_stays_out_of_the_request_line_that_the_development_server_logs(
-    transactional_db, issued
-):
+def test_a_secret_in_the_url_stays_out_of_the_request_line_that_the_development_server_logs(transactional_db, issued):
     """A real runserver request handler (django.server's request line), through the configured handler."""
     import threading
     import urllib.error

@@ -161,9 +161,7 @@ def test_a_wrong_secret_for_a_lost_secret_is_503_too_since_it_cannot_be_checked(
     assert_unavailable(ask_token(client, vault_issued, secret="not-" + vault_issued.client_secret))
 
 
-def test_the_loss_is_logged_at_error_and_audited_once_however_often_it_is_met(
-    client, vault, vault_issued, caplog
-):
+def test_the_loss_is_logged_at_error_and_audited_once_however_often_it_is_met(client, vault, vault_issued, caplog):
     caplog.set_level(logging.DEBUG)
     credential = vault_issued.credential
     destroy_key(vault, credential.stored_secret)
@@ -298,7 +296,7 @@ def test_a_lost_grace_secret_is_reported_and_the_old_secret_refused_while_the_cu
 
 
 def test_a_lost_current_secret_is_reported_while_its_grace_secret_still_works(client, vault, rotated_with_grace):
-    issued, old, old_stored, new = rotated_with_grace
+    issued, old, _old_stored, new = rotated_with_grace
     current = row(issued).stored_secret
     destroy_version(vault, current)
 
@@ -372,9 +370,12 @@ def test_a_report_for_a_secret_the_row_no_longer_trusts_writes_nothing(vault, va
     trusted = current_secret(vault_issued.credential)
     credential_rotate(acting=None, credential=vault_issued.credential)
 
-    assert credential_secret_missing(
-        acting=None, credential=vault_issued.credential, trusted=trusted, detected_by="authentication"
-    ) is False
+    assert (
+        credential_secret_missing(
+            acting=None, credential=vault_issued.credential, trusted=trusted, detected_by="authentication"
+        )
+        is False
+    )
     assert not lost_events()
 
 

@@ -16,6 +16,8 @@ from django.db import connection, transaction
 from django.test import Client
 from rest_framework.test import APIClient
 
+from credentials.clientauth import InvalidClient
+from credentials.clientauth.secret import credential_authenticate
 from credentials.errors import ApiError
 from credentials.models import Credential, SecretPurge
 from credentials.services import (
@@ -23,8 +25,6 @@ from credentials.services import (
     credential_delete,
     credential_rotate,
 )
-from credentials.clientauth import InvalidClient
-from credentials.clientauth.secret import credential_authenticate
 from tests.concurrency import (
     PATIENCE_SECONDS,
     InThread,

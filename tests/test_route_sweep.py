@@ -303,7 +303,10 @@ def slot_values(slot: Slot) -> tuple[list[Value], list[tuple[str, Value]]]:
         ]
         return [lambda w: str(w.credential.pk)], [*hostile, *broken]
     if name == "content_type_id":
-        return [lambda w: str(ContentType.objects.get_for_model(Agent).pk)], [("unknown", lambda w: "2147483647"), *broken]
+        return [lambda w: str(ContentType.objects.get_for_model(Agent).pk)], [
+            ("unknown", lambda w: "2147483647"),
+            *broken,
+        ]
     if name in ("object_id", "id", "pk"):
         target = model or Agent
         return [lambda w: w.pk_for(target)], [("unknown", lambda w: _unknown_pk(target)), *broken]
@@ -473,7 +476,9 @@ class Sweep:
 
         def fail(problem: str, status: int = status) -> None:
             self.failures.append(
-                Failure(_resolved_route(path), method, identity, accept[0], body.label, variant.label, status, problem, path)
+                Failure(
+                    _resolved_route(path), method, identity, accept[0], body.label, variant.label, status, problem, path
+                )
             )
 
         if status >= 500:
@@ -525,7 +530,9 @@ class Sweep:
             for identity_index, identity in enumerate(BLOCK_B_IDENTITIES):
                 for accept_index, accept in enumerate(ACCEPTS):
                     for method in BLOCK_B_METHODS:
-                        body = NO_BODY if method in SAFE_METHODS else BODIES[(identity_index + accept_index) % len(BODIES)]
+                        body = (
+                            NO_BODY if method in SAFE_METHODS else BODIES[(identity_index + accept_index) % len(BODIES)]
+                        )
                         self.run(identity, method, variant, accept, body)
 
     def report(self) -> str:
@@ -563,7 +570,9 @@ def identities(db, client, admin_issued, django_user_model):
     """The clients of every identity, and the CSRF-exempt twins of those that send no CSRF token."""
     token = token_for(client, admin_issued)
     staff = django_user_model.objects.create_user(username="sweep-staff", password="unused", is_staff=True)
-    root = django_user_model.objects.create_superuser(username="sweep-root", password="unused", email="root@example.com")
+    root = django_user_model.objects.create_superuser(
+        username="sweep-root", password="unused", email="root@example.com"
+    )
     bearer = {"Authorization": f"Bearer {token}"}
     clients = {
         "anonymous": Client(enforce_csrf_checks=True, raise_request_exception=False),

@@ -32,6 +32,7 @@ Standard library only. Usage::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -392,10 +393,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _drop(self):
         """Close the connection without a response (with an RST where the OS allows)."""
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -506,10 +505,8 @@ class VaultTestServer:
         with self._conn_lock:
             connections = list(self._connections)
         for conn in connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _register_connection(self, conn: socket.socket):
         with self._conn_lock:
@@ -517,10 +514,8 @@ class VaultTestServer:
             self._handler_threads.add(threading.current_thread())
             closing = self._httpd is None
         if closing:  # accepted just before going down
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _unregister_connection(self, conn: socket.socket):
         with self._conn_lock:
@@ -835,9 +830,13 @@ class VaultTestServer:
             if route in _KV_ROUTES and any(segment.endswith(".") for segment in key.split("/")):
                 return _error(404, "unsupported path")
             reply = handler(req, key, body, token)
-        if route == "data" and operation == "read" and reply.status == 200:
-            if self._take_fault(req, {"missing_key"}) is not None:
-                reply.body["data"]["data"] = {"other": "x"}
+        if (
+            route == "data"
+            and operation == "read"
+            and reply.status == 200
+            and self._take_fault(req, {"missing_key"}) is not None
+        ):
+            reply.body["data"]["data"] = {"other": "x"}
         return reply
 
     @staticmethod

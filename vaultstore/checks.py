@@ -43,7 +43,8 @@ def check_vault_transport(app_configs=None, **kwargs):
     if str(options.get("url", "")).startswith("http://"):
         warnings.append(
             Warning(
-                "VAULT_ADDR is a plain http:// URL: client secrets and the Vault token would cross the network in clear.",
+                "VAULT_ADDR is a plain http:// URL: client secrets and the Vault token would cross the network "
+                "in clear.",
                 hint="Use Vault's https:// address.",
                 id="vaultstore.W001",
             )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.http import urlencode
-
 
 from .. import services
 from ..errors import ApiError

@@ -11,7 +11,6 @@ from django.db.models.functions import Lower
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-
 from ..models import Agent, AuditEvent, Credential
 from .base import ConsoleAdmin, ReadOnly
 

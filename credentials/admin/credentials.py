@@ -290,7 +290,9 @@ class CredentialAdmin(ConsoleAdmin):
             # Now, not on the way out: the changes are committed, and these secrets exist nowhere else.
             response.render()
         except Exception as exc:
-            logger.error("the page of new secrets could not be rendered; showing a plain one error=%s", type(exc).__name__)
+            logger.error(
+                "the page of new secrets could not be rendered; showing a plain one error=%s", type(exc).__name__
+            )
             response = HttpResponse(_plain_issued_page(title, results))
         # The page holds secrets: no cache, proxy or back button may keep it.
         add_never_cache_headers(response)
@@ -303,7 +305,10 @@ def _plain_issued_page(title: str, results: list[dict[str, Any]]) -> str:
     rows = format_html_join(
         "",
         "<tr><td>{}</td><td><code>{}</code></td></tr>",
-        ((result["credential"].client_id, result.get("client_secret") or result.get("error", "")) for result in results),
+        (
+            (result["credential"].client_id, result.get("client_secret") or result.get("error", ""))
+            for result in results
+        ),
     )
     return format_html(
         "<!DOCTYPE html><html><head><title>{}</title></head><body><h1>{}</h1>"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .base import StrictCharField, StrictIntegerField, StrictSerializer
 from credentials.models import Agent
 from credentials.scopes import MAX_SCOPES, SCOPE_TOKEN_RE
 from credentials.services import MAX_GRACE_PERIOD_SECONDS
+
+from .base import StrictCharField, StrictIntegerField, StrictSerializer
 
 MAX_DESCRIPTION_LENGTH = 1000
 MAX_OWNER_LENGTH = 256
@@ -50,43 +51,41 @@ class AgentListQuery(serializers.Serializer):
 
 
 class AgentOutput(serializers.Serializer):
-    agentId = serializers.UUIDField(source="id")  # noqa: N815
+    agentId = serializers.UUIDField(source="id")
     name = serializers.CharField()
     description = serializers.CharField()
     owner = serializers.CharField()
     status = serializers.CharField()
     scopes = serializers.ListField(child=serializers.CharField())
-    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
-    updatedAt = serializers.DateTimeField(source="updated_at")  # noqa: N815
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
 
 
 class CredentialCreateInput(StrictSerializer):
     description = StrictCharField(max_length=MAX_DESCRIPTION_LENGTH, allow_blank=True, required=False, default="")
-    expiresAt = serializers.DateTimeField(required=False, allow_null=True, default=None)  # noqa: N815
+    expiresAt = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
 class CredentialRotateInput(StrictSerializer):
-    gracePeriodSeconds = StrictIntegerField(  # noqa: N815
-        min_value=0, max_value=MAX_GRACE_PERIOD_SECONDS, required=False, default=0
-    )
+    gracePeriodSeconds = StrictIntegerField(min_value=0, max_value=MAX_GRACE_PERIOD_SECONDS, required=False, default=0)
 
 
 class CredentialOutput(serializers.Serializer):
-    credentialId = serializers.UUIDField(source="id")  # noqa: N815
-    agentId = serializers.UUIDField(source="agent_id")  # noqa: N815
-    clientId = serializers.CharField(source="client_id")  # noqa: N815
+    credentialId = serializers.UUIDField(source="id")
+    agentId = serializers.UUIDField(source="agent_id")
+    clientId = serializers.CharField(source="client_id")
     description = serializers.CharField()
     storage = serializers.ChoiceField(choices=["bcrypt", "vault"])
     status = serializers.ChoiceField(choices=["active", "expired"])
-    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
-    rotatedAt = serializers.DateTimeField(source="rotated_at", allow_null=True)  # noqa: N815
-    expiresAt = serializers.DateTimeField(source="expires_at", allow_null=True)  # noqa: N815
+    createdAt = serializers.DateTimeField(source="created_at")
+    rotatedAt = serializers.DateTimeField(source="rotated_at", allow_null=True)
+    expiresAt = serializers.DateTimeField(source="expires_at", allow_null=True)
 
 
 class IssuedCredentialOutput(CredentialOutput):
     """The one response that carries a client secret: create and rotate."""
 
-    clientSecret = serializers.CharField()  # noqa: N815
+    clientSecret = serializers.CharField()
 
     def to_representation(self, issued):
         return {**CredentialOutput(issued.credential).data, "clientSecret": issued.client_secret}

@@ -41,9 +41,7 @@ def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
 
 
 AGENT_ID = OpenApiParameter("agent_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="agentId")
-CREDENTIAL_ID = OpenApiParameter(
-    "credential_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="credentialId"
-)
+CREDENTIAL_ID = OpenApiParameter("credential_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="credentialId")
 
 
 class _SecretResponse:
@@ -88,7 +86,9 @@ def _validated(serializer_class, data):
             404: OpenApiResponse(ErrorOutput, description="NOT_FOUND: no such page"),
         },
     ),
-    create=extend_schema(summary="Register an agent", request=AgentCreateInput, responses={201: AgentOutput, **_errors(400, 409, 415)}),
+    create=extend_schema(
+        summary="Register an agent", request=AgentCreateInput, responses={201: AgentOutput, **_errors(400, 409, 415)}
+    ),
     retrieve=extend_schema(summary="Get an agent", parameters=[AGENT_ID], responses={200: AgentOutput, **_errors(404)}),
     partial_update=extend_schema(
         summary="Change an agent",

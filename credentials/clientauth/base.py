@@ -90,7 +90,7 @@ class InvalidClient(ClientAuthError):
 
 
 class VerificationWithheld(ClientAuthError):
-    """The caller forbade asking a store (its client is throttled), and no recent verification vouched for the secret."""
+    """The caller forbade asking a store (its client is throttled), and no recent verification vouched for it."""
 
 
 class StoreUnavailable(ClientAuthError):
@@ -107,4 +107,3 @@ class StoreUnavailable(ClientAuthError):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
-

@@ -50,7 +50,9 @@ class ClientSecretBasic(ClientSecretMethod):
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
-            raise MalformedClientAuth("The Basic authorization header is malformed.", challenge=self.challenge) from None
+            raise MalformedClientAuth(
+                "The Basic authorization header is malformed.", challenge=self.challenge
+            ) from None
         user, colon, password = decoded.partition(":")
         if not colon or not user or not password:
             raise MalformedClientAuth("The Basic authorization header is malformed.", challenge=self.challenge)

@@ -94,9 +94,7 @@ NO_CREDENTIAL_ID = uuid.UUID(int=0)
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
-def _secret_matching(
-    credential: Credential, secret: str, *, store_allowed: bool = True
-) -> tuple[Trusted | None, bool]:
+def _secret_matching(credential: Credential, secret: str, *, store_allowed: bool = True) -> tuple[Trusted | None, bool]:
     """
     Return which of the credential's secrets `secret` is (the current one or a previous one in its grace
     period), and whether a store said so (False: the verified-secret cache did).
@@ -186,7 +184,6 @@ def _still_trusting(credential: Credential, matched: Trusted, *, was_current: bo
     return now
 
 
-
 def _note_use(credential: Credential) -> None:
     """Record the authentication in last_used_at, at most once per LAST_USED_RESOLUTION per credential."""
     now = timezone.now()
@@ -198,7 +195,6 @@ def _note_use(credential: Credential) -> None:
         Q(last_used_at__isnull=True) | Q(last_used_at__lte=since)
     ).update(last_used_at=now)
     credential.last_used_at = now
-
 
 
 #: Set (in the Django cache) while moves on use are paused after one failed.
@@ -227,4 +223,3 @@ def _upgrade_on_use(credential: Credential, secret: str) -> None:
             credential.id,
             type(exc).__name__,
         )
-

@@ -41,7 +41,6 @@ class IssuedCredential:
     client_secret: str = dataclasses.field(repr=False)
 
 
-
 def generate_client_id() -> str:
     return secrets.token_hex(16)
 
@@ -63,7 +62,6 @@ def _check_capacity(agent: Agent) -> None:
     limit = settings.AGENTIDP_MAX_ACTIVE_CREDENTIALS
     if selectors.credential_active_count(agent=agent) >= limit:
         raise Conflict(f"This agent already has {limit} active credentials, the most allowed.")
-
 
 
 def credential_create(
@@ -192,57 +190,52 @@ def replace_secret(
     backend = get_default_backend()
     secret = client_secret or generate_client_secret()
     # A write into a new location (a move into Vault) leaves an entry no row trusts if it is never recorded.
-    with unrecorded_write(credential=credential, reason="rotate_failed") as write:
-        with transaction.atomic():
-            try:
-                locked = (
-                    Credential.objects.select_related("agent").select_for_update(of=("self",)).get(pk=credential.pk)
-                )
-            except Credential.DoesNotExist:
-                raise CredentialNotFound() from None
-            if from_storage is not None and locked.storage != from_storage:
-                raise StorageChanged(f"The credential's secret is no longer kept by {from_storage!r}.")
-            now = timezone.now()
-            live_grace = list(locked.grace_secrets.filter(valid_until__gt=now))
-            if grace_period_seconds and len(live_grace) >= MAX_GRACE_SECRETS:
-                raise Conflict(
-                    f"{MAX_GRACE_SECRETS} previous secrets of this credential are still in their grace period; "
-                    "wait for one to end, or rotate without a grace period."
-                )
-            old = locked.stored_secret
-            moving_in = backend.location(owner=locked)
-            if not moving_in.kept_outside_database or (old.storage, old.vault_path) == (
-                moving_in.storage,
-                moving_in.vault_path,
-            ):
-                moving_in = None
-            new = write.store(backend, owner=locked, secret=secret, replacing=old, track=moving_in is not None)
-            still_used = [new, *(grace.stored_secret for grace in live_grace)]
-            if grace_period_seconds:
-                grace = GraceSecret(
-                    credential=locked, valid_until=now + datetime.timedelta(seconds=grace_period_seconds)
-                )
-                grace.set_stored_secret(old)
-                grace.save(force_insert=True)
-                still_used.append(old)
-            expired = list(locked.grace_secrets.filter(valid_until__lte=now))
-            locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
-            locked.set_stored_secret(new)
-            locked.rotated_at = now
-            locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at"])
-            queue_released(locked, dropped=[old, *(grace.stored_secret for grace in expired)], still_used=still_used)
-            if new.kept_outside_database:
-                transaction.on_commit(secret_purges_run_due, robust=True)
-            audit_record(
-                acting=acting,
-                action=AuditEvent.Action.CREDENTIAL_ROTATED,
-                agent_id=locked.agent_id,
-                credential_id=locked.id,
-                details={"gracePeriodSeconds": grace_period_seconds, "from": old.storage, "to": new.storage},
+    with unrecorded_write(credential=credential, reason="rotate_failed") as write, transaction.atomic():
+        try:
+            locked = Credential.objects.select_related("agent").select_for_update(of=("self",)).get(pk=credential.pk)
+        except Credential.DoesNotExist:
+            raise CredentialNotFound() from None
+        if from_storage is not None and locked.storage != from_storage:
+            raise StorageChanged(f"The credential's secret is no longer kept by {from_storage!r}.")
+        now = timezone.now()
+        live_grace = list(locked.grace_secrets.filter(valid_until__gt=now))
+        if grace_period_seconds and len(live_grace) >= MAX_GRACE_SECRETS:
+            raise Conflict(
+                f"{MAX_GRACE_SECRETS} previous secrets of this credential are still in their grace period; "
+                "wait for one to end, or rotate without a grace period."
             )
-            issued = IssuedCredential(credential=locked, client_secret=secret)
-            if before_commit is not None:
-                before_commit(issued)
+        old = locked.stored_secret
+        moving_in = backend.location(owner=locked)
+        if not moving_in.kept_outside_database or (old.storage, old.vault_path) == (
+            moving_in.storage,
+            moving_in.vault_path,
+        ):
+            moving_in = None
+        new = write.store(backend, owner=locked, secret=secret, replacing=old, track=moving_in is not None)
+        still_used = [new, *(grace.stored_secret for grace in live_grace)]
+        if grace_period_seconds:
+            grace = GraceSecret(credential=locked, valid_until=now + datetime.timedelta(seconds=grace_period_seconds))
+            grace.set_stored_secret(old)
+            grace.save(force_insert=True)
+            still_used.append(old)
+        expired = list(locked.grace_secrets.filter(valid_until__lte=now))
+        locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
+        locked.set_stored_secret(new)
+        locked.rotated_at = now
+        locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at"])
+        queue_released(locked, dropped=[old, *(grace.stored_secret for grace in expired)], still_used=still_used)
+        if new.kept_outside_database:
+            transaction.on_commit(secret_purges_run_due, robust=True)
+        audit_record(
+            acting=acting,
+            action=AuditEvent.Action.CREDENTIAL_ROTATED,
+            agent_id=locked.agent_id,
+            credential_id=locked.id,
+            details={"gracePeriodSeconds": grace_period_seconds, "from": old.storage, "to": new.storage},
+        )
+        issued = IssuedCredential(credential=locked, client_secret=secret)
+        if before_commit is not None:
+            before_commit(issued)
     logger.info(
         "credential rotated credential_id=%s storage=%s grace_period_seconds=%s",
         locked.id,
@@ -273,9 +266,7 @@ def grace_secrets_expire() -> int:
             live = [grace.stored_secret for grace in locked.grace_secrets.filter(valid_until__gt=now)]
             locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
             deleted += len(expired)
-            queue_released(
-                locked, dropped=[g.stored_secret for g in expired], still_used=[locked.stored_secret, *live]
-            )
+            queue_released(locked, dropped=[g.stored_secret for g in expired], still_used=[locked.stored_secret, *live])
     return deleted
 
 

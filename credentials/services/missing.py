@@ -32,7 +32,7 @@ SECRET_MISSING_REPORT_SECONDS = 600
 #: A lost secret seen again within this long is not reported again (no ERROR line, no look at the trail).
 SECRET_MISSING_REPEAT_SECONDS = 60
 #: In the Django cache: one key per lost secret, set while it was reported lately...
-SECRET_MISSING_SEEN_PREFIX = "agentidp:secret-missing:"
+SECRET_MISSING_SEEN_PREFIX = "agentidp:secret-missing:"  # noqa: S105 (a cache key prefix)
 #: ...and one per store: {credentialId: when a secret of it was last seen lost (epoch seconds)}, for /readyz.
 SECRETS_MISSING_PREFIX = "agentidp:secrets-missing:"
 

@@ -43,24 +43,23 @@ def credential_move_to_default(*, acting: Any, credential: Credential, secret: s
        the new entry is queued for destruction.
     """
     backend = get_default_backend()
-    with unrecorded_write(credential=credential, reason="move_failed") as write:
-        with transaction.atomic():
-            locked = Credential.objects.select_for_update(skip_locked=True).filter(pk=credential.pk).first()
-            if locked is None or locked.stored_secret != credential.stored_secret or locked.storage == backend.name:
-                return False
-            old = locked.stored_secret
-            new = write.store(backend, owner=locked, secret=secret, replacing=old)
-            locked.set_stored_secret(new)
-            locked.save(update_fields=list(Credential.LOCATION_FIELDS))
-            live = [grace.stored_secret for grace in selectors.grace_secrets_live(credential_id=locked.pk)]
-            queue_released(locked, dropped=[old], still_used=[new, *live])
-            audit_record(
-                acting=acting,
-                action=AuditEvent.Action.CREDENTIAL_MOVED,
-                agent_id=locked.agent_id,
-                credential_id=locked.id,
-                details={"from": old.storage, "to": new.storage, "trigger": "authentication"},
-            )
+    with unrecorded_write(credential=credential, reason="move_failed") as write, transaction.atomic():
+        locked = Credential.objects.select_for_update(skip_locked=True).filter(pk=credential.pk).first()
+        if locked is None or locked.stored_secret != credential.stored_secret or locked.storage == backend.name:
+            return False
+        old = locked.stored_secret
+        new = write.store(backend, owner=locked, secret=secret, replacing=old)
+        locked.set_stored_secret(new)
+        locked.save(update_fields=list(Credential.LOCATION_FIELDS))
+        live = [grace.stored_secret for grace in selectors.grace_secrets_live(credential_id=locked.pk)]
+        queue_released(locked, dropped=[old], still_used=[new, *live])
+        audit_record(
+            acting=acting,
+            action=AuditEvent.Action.CREDENTIAL_MOVED,
+            agent_id=locked.agent_id,
+            credential_id=locked.id,
+            details={"from": old.storage, "to": new.storage, "trigger": "authentication"},
+        )
     credential.set_stored_secret(new)
     logger.info("credential moved on use credential_id=%s from=%s to=%s", credential.id, old.storage, new.storage)
     return True

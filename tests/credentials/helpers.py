@@ -5,9 +5,9 @@ import datetime
 import pytest
 from django.utils import timezone
 
-from credentials.models import AuditEvent, Credential, GraceSecret
 from credentials.clientauth import InvalidClient
 from credentials.clientauth.secret import credential_authenticate
+from credentials.models import AuditEvent, Credential, GraceSecret
 
 #: The keys of a credential in API responses (the contract's Credential), without and with its secret.
 CREDENTIAL_KEYS = {

@@ -60,9 +60,9 @@ def seed(count: int) -> None:
 
 
 def check() -> None:
-    from credentials.models import Credential
     from credentials.clientauth import InvalidClient
     from credentials.clientauth.secret import credential_authenticate
+    from credentials.models import Credential
 
     result = {}
     for client_id, candidates in json.load(sys.stdin).items():

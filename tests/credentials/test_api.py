@@ -789,7 +789,11 @@ def test_creating_an_agent_with_scopes_needs_the_grant_scopes_permission_too(sta
 def test_each_change_to_an_agent_needs_its_own_permission(staff_user, agent, change, permission):
     others = {"change_agent", "grant_scopes", "suspend_agent"} - {permission}
 
-    assert_error(staff_session(staff_user, "view_agent", *others).patch(agents_url(agent.id), change, format="json"), 403, "FORBIDDEN")
+    assert_error(
+        staff_session(staff_user, "view_agent", *others).patch(agents_url(agent.id), change, format="json"),
+        403,
+        "FORBIDDEN",
+    )
     assert Agent.objects.get(pk=agent.pk).updated_at == agent.updated_at
 
     assert staff_session(staff_user, permission).patch(agents_url(agent.id), change, format="json").status_code == 200

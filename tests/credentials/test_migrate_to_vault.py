@@ -31,9 +31,9 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from credentials import services
+from credentials.clientauth.secret import UPGRADE_PAUSED_CACHE_KEY
 from credentials.migration import SecretsFile
 from credentials.models import AuditEvent, Credential, GraceSecret, SecretPurge
-from credentials.clientauth.secret import UPGRADE_PAUSED_CACHE_KEY
 from credentials.services import grace_secrets_expire
 from oauth.keys import generate_signing_key_pem
 from tests.conftest import assert_logs_keep
@@ -519,7 +519,7 @@ def interrupt_after_recording(target):
 
 def test_a_run_interrupted_after_writing_a_line_is_finished_with_the_same_secret(estate, output, token_response):
     vault = estate.vault
-    first, second, third = estate.bcrypt
+    first, second, _third = estate.bcrypt
 
     with interrupt_after_recording(second), pytest.raises(KeyboardInterrupt):
         migrate("--rotate", "--output", str(output))

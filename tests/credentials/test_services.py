@@ -8,8 +8,9 @@ from django.db import DatabaseError, connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from credentials.errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
 from credentials.audit import Actor
+from credentials.clientauth.secret import credential_authenticate
+from credentials.errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.services import (
     MAX_GRACE_SECRETS,
@@ -20,7 +21,6 @@ from credentials.services import (
     credential_delete,
     credential_rotate,
 )
-from credentials.clientauth.secret import credential_authenticate
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.dbfaults import deletes, failing, inserts, on_statement, selects
 from tests.factories import AgentFactory, make_credential

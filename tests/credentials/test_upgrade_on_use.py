@@ -18,8 +18,9 @@ from django.core.cache import cache
 from django.db import DatabaseError
 from django.utils import timezone
 
-from credentials.errors import CredentialNotFound
 from credentials import services
+from credentials.clientauth.secret import UPGRADE_PAUSED_CACHE_KEY, credential_authenticate
+from credentials.errors import CredentialNotFound
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.services import (
     agent_update,
@@ -28,7 +29,6 @@ from credentials.services import (
     credential_rotate,
     grace_secrets_expire,
 )
-from credentials.clientauth.secret import UPGRADE_PAUSED_CACHE_KEY, credential_authenticate
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.dbfaults import failing, inserts
 from tests.factories import make_credential

@@ -21,6 +21,8 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError
 from django.utils import timezone
 
+from credentials.clientauth import InvalidClient
+from credentials.clientauth.secret import credential_authenticate
 from credentials.errors import Conflict, CredentialNotFound
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
 from credentials.services import (
@@ -38,8 +40,6 @@ from credentials.services import (
     secret_purge_attempt,
     secret_purges_run_due,
 )
-from credentials.clientauth import InvalidClient
-from credentials.clientauth.secret import credential_authenticate
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.dbfaults import failing, inserts
 from tests.factories import make_credential
@@ -572,7 +572,8 @@ def test_while_vault_is_unavailable_bcrypt_credentials_work_and_vault_ones_are_a
             credential_authenticate(client_id=vault_client_id, client_secret=presented)
         assert excinfo.value.code == "VAULT_READ_ERROR"
         assert excinfo.value.retry_after == 5
-    # The dummy read for an unknown client fails too, as a Vault credential's read does: the answer cannot tell them apart.
+    # The dummy read for an unknown client fails too, as a Vault credential's read does:
+    # the answer cannot tell them apart.
     with pytest.raises(SecretReadError):
         credential_authenticate(client_id="no-such-client", client_secret="whatever")
 
@@ -833,7 +834,7 @@ def test_delete_of_a_rotated_credential_queues_its_one_path_once(
 
 
 def _exception_texts(exc: BaseException) -> list[str]:
-    """str and repr of an exception and of everything chained to it (a suppressed context is still sent to error reports)."""
+    """str and repr of an exception and everything chained to it (a suppressed context still reaches error reports)."""
     texts = []
     while exc is not None:
         texts += [str(exc), repr(exc)]

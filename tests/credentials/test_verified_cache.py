@@ -36,8 +36,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from credentials import services
-from credentials.models import Credential, GraceSecret
 from credentials.clientauth.secret import credential_authenticate
+from credentials.models import Credential, GraceSecret
 from credentials.services import credential_delete, credential_rotate
 from credentials.verified import KEY_PREFIX
 from oauth.keys import generate_signing_key_pem

@@ -8,8 +8,8 @@ import secrets
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from joserfc import jwt
 from django.utils import timezone
+from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from credentials import services

@@ -191,7 +191,7 @@ def test_system_check_passes_with_a_usable_signing_key():
 
 def test_system_check_reports_a_missing_signing_key_file(tmp_path):
     with override_settings(AGENTIDP_SIGNING_KEY="", AGENTIDP_SIGNING_KEY_FILE=tmp_path / "missing.pem"):
-        with pytest.raises(SystemCheckError, match="oauth.E001"):
+        with pytest.raises(SystemCheckError, match=r"oauth\.E001"):
             call_command("check", deploy=True)
         call_command("check")  # only what serves or deploys needs the key
         problems = check_signing_key()

@@ -1,4 +1,4 @@
-"""Rate limits at the OAuth endpoints: failed authentications per address and per clientId, and a ceiling per address."""
+"""Rate limits at the OAuth endpoints: failed authentications per address and per clientId, a ceiling per address."""
 
 import json
 import logging
@@ -16,8 +16,8 @@ from credentials.models import AuditEvent
 from oauth import throttling
 from oauth.throttling import client_address
 from tests.conftest import basic_auth, form_post
-from tests.factories import make_credential
 from tests.credentials.test_verified_cache import REDIS_HOST, REDIS_PORT, redis_listening
+from tests.factories import make_credential
 from tests.oauth.conftest import INTROSPECT_URL, TOKEN_URL
 
 GRANT = {"grant_type": "client_credentials"}

@@ -1071,7 +1071,7 @@ def test_a_use_that_renews_the_token_rearms_the_timer_instead_of_adding_one(serv
 @pytest.mark.parametrize("token_options", [{"ttl": None, "renewable": True}, {"ttl": 60, "renewable": False}])
 @pytest.mark.usefixtures("clock")
 def test_no_timer_is_armed_for_a_token_that_is_never_renewed(server, vault, timers, token_options):
-    backend, token = token_backend(server, vault, **token_options)
+    backend, _token = token_backend(server, vault, **token_options)
 
     backend.verify_dummy(secret=SECRET)
 

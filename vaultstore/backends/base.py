@@ -53,9 +53,7 @@ class BaseSecretBackend:
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.default_options))
         if unknown:
-            raise ImproperlyConfigured(
-                f"VAULTSTORE backend {self.name!r} does not accept the option {unknown[0]!r}."
-            )
+            raise ImproperlyConfigured(f"VAULTSTORE backend {self.name!r} does not accept the option {unknown[0]!r}.")
         self.options = {**self.default_options, **options}
         self.validate_options()
 

@@ -229,8 +229,7 @@ class VaultSecretBackend(BaseSecretBackend):
                     # No entry at all where the database trusts a version: Vault lost it (restarted
                     # empty, restored from an older backup). A create-only write overwrites nothing.
                     logger.warning(
-                        "Vault has no entry where the database trusts a version; writing it anew "
-                        "path=%s trusted=%s",
+                        "Vault has no entry where the database trusts a version; writing it anew path=%s trusted=%s",
                         path,
                         expected,
                     )
@@ -419,10 +418,9 @@ class VaultSecretBackend(BaseSecretBackend):
                     raise Sealed()
                 if status == 501:
                     raise hvac.exceptions.VaultNotInitialized()
-                try:
+                # The token may read under agentidp/, and nothing is there (InvalidPath): as expected.
+                with contextlib.suppress(hvac.exceptions.InvalidPath):
                     self._read_dummy(client)
-                except hvac.exceptions.InvalidPath:
-                    pass  # the token may read under agentidp/, and nothing is there: as expected
         except SecretStoreError as exc:
             return [str(exc)]
         return []

@@ -14,7 +14,7 @@ import hvac.exceptions
 from django.views.decorators.debug import sensitive_variables
 
 #: The data key that holds the plaintext secret in each KV entry.
-SECRET_KEY = "clientSecret"
+SECRET_KEY = "clientSecret"  # noqa: S105 (the data key's name)
 
 
 class MalformedEntry(Exception):

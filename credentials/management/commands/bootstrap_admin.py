@@ -4,9 +4,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from credentials.errors import ApiError
 from credentials import services
 from credentials.audit import Actor
+from credentials.errors import ApiError
 from credentials.models import Agent, AuditEvent, Credential, agent_name_key
 from vaultstore.exceptions import SecretStoreError
 

@@ -15,9 +15,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Prefetch
 from django.utils import timezone
 
-from credentials.errors import AgentNotFound
 from credentials import selectors, services
 from credentials.audit import Actor
+from credentials.errors import AgentNotFound
 from credentials.models import AuditEvent, Credential, GraceSecret
 from vaultstore.backends import get_backends
 
