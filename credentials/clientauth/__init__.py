@@ -20,7 +20,7 @@ from .base import (
     StoreUnavailable,
     VerificationWithheld,
 )
-from .registry import authenticate, method_names, methods, presented_by
+from .registry import authenticate, method_names, methods_in_use, presented_by
 
 __all__ = [
     "ClientAuthError",
@@ -32,6 +32,6 @@ __all__ = [
     "VerificationWithheld",
     "authenticate",
     "method_names",
-    "methods",
+    "methods_in_use",
     "presented_by",
 ]

@@ -22,7 +22,7 @@ from .base import ClientAuthMethod, MalformedClientAuth, Presented, StoreUnavail
 
 
 @functools.cache
-def methods() -> tuple[ClientAuthMethod, ...]:
+def methods_in_use() -> tuple[ClientAuthMethod, ...]:
     """The configured methods, built once per process (and again when a test overrides the setting)."""
     loaded = []
     for path in settings.AGENTIDP_CLIENT_AUTH_METHODS:
@@ -39,12 +39,12 @@ def methods() -> tuple[ClientAuthMethod, ...]:
 @receiver(setting_changed)
 def _forget_methods(*, setting: str, **kwargs: object) -> None:
     if setting == "AGENTIDP_CLIENT_AUTH_METHODS":
-        methods.cache_clear()
+        methods_in_use.cache_clear()
 
 
 def method_names() -> list[str]:
     """The names of the methods in use, for the authorization server's metadata."""
-    return [method.name for method in methods()]
+    return [method.name for method in methods_in_use()]
 
 
 def presented_by(request: HttpRequest, params: dict[str, str]) -> Presented:
@@ -55,7 +55,7 @@ def presented_by(request: HttpRequest, params: dict[str, str]) -> Presented:
     no method reads (invalid_client), or more than one method (invalid_request: RFC 6749
     section 2.3 allows one per request), or when its method cannot read what it sent.
     """
-    in_use = methods()
+    in_use = methods_in_use()
     names = ", ".join(method.name for method in in_use)
     challenge = next((method.challenge for method in in_use if method.challenge), None)
     scheme = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")[0].lower()
@@ -67,10 +67,14 @@ def presented_by(request: HttpRequest, params: dict[str, str]) -> Presented:
             "Authenticate the client one way only: HTTP Basic or the request body.", error="invalid_request"
         )
     if not claiming:
-        if "client_id" in params:
-            proofs = sorted({parameter for method in in_use for parameter in method.parameters})
+        proofs = sorted({parameter for method in in_use for parameter in method.parameters})
+        if "client_id" in params and proofs:
+            # An id without its proof is a client that failed to authenticate (AgentIdP has no public clients).
             raise MalformedClientAuth(f"Send client_id together with {' or '.join(proofs)}.")
-        raise MalformedClientAuth("Client authentication is required.", challenge=challenge)
+        raise MalformedClientAuth(
+            f"Client authentication is required: use one of {names}.",
+            challenge=None if "client_id" in params else challenge,
+        )
     return claiming[0].read(request, params)
 
 
