@@ -102,7 +102,7 @@ def measure(orc: Orchestrator) -> dict[str, Any]:
             "outage": {"seconds": outage, "load_before_s": pre, "load_after_s": post},
             "attack": {
                 "ratio": args.attack_ratio,
-                "mix": {kind: weight for kind, weight in args.attack_mix},
+                "mix": dict(args.attack_mix),
                 "addresses": args.attacker_addresses,
             },
             "shared_address": {"addresses": args.shared_addresses},

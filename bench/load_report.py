@@ -7,8 +7,8 @@ and the printed table.
 from __future__ import annotations
 
 import itertools
-import sys
 import math
+import sys
 from collections import Counter
 from typing import Any
 

@@ -12,8 +12,9 @@ bench/orchestrator.py drives it through the same interface and commands as the t
 `count` reads OpenBao's own telemetry (`sys/metrics?format=prometheus`, on in dev mode):
 `vault_core_handle_request_count` counts every request its core handled, authenticated or
 not (sys/metrics itself is not among them), and `vault_core_handle_request_sum` their time
-from routing to answer inside the server, in milliseconds (no HTTP parsing, no network). `load` writes each secret over HTTP as version 1
-of its key, with AgentIdP's token, on a few keep-alive connections. The outage commands
+from routing to answer inside the server, in milliseconds (no HTTP parsing, no network).
+`load` writes each secret over HTTP as version 1 of its key, with AgentIdP's token, on a
+few keep-alive connections. The outage commands
 (`down`, `up`) have no equivalent on a real server: they raise BenchError.
 
 AgentIdP gets a token with only its least-privilege policy (vaultstore.backends.vault.policy

@@ -31,7 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentidp.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from joserfc import jwt  # noqa: E402
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from joserfc import jwt
 
-from oauth.keys import generate_signing_key_pem, load_signing_key  # noqa: E402
+from oauth.keys import generate_signing_key_pem, load_signing_key
 
 
 def rsa_pem(bits: int) -> bytes:

@@ -48,16 +48,16 @@ DIAGNOSTIC_MAX_SECONDS = 120.0
 #: The rate limits count as in a deployment, with limits no run reaches: every request here comes from one
 #: address (127.0.0.1), and the wrong-secret scenarios measure what a failure costs the store, not a 429.
 LIMIT_OUT_OF_REACH = "1000000000"
-RATE_LIMITS = {
-    name: LIMIT_OUT_OF_REACH
-    for name in (
+RATE_LIMITS = dict.fromkeys(
+    (
         "AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS",
         "AGENTIDP_AUTH_FAILURES_PER_ADDRESS",
         "AGENTIDP_AUTH_FAILURES_PER_CLIENT",
         "AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR",
         "AGENTIDP_AUTH_FAILURES_TOTAL",
-    )
-}
+    ),
+    LIMIT_OUT_OF_REACH,
+)
 
 
 @dataclasses.dataclass(frozen=True)

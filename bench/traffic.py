@@ -263,7 +263,7 @@ class AgentSource:
         return self.traffic.agent_request(agent)
 
     def answered(self, item: Item, status: int) -> None:
-        kind, index, _ = item
+        index = item[1]
         if index >= 0:
             self.traffic.agents[index].pending = None if status == 200 else item
 

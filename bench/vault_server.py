@@ -20,6 +20,7 @@ faster than HTTP writes would, and the read path that the benchmark measures is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -78,10 +79,8 @@ class TestVault:
         from bench.servers import stop_process
 
         if self.process is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.process.stdin.close()  # the server stops when its input ends
-            except OSError:
-                pass
             stop_process(self.process, None, 5)
             self.process = None
 
