@@ -303,6 +303,7 @@ def render(results: dict) -> str:
             f"{report['elapsed_s']:.1f} s",
             f"loadgen {report['loadgen_core_share']:.0%} of a core",
             f"other processes {report['cpu_s']['other']:.1f} CPU s",
+            f"steal {report['cpu_s']['steal']:.1f} s",
             f"Vault calls {report['vault_calls']}",
         ]
         if name in ATTACK_SCENARIOS and report.get("attack_ratio_measured") is not None:

@@ -26,10 +26,14 @@ def cpu_seconds(pid: int) -> float | None:
     return None
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent running something (guest time is inside user time; steal is not ours)."""
+def machine_busy_seconds() -> tuple[float, float]:
+    """
+    CPU seconds all cores spent running something (guest time is inside user time), and the
+    seconds the hypervisor gave this machine's cores to something else while they wanted to run.
+    """
     times = psutil.cpu_times()
-    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+    busy = sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+    return busy, getattr(times, "steal", 0.0)
 
 
 @dataclasses.dataclass
@@ -38,6 +42,7 @@ class CpuSnapshot:
 
     groups: dict[str, dict[int, float]]
     machine_busy: float
+    steal: float
 
     @classmethod
     def take(cls, pids: dict[str, list[int]]) -> CpuSnapshot:
@@ -47,7 +52,7 @@ class CpuSnapshot:
                 used = cpu_seconds(pid)
                 if used is not None:
                     groups[group][pid] = used
-        return cls(groups, machine_busy_seconds())
+        return cls(groups, *machine_busy_seconds())
 
     def minus(self, before: CpuSnapshot, *, loadgen: float) -> dict[str, float]:
         """CPU seconds each group used since `before` (a process started meanwhile counts whole), and "other"."""
@@ -57,6 +62,7 @@ class CpuSnapshot:
         }
         used["loadgen"] = round(loadgen, 3)  # the load generator measures its own
         used["machine_busy"] = round(self.machine_busy - before.machine_busy, 3)
+        used["steal"] = round(self.steal - before.steal, 3)
         # Whatever else kept the machine's cores busy meanwhile (the orchestrator, other people's work).
         used["other"] = round(max(0.0, used["machine_busy"] - sum(used[group] for group in GROUPS)), 3)
         return used

@@ -312,6 +312,8 @@ class Orchestrator:
     def note_disturbance(self, cpu: dict[str, float], elapsed: float) -> None:
         if cpu["other"] > OTHER_CPU_WARNING * elapsed:
             print(f"    note: other processes used {cpu['other']:.1f} CPU s meanwhile", flush=True)
+        if cpu["steal"] > OTHER_CPU_WARNING * elapsed:
+            print(f"    note: the hypervisor took {cpu['steal']:.1f} CPU s from this machine meanwhile", flush=True)
 
     def results_header(self) -> dict[str, Any]:
         return {

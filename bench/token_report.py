@@ -101,7 +101,7 @@ COLUMNS = [
     ("scenario", 19, "<"), ("rps", 8, ">"), ("x ceil", 6, ">"), ("p50 ms", 8, ">"), ("p95 ms", 8, ">"),
     ("p99 ms", 8, ">"), ("errors", 6, ">"), ("sql/req", 7, ">"), ("bcrypt/req", 10, ">"), ("vault/req", 9, ">"),
     ("srv ms/req", 10, ">"), ("cpu gunicorn", 12, ">"), ("postgres", 8, ">"), ("redis", 5, ">"), ("loadgen", 7, ">"),
-    ("vault", 6, ">"), ("other", 6, ">"), ("RSS MB", 11, ">"),
+    ("vault", 6, ">"), ("other", 6, ">"), ("steal", 5, ">"), ("RSS MB", 11, ">"),
 ]  # fmt: skip
 
 
@@ -124,14 +124,15 @@ def render_table(rows: list[dict], settings: dict) -> str:
             number(row.get("sql_queries_per_request"), 2), number(row.get("bcrypt_checks_per_request"), 2),
             number(row["vault_calls_per_request"], 2), number(row["server_cpu_ms_per_request"], 2),
             number(cpu["gunicorn"]), number(cpu["postgres"]), number(cpu["redis"]), number(cpu["loadgen"]),
-            number(cpu["vault"]), number(cpu["other"]), "/".join(f"{mb:.0f}" for mb in row["worker_rss_mb"]),
+            number(cpu["vault"]), number(cpu["other"]), number(cpu["steal"]),
+            "/".join(f"{mb:.0f}" for mb in row["worker_rss_mb"]),
         ])  # fmt: skip
     lines = [header, *table(COLUMNS, cells)]
     lines.append(
         "errors: responses whose status was not the scenario's expected one (401 for wrong-secret and unknown-client); "
         "'!' = the pool of never-used credentials ran out. sql/req and bcrypt/req: from the diagnostic pass (one "
         "worker with per-request counting; '-' for the ceiling, one SELECT by construction). CPU in seconds over "
-        "the window; RSS of each worker at its end."
+        "the window (steal: taken by the hypervisor); RSS of each worker at its end."
     )
     return "\n".join(lines)
 
