@@ -19,7 +19,7 @@ import psutil
 
 from bench import load_report
 from bench.errors import BenchError
-from bench.machine import bcrypt_verify_seconds
+from bench.machine import bcrypt_verify_seconds, note_disturbance
 from bench.options import shown, without_password
 from bench.orchestrator import CONN_MAX_AGE, Orchestrator
 from bench.servers import Shape
@@ -77,7 +77,7 @@ def measure(orc: Orchestrator) -> dict[str, Any]:
         )
         if report["loadgen_core_share"] and report["loadgen_core_share"] > LOADGEN_CORE_WARNING:
             print(f"    note: the load generator used {report['loadgen_core_share']:.0%} of a core", flush=True)
-        orc.note_disturbance(report["cpu_s"], report["elapsed_s"])
+        note_disturbance(report["cpu_s"], report["elapsed_s"])
         if report["stopped_by_time_limit"]:
             print(f"    stopped by --max-seconds {args.max_seconds:g}", flush=True)
 

@@ -68,6 +68,7 @@ def scenario_report(name: str, window: dict[str, Any], *, shared_addresses: int)
         "kinds": by_kind(rows, elapsed),
         "never_used_credentials": {"used": result["cold_used"], "pool_ran_out": result["cold_short"]},
         "vault_calls": window["vault_calls"],
+        "redis_calls": window["redis_calls"],
         "cpu_s": cpu,
         "loadgen_core_share": round(cpu["loadgen"] / elapsed, 3) if elapsed else None,
         "worker_rss_mb": window["worker_rss_mb"],

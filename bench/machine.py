@@ -17,6 +17,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 #: The processes whose CPU is measured apart; the rest of the machine's busy time is "other".
 GROUPS = ("gunicorn", "postgres", "vault", "redis", "loadgen")
+#: Say so when other processes, or the hypervisor, took this share of one core during a window.
+DISTURBANCE_SHARE = 0.15
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -66,6 +68,14 @@ class CpuSnapshot:
         # Whatever else kept the machine's cores busy meanwhile (the orchestrator, other people's work).
         used["other"] = round(max(0.0, used["machine_busy"] - sum(used[group] for group in GROUPS)), 3)
         return used
+
+
+def note_disturbance(cpu: dict[str, float], elapsed: float) -> None:
+    """Print a note when other processes or the hypervisor took enough CPU to disturb a window's figures."""
+    if cpu["other"] > DISTURBANCE_SHARE * elapsed:
+        print(f"    note: other processes used {cpu['other']:.1f} CPU s meanwhile", flush=True)
+    if cpu["steal"] > DISTURBANCE_SHARE * elapsed:
+        print(f"    note: the hypervisor took {cpu['steal']:.1f} CPU s from this machine meanwhile", flush=True)
 
 
 def machine_info(pg_version: str) -> dict[str, Any]:

@@ -45,8 +45,6 @@ AGENTIDP_NAMES = {
     "DATABASE_URL", "CONN_MAX_AGE", "CACHE_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "LOG_LEVEL", "LOG_FORMAT",
     "STATIC_ROOT", "CSRF_TRUSTED_ORIGINS",
 }  # fmt: skip
-#: Warn when other processes kept this share of one core busy during a window.
-OTHER_CPU_WARNING = 0.15
 
 
 def write_private(path: Path, data: object) -> None:
@@ -233,8 +231,8 @@ class Orchestrator:
         Run one window of load on the served application through a fresh load generator.
 
         Return its records, the load generator's result, the CPU each group of processes used,
-        the Vault calls made during the window, the workers' RSS, the warm-up, and the marks
-        `during` (run while the window is open) returned.
+        the Vault calls and Redis commands made during the window, the workers' RSS, the
+        warm-up, and the marks `during` (run while the window is open) returned.
         """
         assert self.server is not None
         records_file = self.tmp / "records.json"
@@ -261,12 +259,15 @@ class Orchestrator:
         send(self.loadgen.stdin, json.dumps(job))
         ready = receive(self.loadgen.stdout, "ready")
         self.vault.command({"op": "clear"})
+        redis_before = self.redis.commands() if self.redis is not None else None
         before = CpuSnapshot.take(self.cpu_pids())
         send(self.loadgen.stdin, "go")
         marks = during(self) if during is not None else {}
         receive(self.loadgen.stdout, "done")
         after = CpuSnapshot.take(self.cpu_pids())
         vault = self.vault.command({"op": "count"})
+        # Less one: the INFO that took the first count is among the commands counted by the second.
+        redis_calls = self.redis.commands() - redis_before - 1 if redis_before is not None else None
         rss = self.server.worker_rss_mb()
         result = receive(self.loadgen.stdout, "result")
         self.loadgen.wait(timeout=60)
@@ -282,6 +283,7 @@ class Orchestrator:
             "vault_calls": vault["count"],
             # OpenBao only: the time its core spent handling those calls (bench/openbao.py).
             "vault_handling_ms": vault.get("handling_ms"),
+            "redis_calls": redis_calls,
             "worker_rss_mb": rss,
             "warmup": ready.get("warmup"),
             "marks": marks,
@@ -308,12 +310,6 @@ class Orchestrator:
         with contextlib.suppress(psutil.Error):  # the postmaster is not in pg_stat_activity
             pids += [psutil.Process(pids[0]).ppid()] if pids else []
         return pids
-
-    def note_disturbance(self, cpu: dict[str, float], elapsed: float) -> None:
-        if cpu["other"] > OTHER_CPU_WARNING * elapsed:
-            print(f"    note: other processes used {cpu['other']:.1f} CPU s meanwhile", flush=True)
-        if cpu["steal"] > OTHER_CPU_WARNING * elapsed:
-            print(f"    note: the hypervisor took {cpu['steal']:.1f} CPU s from this machine meanwhile", flush=True)
 
     def results_header(self) -> dict[str, Any]:
         return {

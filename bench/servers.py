@@ -183,6 +183,22 @@ class Redis:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    def commands(self) -> int:
+        """The commands the server has processed so far (INFO stats; the INFO itself included)."""
+        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"INFO stats\r\n")
+            answer = b""
+            while b"total_commands_processed:" not in answer or not answer.endswith(b"\r\n\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        for line in answer.decode().splitlines():
+            if line.startswith("total_commands_processed:"):
+                return int(line.partition(":")[2])
+        raise BenchError("redis-server did not say how many commands it processed.")
+
     def close(self) -> None:
         if self.process is not None:
             stop_process(self.process, signal.SIGTERM, 5)

@@ -22,7 +22,7 @@ import psutil
 import psycopg
 
 from bench import token_report
-from bench.machine import bcrypt_verify_seconds
+from bench.machine import bcrypt_verify_seconds, note_disturbance
 from bench.options import shown, without_password
 from bench.orchestrator import CONN_MAX_AGE, Orchestrator
 from bench.servers import PYTHON, Shape
@@ -229,6 +229,9 @@ def measure_scenario(
         "errors": requests - figures["statuses"].get(str(scenario.expected_status), 0),
         "latency_ms": figures["latency_ms"],
         "vault_calls_per_request": round(vault_calls / requests, 3) if requests else None,
+        "redis_calls_per_request": (
+            round(window["redis_calls"] / requests, 3) if window["redis_calls"] is not None and requests else None
+        ),
         "vault_handling_ms_per_call": (
             round(window["vault_handling_ms"] / vault_calls, 3) if window["vault_handling_ms"] and vault_calls else None
         ),
@@ -241,7 +244,7 @@ def measure_scenario(
     }
     if row["pool_exhausted"]:
         print(f"    the pool of never-used credentials ran out after {requests} requests", flush=True)
-    orc.note_disturbance(cpu, elapsed)
+    note_disturbance(cpu, elapsed)
     return row
 
 

@@ -100,6 +100,7 @@ def evaluate_targets(rows: list[dict], soak: dict | None) -> list[dict]:
 COLUMNS = [
     ("scenario", 19, "<"), ("rps", 8, ">"), ("x ceil", 6, ">"), ("p50 ms", 8, ">"), ("p95 ms", 8, ">"),
     ("p99 ms", 8, ">"), ("errors", 6, ">"), ("sql/req", 7, ">"), ("bcrypt/req", 10, ">"), ("vault/req", 9, ">"),
+    ("redis/req", 9, ">"),
     ("srv ms/req", 10, ">"), ("cpu gunicorn", 12, ">"), ("postgres", 8, ">"), ("redis", 5, ">"), ("loadgen", 7, ">"),
     ("vault", 6, ">"), ("other", 6, ">"), ("steal", 5, ">"), ("RSS MB", 11, ">"),
 ]  # fmt: skip
@@ -122,7 +123,8 @@ def render_table(rows: list[dict], settings: dict) -> str:
             number(latency["p50"]), number(latency["p95"]), number(latency["p99"]),
             str(row["errors"]) + ("!" if row["pool_exhausted"] else ""),
             number(row.get("sql_queries_per_request"), 2), number(row.get("bcrypt_checks_per_request"), 2),
-            number(row["vault_calls_per_request"], 2), number(row["server_cpu_ms_per_request"], 2),
+            number(row["vault_calls_per_request"], 2), number(row["redis_calls_per_request"], 2),
+            number(row["server_cpu_ms_per_request"], 2),
             number(cpu["gunicorn"]), number(cpu["postgres"]), number(cpu["redis"]), number(cpu["loadgen"]),
             number(cpu["vault"]), number(cpu["other"]), number(cpu["steal"]),
             "/".join(f"{mb:.0f}" for mb in row["worker_rss_mb"]),
