@@ -9,12 +9,12 @@ import dataclasses
 import datetime
 import functools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from vaultstore.backends import StoredSecret
 
 from . import selectors
-from .models import Credential
+from .models import Credential, GraceSecret
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +46,15 @@ def current_secret(credential: Credential) -> Trusted:
     return Trusted(credential.id, credential.stored_secret, since=credential.rotated_at or credential.created_at)
 
 
-def candidate_secrets(credential: Credential) -> Iterator[Trusted]:
-    """Yield the current secret, then (queried only if asked for) the previous ones still in their grace period."""
+def candidate_secrets(credential: Credential, graces: Iterable[GraceSecret] | None = None) -> Iterator[Trusted]:
+    """
+    Yield the current secret, then the previous ones still in their grace period: `graces`
+    if the caller has them, else queried (only once asked for).
+    """
     yield current_secret(credential)
-    for grace in selectors.grace_secrets_live(credential_id=credential.pk):
+    if graces is None:
+        graces = selectors.grace_secrets_live(credential_id=credential.pk)
+    for grace in graces:
         yield Trusted(credential.id, grace.stored_secret, since=grace.created_at)
 
 

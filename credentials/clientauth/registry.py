@@ -56,26 +56,35 @@ def presented_by(request: HttpRequest, params: dict[str, str]) -> Presented:
     section 2.3 allows one per request), or when its method cannot read what it sent.
     """
     in_use = methods_in_use()
-    names = ", ".join(method.name for method in in_use)
-    challenge = next((method.challenge for method in in_use if method.challenge), None)
     scheme = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")[0].lower()
-    if scheme and scheme not in {method.authorization_scheme for method in in_use}:
-        raise MalformedClientAuth(f"Authenticate the client with one of: {names}.", challenge=challenge)
+    if scheme and not any(method.authorization_scheme == scheme for method in in_use):
+        raise MalformedClientAuth(
+            f"Authenticate the client with one of: {_names(in_use)}.", challenge=_challenge(in_use)
+        )
     claiming = [method for method in in_use if method.claims(request, params)]
-    if len(claiming) > 1:
+    if len(claiming) == 1:
+        return claiming[0].read(request, params)
+    if claiming:
         raise MalformedClientAuth(
             "Authenticate the client one way only: HTTP Basic or the request body.", error="invalid_request"
         )
-    if not claiming:
-        proofs = sorted({parameter for method in in_use for parameter in method.parameters})
-        if "client_id" in params and proofs:
-            # An id without its proof is a client that failed to authenticate (AgentIdP has no public clients).
-            raise MalformedClientAuth(f"Send client_id together with {' or '.join(proofs)}.")
-        raise MalformedClientAuth(
-            f"Client authentication is required: use one of {names}.",
-            challenge=None if "client_id" in params else challenge,
-        )
-    return claiming[0].read(request, params)
+    proofs = sorted({parameter for method in in_use for parameter in method.parameters})
+    if "client_id" in params and proofs:
+        # An id without its proof is a client that failed to authenticate (AgentIdP has no public clients).
+        raise MalformedClientAuth(f"Send client_id together with {' or '.join(proofs)}.")
+    raise MalformedClientAuth(
+        f"Client authentication is required: use one of {_names(in_use)}.",
+        challenge=None if "client_id" in params else _challenge(in_use),
+    )
+
+
+def _names(in_use: tuple[ClientAuthMethod, ...]) -> str:
+    return ", ".join(method.name for method in in_use)
+
+
+def _challenge(in_use: tuple[ClientAuthMethod, ...]) -> str | None:
+    """The challenge for a refusal no single method answers: the first one a method has."""
+    return next((method.challenge for method in in_use if method.challenge), None)
 
 
 def authenticate(presented: Presented, *, store_allowed: bool = True) -> Credential:

@@ -20,10 +20,9 @@ from django.db import transaction
 from vaultstore.backends import get_backend_for
 from vaultstore.exceptions import SecretStoreError
 
-from .. import selectors
 from ..audit import audit_record
 from ..models import AuditEvent, Credential
-from ..trust import Trusted, candidate_secrets, current_secret, role
+from ..trust import Trusted, candidate_secrets, role
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +174,7 @@ def credential_secrets_check(*, credential: Credential, record: bool = False, ac
     secret, /readyz's report). Uses the credential's prefetched `live_grace_secrets` when
     the caller set it, else queries them.
     """
-    graces = getattr(credential, "live_grace_secrets", None)
-    if graces is None:
-        graces = selectors.grace_secrets_live(credential_id=credential.pk)
-    candidates = [current_secret(credential)]
-    candidates += [Trusted(credential.id, grace.stored_secret, since=grace.created_at) for grace in graces]
+    candidates = candidate_secrets(credential, getattr(credential, "live_grace_secrets", None))
     checks = []
     for index, trusted in enumerate(candidates):
         which = "current" if index == 0 else "grace"
