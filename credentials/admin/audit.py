@@ -123,19 +123,15 @@ class AuditEventAdmin(ReadOnly, ConsoleAdmin):
     def agent(self, event: AuditEvent) -> str:
         if event.agent_id is None:
             return "-"
-        label = event.agent_name or event.details.get("name") or str(event.agent_id)
-        return format_html(
-            '<a href="?{}" title="{}">{}</a>', urlencode({"agent_id": event.agent_id}), event.agent_id, label
-        )
+        return _filter_link("agent_id", event.agent_id, event.agent_name or event.details.get("name"))
 
     @admin.display(description="credential")
     def credential(self, event: AuditEvent) -> str:
         if event.credential_id is None:
             return "-"
-        label = event.client_id or event.details.get("clientId") or str(event.credential_id)
-        return format_html(
-            '<a href="?{}" title="{}">{}</a>',
-            urlencode({"credential_id": event.credential_id}),
-            event.credential_id,
-            label,
-        )
+        return _filter_link("credential_id", event.credential_id, event.client_id or event.details.get("clientId"))
+
+
+def _filter_link(parameter: str, value: object, label: str | None) -> str:
+    """A link that filters the trail by this id, labelled by the name it had (or the id, for a row long gone)."""
+    return format_html('<a href="?{}" title="{}">{}</a>', urlencode({parameter: value}), value, label or str(value))

@@ -146,12 +146,16 @@ class CredentialAdmin(ConsoleAdmin):
         return self._rotate(request, queryset, action="rotate_selected")
 
     def rotate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._one(request, object_id, self.has_rotate_permission, self._rotate)
+
+    def _one(self, request: HttpRequest, object_id: str, permitted, act) -> HttpResponse:
+        """Run `act` (rotation or deletion) for the credential of a page's button, if it exists and is `permitted`."""
         credential = self.get_object(request, unquote(object_id))
         if credential is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if not self.has_rotate_permission(request, credential):
+        if not permitted(request, credential):
             raise PermissionDenied
-        return self._rotate(request, Credential.objects.filter(pk=credential.pk), action=None)
+        return act(request, Credential.objects.filter(pk=credential.pk), action=None)
 
     def _rotate(self, request: HttpRequest, queryset: QuerySet[Credential], *, action: str | None) -> HttpResponse:
         credentials = list(queryset.select_related("agent").order_by("agent__name", "client_id"))
@@ -181,12 +185,7 @@ class CredentialAdmin(ConsoleAdmin):
         return self._delete(request, queryset, action="delete_selected")
 
     def delete_view(self, request, object_id, extra_context=None):
-        credential = self.get_object(request, unquote(object_id))
-        if credential is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if not self.has_delete_permission(request, credential):
-            raise PermissionDenied
-        return self._delete(request, Credential.objects.filter(pk=credential.pk), action=None)
+        return self._one(request, object_id, self.has_delete_permission, self._delete)
 
     def _delete(self, request: HttpRequest, queryset: QuerySet[Credential], *, action: str | None) -> HttpResponse:
         credentials = list(queryset.select_related("agent").order_by("agent__name", "client_id"))
