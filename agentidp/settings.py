@@ -202,7 +202,34 @@ AGENTIDP_UPGRADE_RETRY_SECONDS = env.int("AGENTIDP_UPGRADE_RETRY_SECONDS", defau
 AGENTIDP_CLIENT_AUTH_METHODS = [
     "credentials.clientauth.methods.ClientSecretBasic",
     "credentials.clientauth.methods.ClientSecretPost",
+    "credentials.clientauth.assertion.PrivateKeyJWT",
 ]
+
+# --- Signed JWTs: key credentials (private_key_jwt) and trust policies (jwt-bearer grant) ----
+# The signature algorithms accepted in client assertions and platform tokens: a subset of
+# ES256, ES384, RS256, PS256 and EdDSA (never "none", never an HMAC).
+AGENTIDP_ASSERTION_ALGORITHMS = env.list("AGENTIDP_ASSERTION_ALGORITHMS", default=["ES256", "ES384", "RS256", "PS256", "EdDSA"])
+# A client assertion may live at most this long (exp - iat; authlib's clients ask for an hour).
+AGENTIDP_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS = env.int("AGENTIDP_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS", default=3600)
+# Clock skew allowed between AgentIdP and whoever signed an assertion (exp, nbf, iat).
+AGENTIDP_ASSERTION_LEEWAY_SECONDS = env.int("AGENTIDP_ASSERTION_LEEWAY_SECONDS", default=30)
+# Longer assertions are refused unread (platform tokens are 1 to 2 KiB).
+AGENTIDP_ASSERTION_MAX_BYTES = env.int("AGENTIDP_ASSERTION_MAX_BYTES", default=16384)
+# Fetching public keys (jwksUri, an issuer's discovery document): https only, small, quick.
+AGENTIDP_KEY_FETCH_TIMEOUT_SECONDS = env.float("AGENTIDP_KEY_FETCH_TIMEOUT_SECONDS", default=3.0)
+AGENTIDP_KEY_FETCH_MAX_BYTES = env.int("AGENTIDP_KEY_FETCH_MAX_BYTES", default=131072)
+# A CA bundle for key URLs (a cluster's own CA, say), else the system's.
+AGENTIDP_KEY_FETCH_CA_BUNDLE = env.str("AGENTIDP_KEY_FETCH_CA_BUNDLE", default="")
+# Networks (CIDR) key URLs may reach although private, link-local or loopback; none by default.
+AGENTIDP_KEY_FETCH_ALLOWED_NETWORKS = env.list("AGENTIDP_KEY_FETCH_ALLOWED_NETWORKS", default=[])
+# Development only: plain http to a loopback address (also needs the loopback network allowed above).
+AGENTIDP_KEY_FETCH_ALLOW_HTTP_LOOPBACK = env.bool("AGENTIDP_KEY_FETCH_ALLOW_HTTP_LOOPBACK", default=False)
+# Fetched keys are used this long before they are fetched again.
+AGENTIDP_KEY_CACHE_SECONDS = env.int("AGENTIDP_KEY_CACHE_SECONDS", default=300)
+# An unknown kid fetches an issuer's keys again at most this often (per process).
+AGENTIDP_KEY_REFRESH_MIN_SECONDS = env.int("AGENTIDP_KEY_REFRESH_MIN_SECONDS", default=5)
+# While an issuer cannot be reached, its last good keys keep verifying this long after they were fetched.
+AGENTIDP_KEY_STALE_SECONDS = env.int("AGENTIDP_KEY_STALE_SECONDS", default=86400)
 
 # --- Cache ------------------------------------------------------------------------------------
 # Local memory by default (one per process); Redis for several processes: CACHE_URL=redis://host:6379/0.

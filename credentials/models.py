@@ -119,10 +119,38 @@ class CredentialQuerySet(models.QuerySet):
         return self.filter(expires_at__lte=now or timezone.now())
 
 
-class Credential(SecretLocation):
-    """One OAuth client of an agent. Its secret lives in the store named by `storage`."""
+class KeyLocation(models.Model):
+    """
+    Where a key credential's public keys are: a JWK Set AgentIdP holds (`jwks`), or the
+    https URL of one (`jwks_uri`). Exactly one of them; never a private key.
+    """
+
+    jwks = models.JSONField(null=True, blank=True, editable=False)
+    jwks_uri = models.CharField(max_length=2048, null=True, blank=True, editable=False)  # noqa: DJ001
+
+    #: The fields set_key_location() writes, for save(update_fields=...).
+    KEY_FIELDS = ("jwks", "jwks_uri")
+
+    class Meta:
+        abstract = True
+
+    def set_key_location(self, *, jwks: dict | None, jwks_uri: str | None) -> None:
+        self.jwks = jwks
+        self.jwks_uri = jwks_uri or None
+
+
+class Credential(SecretLocation, KeyLocation):
+    """
+    One OAuth client of an agent. A secret credential's secret lives in the store named by
+    `storage`; a key credential (private_key_jwt) has public keys instead, and no storage.
+    """
+
+    class Kind(models.TextChoices):
+        SECRET = "secret", "Secret"
+        KEY = "key", "Key"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.SECRET, editable=False)
     # PROTECT: an agent is deleted through agent_delete, which deletes its credentials first.
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="credentials")
     client_id = models.CharField(max_length=64, unique=True, editable=False)
@@ -140,7 +168,23 @@ class Credential(SecretLocation):
 
     class Meta:
         ordering = ["created_at", "id"]
-        constraints = [_vault_location_complete("credentials_credential")]
+        constraints = [
+            _vault_location_complete("credentials_credential"),
+            # A secret credential has a store and no keys; a key credential keys in one place and no store.
+            models.CheckConstraint(
+                condition=(
+                    models.Q(kind="secret", jwks__isnull=True, jwks_uri__isnull=True) & ~models.Q(storage="")
+                )
+                | (
+                    models.Q(kind="key", storage="", secret_hash="", vault_path__isnull=True)
+                    & (
+                        models.Q(jwks__isnull=False, jwks_uri__isnull=True)
+                        | models.Q(jwks__isnull=True, jwks_uri__isnull=False)
+                    )
+                ),
+                name="credentials_credential_kind_complete",
+            ),
+        ]
         # delete_credential is Django's default; rotation gets its own, since it hands out a new secret.
         permissions = [("rotate_credential", "Can rotate credentials (and see the new secret once)")]
 
@@ -153,6 +197,10 @@ class Credential(SecretLocation):
     @property
     def status(self) -> str:
         return "expired" if self.is_expired() else "active"
+
+    @property
+    def is_key(self) -> bool:
+        return self.kind == self.Kind.KEY
 
     def is_expired(self, now=None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
@@ -174,6 +222,59 @@ class GraceSecret(SecretLocation):
 
     def __repr__(self) -> str:
         return f"<GraceSecret of {self.credential_id} until {self.valid_until:%Y-%m-%dT%H:%M:%SZ}>"
+
+
+class GraceKeys(KeyLocation):
+    """A key credential's previous public keys, still accepted until `valid_until` after a rotation."""
+
+    credential = models.ForeignKey(Credential, on_delete=models.CASCADE, related_name="grace_keys")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    valid_until = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-valid_until", "-id"]
+        verbose_name_plural = "grace keys"
+
+    def __str__(self) -> str:
+        return f"previous keys of {self.credential_id} until {self.valid_until:%Y-%m-%d %H:%M:%S}"
+
+
+class TrustPolicy(models.Model):
+    """
+    Which platform-issued JWTs (a Kubernetes service account's, a CI job's, a SPIFFE
+    workload's) an agent accepts as its identity in the jwt-bearer grant (RFC 7523 section
+    2.1): the issuer, the audience AgentIdP expects, a subject or subject pattern, required
+    claims and the tokens' greatest age. Keys come from `jwks`, `jwks_uri`, or else the
+    issuer's OpenID discovery document.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="trust_policies")
+    issuer = models.CharField(max_length=512, db_index=True, editable=False)
+    audience = models.CharField(max_length=512, editable=False)
+    # One of the two, or neither: "" is "not set".
+    subject = models.CharField(max_length=512, blank=True, default="", editable=False)
+    subject_pattern = models.CharField(max_length=512, blank=True, default="", editable=False)
+    # Claim name -> the required value, or a list of allowed values.
+    claims = models.JSONField(default=dict, blank=True, editable=False)
+    jwks = models.JSONField(null=True, blank=True, editable=False)
+    jwks_uri = models.CharField(max_length=2048, null=True, blank=True, editable=False)  # noqa: DJ001
+    max_token_age_seconds = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    description = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name_plural = "trust policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=~(models.Q(jwks__isnull=False) & models.Q(jwks_uri__isnull=False)),
+                name="credentials_trustpolicy_one_key_source",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.issuer} {self.subject or self.subject_pattern or '(any subject)'}"
 
 
 class SecretPurge(models.Model):
@@ -232,6 +333,8 @@ class AuditEvent(models.Model):
         CREDENTIAL_MOVED = "credential.moved"
         # A store does not hold a secret the credential trusts (written once per such secret).
         CREDENTIAL_SECRET_MISSING = "credential.secret_missing", "Credential Secret Missing"
+        TRUST_POLICY_CREATED = "trust_policy.created", "Trust Policy Created"
+        TRUST_POLICY_DELETED = "trust_policy.deleted", "Trust Policy Deleted"
         TOKEN_REVOKED = "token.revoked"  # noqa: S105 (an audit action's name)
         RATE_LIMITED = "client.rate_limited", "Client Rate Limited"
 

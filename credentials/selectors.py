@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from credentials.errors import AgentNotFound, CredentialNotFound
 
-from .models import Agent, Credential, GraceSecret
+from .models import Agent, Credential, GraceKeys, GraceSecret, TrustPolicy
 
 # Longer than any client id AgentIdP makes; anything longer is not worth a query.
 MAX_CLIENT_ID_LENGTH = 64
@@ -82,3 +82,23 @@ def credential_active_count(*, agent: Agent) -> int:
 def grace_secrets_live(*, credential_id: uuid.UUID) -> list[GraceSecret]:
     """Return the credential's previous secrets whose grace period has not ended."""
     return list(GraceSecret.objects.filter(credential_id=credential_id, valid_until__gt=timezone.now()))
+
+
+def grace_keys_live(*, credential_id: uuid.UUID) -> list[GraceKeys]:
+    """Return the key credential's previous keys whose grace period has not ended."""
+    return list(GraceKeys.objects.filter(credential_id=credential_id, valid_until__gt=timezone.now()))
+
+
+def trust_policies_for_issuer(*, issuer: str) -> list[TrustPolicy]:
+    """Return every agent's trust policies for this issuer, with their agents, oldest first."""
+    if not issuer or len(issuer) > TrustPolicy._meta.get_field("issuer").max_length:
+        return []
+    return list(TrustPolicy.objects.filter(issuer=issuer).select_related("agent"))
+
+
+def trust_policy_find(*, trust_policy_id: object) -> TrustPolicy | None:
+    """Return the trust policy with its agent, or None (also for an id that is not a UUID)."""
+    pk = _as_uuid(trust_policy_id)
+    if pk is None:
+        return None
+    return TrustPolicy.objects.select_related("agent").filter(pk=pk).first()

@@ -1,0 +1,1 @@
+"""Signed JWTs from clients and platforms: where their public keys come from, and checking them."""
