@@ -208,7 +208,9 @@ AGENTIDP_CLIENT_AUTH_METHODS = [
 # --- Signed JWTs: key credentials (private_key_jwt) and trust policies (jwt-bearer grant) ----
 # The signature algorithms accepted in client assertions and platform tokens: a subset of
 # ES256, ES384, RS256, PS256 and EdDSA (never "none", never an HMAC).
-AGENTIDP_ASSERTION_ALGORITHMS = env.list("AGENTIDP_ASSERTION_ALGORITHMS", default=["ES256", "ES384", "RS256", "PS256", "EdDSA"])
+AGENTIDP_ASSERTION_ALGORITHMS = env.list(
+    "AGENTIDP_ASSERTION_ALGORITHMS", default=["ES256", "ES384", "RS256", "PS256", "EdDSA"]
+)
 # A client assertion may live at most this long (exp - iat; authlib's clients ask for an hour).
 AGENTIDP_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS = env.int("AGENTIDP_CLIENT_ASSERTION_MAX_LIFETIME_SECONDS", default=3600)
 # Clock skew allowed between AgentIdP and whoever signed an assertion (exp, nbf, iat).

@@ -10,11 +10,12 @@ import json
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, JsonResponse
 
-from credentials import clientauth
-from credentials.models import Credential
+from credentials import clientauth, federation
+from credentials.models import Credential, TrustPolicy
 
 from .addresses import client_address
 from .throttling import AuthenticationGuard, Throttled, client_ref
@@ -168,25 +169,34 @@ def _log_attempt(
     reason: str,
     presented: clientauth.Presented | None = None,
     credential: Credential | None = None,
+    policy: TrustPolicy | None = None,
+    claimed: federation.Claimed | None = None,
     level: int = logging.INFO,
 ) -> None:
     """
-    Log one client authentication: outcome and reason, ids and the client's address, never a secret.
+    Log one client authentication (or platform token, for the jwt-bearer grant): outcome
+    and reason, ids and the client's address, never a secret or an assertion.
 
     A presented clientId is logged only when it is a credential's; otherwise its keyed
     digest (client_ref), since a client that swapped its id and secret presents its secret
-    as the id. The same fields go to `extra` for structured (JSON) log handlers.
+    as the id. A platform token's claimed issuer and subject are logged only as that
+    digest too. The same fields go to `extra` for structured (JSON) log handlers.
     """
+    if claimed is not None:
+        auth_method, ref = federation.GRANT_TYPE, client_ref(claimed.ref)
+    else:
+        auth_method = presented.method_name if presented else ""
+        ref = client_ref(presented.client_id) if presented else ""
     fields = {
         "event": "client_authentication",
         "outcome": outcome,
         "reason": reason,
         "endpoint": request.resolver_match.url_name if request.resolver_match else "",
-        "auth_method": presented.method_name if presented else "",
-        "client_id": credential.client_id if credential else "",
-        "client_ref": client_ref(presented.client_id) if presented else "",
+        "auth_method": auth_method,
+        "client_id": credential.client_id if credential else str(policy.id) if policy else "",
+        "client_ref": ref,
         "credential_id": str(credential.id) if credential else "",
-        "agent_id": str(credential.agent_id) if credential else "",
+        "agent_id": str(credential.agent_id) if credential else str(policy.agent_id) if policy else "",
         "address": client_address(request),
         "user_agent": _printable(request.META["HTTP_USER_AGENT"]) if request.META.get("HTTP_USER_AGENT") else "",
     }
@@ -230,13 +240,63 @@ def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credent
         raise _invalid_client("Client authentication failed.", challenge=presented.method.challenge) from None
     except clientauth.StoreUnavailable as exc:
         _log_attempt(request, outcome="unavailable", reason=exc.reason, presented=presented, level=logging.WARNING)
-        raise OAuthError(
-            "temporarily_unavailable",
-            "The secret store is unavailable; try again shortly.",
-            status=503,
-            headers={"Retry-After": str(exc.retry_after or 5)},
-            extra={"code": exc.code},
-        ) from None
+        raise _unavailable(exc.description, code=exc.code, retry_after=exc.retry_after) from None
     guard.succeeded()
     _log_attempt(request, outcome="success", reason="verified", presented=presented, credential=credential)
     return credential
+
+
+def _unavailable(description: str, *, code: str, retry_after: int | None) -> OAuthError:
+    return OAuthError(
+        "temporarily_unavailable",
+        description,
+        status=503,
+        headers={"Retry-After": str(retry_after or 5)},
+        extra={"code": code},
+    )
+
+
+def authenticate_platform(request: HttpRequest, params: dict[str, str]) -> TrustPolicy:
+    """
+    Return the trust policy the jwt-bearer grant's `assertion` matches (RFC 7523 section
+    2.1), or raise the OAuthError to answer with.
+
+    The grant takes no client authentication: the platform's token is the proof. Every
+    refusal is the same invalid_grant (the reason is logged); the failure limits count a
+    platform token's claimed issuer and subject as the "client", so the no-lockout rules
+    of client authentication hold for workloads too. Keys that cannot be fetched are
+    temporarily_unavailable.
+    """
+    if request.META.get("HTTP_AUTHORIZATION") or any(
+        name in params for method in clientauth.methods_in_use() for name in method.parameters
+    ):
+        raise invalid_request("The jwt-bearer grant takes no client authentication: the assertion is the proof.")
+    assertion = params.get("assertion")
+    if assertion is None:
+        raise invalid_request("assertion is required.")
+    claimed = federation.claimed_by(assertion)
+    guard = AuthenticationGuard.for_request(request, claimed.ref)
+    try:
+        guard.check()
+        policy = federation.platform_identity(assertion)
+    except federation.InvalidGrant as exc:
+        if not guard.store_allowed:
+            throttled = guard.withheld()
+            _log_attempt(request, outcome="throttled", reason=throttled.limit, claimed=claimed, level=logging.WARNING)
+            raise rate_limited(throttled) from None
+        guard.failed()
+        _log_attempt(request, outcome="failure", reason=exc.reason, claimed=claimed, policy=exc.policy)
+        raise OAuthError("invalid_grant", "The assertion is not accepted.") from None
+    except Throttled as exc:
+        _log_attempt(request, outcome="throttled", reason=exc.limit, claimed=claimed, level=logging.WARNING)
+        raise rate_limited(exc) from None
+    except federation.PlatformKeysUnavailable as exc:
+        _log_attempt(request, outcome="unavailable", reason=exc.reason, claimed=claimed, level=logging.WARNING)
+        raise _unavailable(
+            "The issuer's public keys cannot be fetched; try again shortly.",
+            code="KEYS_UNAVAILABLE",
+            retry_after=settings.AGENTIDP_KEY_REFRESH_MIN_SECONDS,
+        ) from None
+    guard.succeeded()
+    _log_attempt(request, outcome="success", reason="verified", claimed=claimed, policy=policy)
+    return policy

@@ -25,7 +25,7 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from credentials import selectors
 from credentials.audit import Actor, audit_record
-from credentials.models import Agent, AuditEvent, Credential
+from credentials.models import Agent, AuditEvent, Credential, TrustPolicy
 
 from .keys import get_signing_key, verification_keys
 from .models import RevokedToken
@@ -46,15 +46,16 @@ class IssuedAccessToken:
 
 @dataclasses.dataclass(frozen=True)
 class ActiveToken:
-    """A validated, active access token with the credential and agent it speaks for."""
+    """
+    A validated, active access token with the agent it speaks for, and the client it was
+    issued to: a credential, or (for the jwt-bearer grant) a trust policy.
+    """
 
     claims: dict[str, Any]
-    credential: Credential
+    agent: Agent
     scopes: tuple[str, ...]
-
-    @property
-    def agent(self) -> Agent:
-        return self.credential.agent
+    credential: Credential | None = None
+    trust_policy: TrustPolicy | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,13 @@ class AgentPrincipal:
         return self.agent.name
 
     def audit_actor(self) -> Actor:
-        return credential_actor(self.token.credential)
+        if self.token.credential is not None:
+            return credential_actor(self.token.credential)
+        return Actor(
+            type=AuditEvent.ActorType.AGENT,
+            id=str(self.agent.id),
+            label=f"{self.agent.name} (trust policy {self.token.claims['client_id']})",
+        )
 
 
 def credential_actor(credential: Credential) -> Actor:
@@ -89,20 +96,23 @@ def credential_actor(credential: Credential) -> Actor:
     )
 
 
-def access_token_issue(*, credential: Credential, scopes: list[str]) -> IssuedAccessToken:
-    """Sign an RFC 9068 access token for the credential's agent with the given scopes."""
+def access_token_issue(*, agent_id: uuid.UUID, client_id: str, scopes: list[str]) -> IssuedAccessToken:
+    """
+    Sign an RFC 9068 access token for the agent with the given scopes. `client_id` is the
+    credential's clientId, or the trust policy's id for the jwt-bearer grant.
+    """
     key = get_signing_key()
     now = int(time.time())
     ttl = settings.AGENTIDP_ACCESS_TOKEN_TTL
     scope = " ".join(scopes)
     claims = {
         "iss": settings.AGENTIDP_ISSUER,
-        "sub": str(credential.agent_id),
+        "sub": str(agent_id),
         "aud": settings.AGENTIDP_AUDIENCE,
         "exp": now + ttl,
         "iat": now,
         "jti": uuid.uuid4().hex,
-        "client_id": credential.client_id,
+        "client_id": client_id,
         "scope": scope,
     }
     header = {"alg": key.algorithm, "typ": TOKEN_TYPE, "kid": key.kid}
@@ -149,14 +159,29 @@ def access_token_validate(token: str) -> ActiveToken | None:
     if RevokedToken.objects.filter(jti=claims["jti"]).exists():
         return None
     credential = selectors.credential_find_by_client_id(client_id=claims["client_id"])
-    if credential is None or str(credential.agent_id) != claims["sub"]:
-        return None
-    if credential.is_expired() or not credential.agent.is_active:
+    policy = None
+    if credential is not None:
+        if str(credential.agent_id) != claims["sub"] or credential.is_expired():
+            return None
+        agent = credential.agent
+    else:
+        # Issued by the jwt-bearer grant: active while its trust policy exists.
+        policy = selectors.trust_policy_find(trust_policy_id=claims["client_id"])
+        if policy is None or str(policy.agent_id) != claims["sub"]:
+            return None
+        agent = policy.agent
+    if not agent.is_active:
         return None
     # What an agent may do can only shrink after its token was issued, never grow.
     granted = claims.get("scope", "").split()
-    allowed = set(credential.agent.scopes)
-    return ActiveToken(claims=claims, credential=credential, scopes=tuple(s for s in granted if s in allowed))
+    allowed = set(agent.scopes)
+    return ActiveToken(
+        claims=claims,
+        agent=agent,
+        scopes=tuple(s for s in granted if s in allowed),
+        credential=credential,
+        trust_policy=policy,
+    )
 
 
 class RevocationRefused(Exception):

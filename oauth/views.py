@@ -18,11 +18,20 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 
-from credentials import clientauth
+from credentials import clientauth, federation
+from credentials.jwtauth.verify import algorithms_allowed
 from credentials.scopes import parse_scope_parameter
 
 from .keys import jwks
-from .protocol import OAuthError, authenticate_client, invalid_request, oauth_response, parse_parameters, rate_limited
+from .protocol import (
+    OAuthError,
+    authenticate_client,
+    authenticate_platform,
+    invalid_request,
+    oauth_response,
+    parse_parameters,
+    rate_limited,
+)
 from .throttling import Throttled, count_token_request
 from .tokens import RevocationRefused, access_token_issue, access_token_revoke, access_token_validate
 
@@ -30,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 @method_decorator(csrf_exempt, name="dispatch")
-@method_decorator(sensitive_post_parameters("client_secret", "token"), name="dispatch")
+@method_decorator(sensitive_post_parameters("client_secret", "client_assertion", "assertion", "token"), name="dispatch")
 class OAuthEndpoint(View):
     """A POST-only endpoint that answers every failure in the RFC 6749 section 5.2 shape."""
 
@@ -62,8 +71,16 @@ class OAuthEndpoint(View):
         return response
 
 
+#: The grants the token endpoint answers, in the order metadata lists them.
+GRANT_TYPES = ("client_credentials", federation.GRANT_TYPE)
+
+
 class TokenView(OAuthEndpoint):
-    """Exchange a client's id and secret for an access token (client credentials grant, RFC 6749 section 4.4)."""
+    """
+    Issue an access token: to a client that authenticates (client credentials grant, RFC
+    6749 section 4.4), or to a workload whose platform token a trust policy accepts
+    (jwt-bearer grant, RFC 7523 section 2.1).
+    """
 
     counts_requests = True
 
@@ -71,12 +88,19 @@ class TokenView(OAuthEndpoint):
         grant_type = params.get("grant_type")
         if grant_type is None:
             raise invalid_request("grant_type is required.")
-        if grant_type != "client_credentials":
-            raise OAuthError("unsupported_grant_type", "This server supports only the client_credentials grant.")
-        credential = authenticate_client(request, params)
-        scopes = self.granted_scopes(credential.agent.scopes, params.get("scope"))
-        issued = access_token_issue(credential=credential, scopes=scopes)
-        logger.info("access token issued credential_id=%s agent_id=%s", credential.id, credential.agent_id)
+        if grant_type == "client_credentials":
+            credential = authenticate_client(request, params)
+            agent, client_id = credential.agent, credential.client_id
+        elif grant_type == federation.GRANT_TYPE:
+            policy = authenticate_platform(request, params)
+            agent, client_id = policy.agent, str(policy.id)
+        else:
+            raise OAuthError(
+                "unsupported_grant_type", "This server supports the grants " + ", ".join(GRANT_TYPES) + "."
+            )
+        scopes = self.granted_scopes(agent.scopes, params.get("scope"))
+        issued = access_token_issue(agent_id=agent.id, client_id=client_id, scopes=scopes)
+        logger.info("access token issued client_id=%s agent_id=%s grant=%s", client_id, agent.id, grant_type)
         return oauth_response(
             {
                 "access_token": issued.access_token,
@@ -157,6 +181,13 @@ def authorization_server_metadata(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _get_only(request)
     auth_methods = clientauth.method_names()
+    signing_algorithms = {}
+    if "private_key_jwt" in auth_methods:
+        algorithms = algorithms_allowed()
+        signing_algorithms = {
+            f"{endpoint}_endpoint_auth_signing_alg_values_supported": algorithms
+            for endpoint in ("token", "introspection", "revocation")
+        }
     response = JsonResponse(
         {
             "issuer": settings.AGENTIDP_ISSUER,
@@ -164,12 +195,13 @@ def authorization_server_metadata(request: HttpRequest) -> HttpResponse:
             "jwks_uri": _absolute("oauth:jwks"),
             "introspection_endpoint": _absolute("oauth:introspect"),
             "revocation_endpoint": _absolute("oauth:revoke"),
-            "grant_types_supported": ["client_credentials"],
+            "grant_types_supported": list(GRANT_TYPES),
             "response_types_supported": [],
             "scopes_supported": [settings.AGENTIDP_ADMIN_SCOPE],
             "token_endpoint_auth_methods_supported": auth_methods,
             "introspection_endpoint_auth_methods_supported": auth_methods,
             "revocation_endpoint_auth_methods_supported": auth_methods,
+            **signing_algorithms,
             "service_documentation": _absolute("api-docs"),
         }
     )

@@ -7,6 +7,7 @@ from rest_framework.test import APIClient
 
 from credentials.services import IssuedCredential
 from tests.factories import AgentFactory, make_credential
+from tests.oidc_fixtures import loopback_key_urls, oidc_issuer, oidc_issuer_tls  # noqa: F401  (shared fixtures)
 from tests.vault_fixtures import _real_vault, owner, vault, vault_enabled  # noqa: F401  (shared fixtures)
 
 

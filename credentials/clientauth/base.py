@@ -21,6 +21,8 @@ class Presented:
     method: ClientAuthMethod
     client_id: str
     proof: str = dataclasses.field(repr=False)  # the client secret (or, for signed methods, the assertion)
+    #: The URL the request was sent to (issuer + path): an audience a signed assertion may name.
+    endpoint: str = ""
 
     @property
     def method_name(self) -> str:
@@ -102,8 +104,26 @@ class StoreUnavailable(ClientAuthError):
 
     #: The contract's code for a secret that could not be read.
     code = "VAULT_READ_ERROR"
+    description = "The secret store is unavailable; try again shortly."
 
     def __init__(self, reason: str, *, retry_after: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class KeysUnavailable(StoreUnavailable):
+    """
+    The client's public keys are at a URL that cannot be fetched, and no good keys of it are
+    kept (credentials.jwtauth.keysets): like a store outage, not the client's failure.
+    """
+
+    code = "KEYS_UNAVAILABLE"
+    description = "The client's public keys cannot be fetched; try again shortly."
+
+
+class ReplayCheckUnavailable(StoreUnavailable):
+    """The shared cache that remembers used assertion ids cannot answer: no assertion is accepted meanwhile."""
+
+    code = "TEMPORARILY_UNAVAILABLE"
+    description = "Signed assertions cannot be checked for replay just now; try again shortly."

@@ -60,7 +60,8 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
     that secret did not match: it can no longer be checked, and the current one did not match.
     """
     credential = selectors.credential_find_by_client_id(client_id=client_id)
-    if credential is None:
+    if credential is None or credential.is_key:
+        # A key credential has no secret: a secret presented for it is refused like an unknown id's.
         # What a known clientId with a wrong secret pays, throttled or not: a look in the
         # cache, the store (unless withheld), the grace query.
         backend = get_default_backend()
@@ -72,6 +73,8 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
         selectors.grace_secrets_live(credential_id=NO_CREDENTIAL_ID)
         if not store_allowed:
             raise VerificationWithheld()
+        if credential is not None:
+            raise InvalidClient("key_credential", credential=credential)
         raise InvalidClient("unknown_client")
     matched, by_store = _secret_matching(credential, client_secret, store_allowed=store_allowed)
     if matched is None:
@@ -83,7 +86,7 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
         raise InvalidClient("credential_expired", credential=credential)
     if not credential.agent.is_active:
         raise InvalidClient("agent_suspended", credential=credential)
-    _note_use(credential)
+    note_use(credential)
     if matched.stored == credential.stored_secret:
         _upgrade_on_use(credential, client_secret)
     return credential
@@ -184,7 +187,7 @@ def _still_trusting(credential: Credential, matched: Trusted, *, was_current: bo
     return now
 
 
-def _note_use(credential: Credential) -> None:
+def note_use(credential: Credential) -> None:
     """Record the authentication in last_used_at, at most once per LAST_USED_RESOLUTION per credential."""
     now = timezone.now()
     since = now - Credential.LAST_USED_RESOLUTION

@@ -53,6 +53,7 @@ def test_the_metadata_names_the_methods_in_use(client, settings):
     assert client.get(METADATA_URL).json()["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
         "client_secret_post",
+        "private_key_jwt",
     ]
 
     settings.AGENTIDP_CLIENT_AUTH_METHODS = [BASIC]

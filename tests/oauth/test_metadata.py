@@ -9,7 +9,7 @@ from django.test import override_settings
 from tests.conftest import form_post
 
 METADATA_URL = "/.well-known/oauth-authorization-server"
-AUTH_METHODS = {"client_secret_basic", "client_secret_post"}
+AUTH_METHODS = {"client_secret_basic", "client_secret_post", "private_key_jwt"}
 
 
 def test_metadata_names_the_issuer_and_its_endpoints(client, db):
@@ -26,13 +26,29 @@ def test_metadata_names_the_issuer_and_its_endpoints(client, db):
     assert metadata["revocation_endpoint"] == issuer + "/api/v1/token/revoke"
 
 
-def test_metadata_offers_only_the_client_credentials_grant_and_secret_authentication(client, db):
+def test_metadata_offers_the_grants_and_client_authentication_methods_served(client, db):
     metadata = client.get(METADATA_URL).json()
 
-    assert metadata["grant_types_supported"] == ["client_credentials"]
+    assert metadata["grant_types_supported"] == ["client_credentials", "urn:ietf:params:oauth:grant-type:jwt-bearer"]
     assert "response_types_supported" in metadata
     for endpoint in ("token", "introspection", "revocation"):
         assert set(metadata[f"{endpoint}_endpoint_auth_methods_supported"]) == AUTH_METHODS
+        # Never none and never an HMAC: a shared secret is no signature by the client's own key.
+        assert metadata[f"{endpoint}_endpoint_auth_signing_alg_values_supported"] == [
+            "ES256",
+            "ES384",
+            "RS256",
+            "PS256",
+            "EdDSA",
+        ]
+
+
+def test_metadata_without_private_key_jwt_names_no_signing_algorithms(client, db, settings):
+    settings.AGENTIDP_CLIENT_AUTH_METHODS = ["credentials.clientauth.methods.ClientSecretBasic"]
+
+    metadata = client.get(METADATA_URL).json()
+
+    assert "token_endpoint_auth_signing_alg_values_supported" not in metadata
 
 
 def test_metadata_follows_the_configured_issuer(client, db):

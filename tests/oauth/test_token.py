@@ -178,7 +178,7 @@ def test_missing_grant_type_is_invalid_request(client, issued):
         "authorization_code",
         "password",
         "refresh_token",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "urn:ietf:params:oauth:grant-type:saml2-bearer",
         "CLIENT_CREDENTIALS",
     ],
 )
