@@ -72,6 +72,11 @@ class CredentialNotFound(NotFound):
     default_message = "This agent has no credential with this id."
 
 
+class TrustPolicyNotFound(NotFound):
+    code = "TRUST_POLICY_NOT_FOUND"
+    default_message = "This agent has no trust policy with this id."
+
+
 class MethodNotAllowed(ApiError):
     code = "METHOD_NOT_ALLOWED"
     status = 405

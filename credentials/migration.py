@@ -223,7 +223,8 @@ class Migration:
     """
 
     def __init__(self, credentials: CredentialQuerySet, *, acting: Any, now: datetime.datetime | None = None) -> None:
-        self.credentials = credentials
+        # Only secret credentials have a secret to move, whatever the caller passed.
+        self.credentials = credentials = credentials.filter(kind=Credential.Kind.SECRET)
         self.acting = acting
         now = now or timezone.now()
         remaining = credentials.exclude(storage=TARGET)

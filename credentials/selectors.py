@@ -8,7 +8,7 @@ import uuid
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from credentials.errors import AgentNotFound, CredentialNotFound
+from credentials.errors import AgentNotFound, CredentialNotFound, TrustPolicyNotFound
 
 from .models import Agent, Credential, GraceKeys, GraceSecret, TrustPolicy
 
@@ -102,3 +102,18 @@ def trust_policy_find(*, trust_policy_id: object) -> TrustPolicy | None:
     if pk is None:
         return None
     return TrustPolicy.objects.select_related("agent").filter(pk=pk).first()
+
+
+def trust_policy_list(*, agent: Agent) -> QuerySet[TrustPolicy]:
+    return TrustPolicy.objects.filter(agent=agent).select_related("agent")
+
+
+def trust_policy_get(*, agent: Agent, trust_policy_id: object) -> TrustPolicy:
+    """Return the agent's trust policy, or raise TrustPolicyNotFound (also for another agent's)."""
+    pk = _as_uuid(trust_policy_id)
+    if pk is None:
+        raise TrustPolicyNotFound()
+    try:
+        return TrustPolicy.objects.select_related("agent").get(pk=pk, agent=agent)
+    except TrustPolicy.DoesNotExist:
+        raise TrustPolicyNotFound() from None

@@ -6,7 +6,8 @@ takes `acting` (a staff user, an authenticated agent, or None for the system) an
 audit event per change. Plaintext secrets exist only in the IssuedCredential they return.
 
 By job: `agents` (register, change, delete), `lifecycle` (a credential's create, rotate,
-delete and grace periods), `moves` (a secret to the default store: on use, or by
+delete and grace periods, for secret and key credentials), `policies` (trust policies for
+platform identities), `moves` (a secret to the default store: on use, or by
 migration), `purges` (the outbox that destroys what a store keeps once nothing trusts it)
 and `missing` (secrets a store lost). Checking a presented secret is client authentication's
 job (credentials.clientauth).
@@ -23,6 +24,7 @@ from .lifecycle import (
     credential_rotate,
     generate_client_id,
     generate_client_secret,
+    grace_keys_expire,
     grace_secrets_expire,
 )
 from .missing import (
@@ -35,6 +37,17 @@ from .missing import (
     secrets_missing_forget,
 )
 from .moves import credential_migrate, credential_move_to_default
+from .policies import (
+    MAX_CLAIM_NAME,
+    MAX_CLAIM_VALUES,
+    MAX_POLICY_CLAIMS,
+    MAX_POLICY_TEXT,
+    MAX_TOKEN_AGE_SECONDS,
+    MAX_TRUST_POLICIES,
+    RESERVED_CLAIMS,
+    trust_policy_create,
+    trust_policy_delete,
+)
 from .purges import (
     PURGE_BATCH_AFTER_WRITE,
     PURGE_FIRST_DELAY_SECONDS,
@@ -47,12 +60,19 @@ from .purges import (
 
 __all__ = [
     "AGENT_UPDATABLE_FIELDS",
+    "MAX_CLAIM_NAME",
+    "MAX_CLAIM_VALUES",
     "MAX_GRACE_PERIOD_SECONDS",
     "MAX_GRACE_SECRETS",
+    "MAX_POLICY_CLAIMS",
+    "MAX_POLICY_TEXT",
+    "MAX_TOKEN_AGE_SECONDS",
+    "MAX_TRUST_POLICIES",
     "NAME_MAX_LENGTH",
     "PURGE_BATCH_AFTER_WRITE",
     "PURGE_FIRST_DELAY_SECONDS",
     "PURGE_MAX_DELAY_SECONDS",
+    "RESERVED_CLAIMS",
     "SECRET_MISSING_REPEAT_SECONDS",
     "SECRET_MISSING_REPORT_SECONDS",
     "IssuedCredential",
@@ -71,10 +91,13 @@ __all__ = [
     "credential_secrets_check",
     "generate_client_id",
     "generate_client_secret",
+    "grace_keys_expire",
     "grace_secrets_expire",
     "secret_purge_attempt",
     "secret_purges_run",
     "secret_purges_run_due",
     "secrets_missing_count",
     "secrets_missing_forget",
+    "trust_policy_create",
+    "trust_policy_delete",
 ]

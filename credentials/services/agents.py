@@ -1,4 +1,4 @@
-"""Registering, changing and deleting agents (deleting one deletes its credentials first)."""
+"""Registering, changing and deleting agents (deleting one deletes its credentials and trust policies first)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from django.utils import timezone
 
 from ..audit import audit_record
 from ..errors import Conflict, ValidationFailed
-from ..models import Agent, AuditEvent, Credential, agent_name_key
+from ..models import Agent, AuditEvent, Credential, TrustPolicy, agent_name_key
 from ..scopes import normalize_scopes
 from .lifecycle import credential_delete, lock_agent
+from .policies import trust_policy_delete
 
 logger = logging.getLogger(__name__)
 
@@ -116,15 +117,18 @@ def agent_update(*, acting: Any, agent: Agent, **changes: Any) -> Agent:
 
 def agent_delete(*, acting: Any, agent: Agent) -> None:
     """
-    Delete an agent and, first, each of its credentials exactly as credential_delete does.
+    Delete an agent and, first, each of its credentials exactly as credential_delete does
+    and each of its trust policies as trust_policy_delete does (one audit event each).
 
-    One transaction: if anything fails, the agent and all its credentials remain. The
-    destruction of their Vault entries is queued in it and attempted after the commit.
+    One transaction: if anything fails, the agent, all its credentials and its policies
+    remain. The destruction of their Vault entries is queued in it and attempted after the commit.
     """
     with transaction.atomic():
         agent = lock_agent(agent)
         for credential in Credential.objects.filter(agent=agent).order_by("created_at", "id"):
             credential_delete(acting=acting, credential=credential)
+        for policy in TrustPolicy.objects.filter(agent=agent).order_by("created_at", "id"):
+            trust_policy_delete(acting=acting, policy=policy)
         agent_id = agent.id
         agent.delete()
         audit_record(

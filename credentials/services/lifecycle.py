@@ -1,7 +1,8 @@
 """
-A credential's life: created with a secret, rotated to a new one (the old one kept for a
-grace period if asked), deleted. Every secret goes to the default store; each step writes
-one audit event, and the plaintext secret exists only in the IssuedCredential returned.
+A credential's life: created with a secret or with public keys, rotated to a new secret or
+new keys (the old ones kept for a grace period if asked), deleted. Every secret goes to the
+default store; each step writes one audit event, and the plaintext secret exists only in the
+IssuedCredential returned. A key credential (private_key_jwt) has no secret and no store.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from vaultstore.backends import get_default_backend
 from .. import selectors
 from ..audit import audit_record
 from ..errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
-from ..models import Agent, AuditEvent, Credential, GraceSecret
+from ..models import Agent, AuditEvent, Credential, GraceKeys, GraceSecret
+from .keys import clean_key_location, key_summary
 from .purges import purge_after_commit, purges_record, queue_released, secret_purges_run_due, unrecorded_write
 
 logger = logging.getLogger(__name__)
@@ -35,10 +37,13 @@ MAX_GRACE_SECRETS = 9
 
 @dataclasses.dataclass(frozen=True)
 class IssuedCredential:
-    """A credential with the plaintext secret it was just given, to be shown once and forgotten."""
+    """
+    A credential with the plaintext secret it was just given, to be shown once and forgotten
+    (None for a key credential, which has no secret).
+    """
 
     credential: Credential
-    client_secret: str = dataclasses.field(repr=False)
+    client_secret: str | None = dataclasses.field(repr=False)
 
 
 def generate_client_id() -> str:
@@ -58,6 +63,34 @@ def lock_agent(agent: Agent) -> Agent:
     return locked
 
 
+def _check_grace_period(grace_period_seconds: int) -> None:
+    if not 0 <= grace_period_seconds <= MAX_GRACE_PERIOD_SECONDS:
+        raise ValidationFailed(
+            f"gracePeriodSeconds is from 0 to {MAX_GRACE_PERIOD_SECONDS}.",
+            details={"gracePeriodSeconds": [f"Must be from 0 to {MAX_GRACE_PERIOD_SECONDS}."]},
+        )
+
+
+def _check_grace_room(*, live: int, grace_period_seconds: int, what: str) -> None:
+    """
+    Refuse a rotation with a grace period when MAX_GRACE_SECRETS previous secrets (or key
+    sets) are still valid: at most ten rotations fall inside one grace window, for either kind.
+    """
+    if grace_period_seconds and live >= MAX_GRACE_SECRETS:
+        raise Conflict(
+            f"{MAX_GRACE_SECRETS} previous {what} of this credential are still in their grace period; "
+            "wait for one to end, or rotate without a grace period."
+        )
+
+
+def _lock_credential(credential: Credential) -> Credential:
+    """Return the credential's row with its agent, locked until the transaction ends (CredentialNotFound if gone)."""
+    try:
+        return Credential.objects.select_related("agent").select_for_update(of=("self",)).get(pk=credential.pk)
+    except Credential.DoesNotExist:
+        raise CredentialNotFound() from None
+
+
 def _check_capacity(agent: Agent) -> None:
     limit = settings.AGENTIDP_MAX_ACTIVE_CREDENTIALS
     if selectors.credential_active_count(agent=agent) >= limit:
@@ -70,10 +103,19 @@ def credential_create(
     agent: Agent,
     description: str = "",
     expires_at: datetime.datetime | None = None,
+    kind: str = Credential.Kind.SECRET,
+    jwks: dict | None = None,
+    jwks_uri: str | None = None,
     before_commit: Callable[[IssuedCredential], None] | None = None,
 ) -> IssuedCredential:
     """
     Give the agent a new credential in the default store and return it with its secret.
+
+    With `kind` "key", the credential has the public keys `jwks` (a JWK Set) or the URL
+    `jwks_uri` of them (exactly one) instead, and no secret: nothing is stored outside the
+    database, and the IssuedCredential's secret is None. A key credential counts towards
+    AGENTIDP_MAX_ACTIVE_CREDENTIALS as any credential does. Raises ValidationFailed for a
+    private key, a URL the key fetcher refuses, or keys given for a secret credential.
 
     `before_commit(issued)` runs inside the transaction that records the credential: the
     API renders its response there, so that a response that cannot be made rolls the
@@ -92,6 +134,21 @@ def credential_create(
     """
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationFailed("expiresAt must lie in the future.", details={"expiresAt": ["Must lie in the future."]})
+    if kind not in Credential.Kind.values:
+        raise ValidationFailed("kind is 'secret' or 'key'.", details={"kind": ["Not a valid choice."]})
+    if kind == Credential.Kind.KEY:
+        jwks, jwks_uri = clean_key_location(jwks=jwks, jwks_uri=jwks_uri, required=True)
+        _check_capacity(agent)
+        return _key_credential_create(
+            acting=acting,
+            agent=agent,
+            description=description,
+            expires_at=expires_at,
+            jwks=jwks,
+            jwks_uri=jwks_uri,
+            before_commit=before_commit,
+        )
+    _refuse_keys_for_secret(jwks=jwks, jwks_uri=jwks_uri)
     _check_capacity(agent)
 
     backend = get_default_backend()
@@ -110,7 +167,7 @@ def credential_create(
                 action=AuditEvent.Action.CREDENTIAL_CREATED,
                 agent_id=agent.id,
                 credential_id=credential.id,
-                details={"clientId": credential.client_id, "storage": stored.storage},
+                details={"clientId": credential.client_id, "kind": credential.kind, "storage": stored.storage},
             )
             issued = IssuedCredential(credential=credential, client_secret=secret)
             if before_commit is not None:
@@ -118,6 +175,60 @@ def credential_create(
             if stored.kept_outside_database:
                 transaction.on_commit(secret_purges_run_due, robust=True)
     logger.info("credential created credential_id=%s agent_id=%s storage=%s", credential.id, agent.id, stored.storage)
+    return issued
+
+
+def _refuse_keys_for_secret(*, jwks: object, jwks_uri: object) -> None:
+    if jwks is not None or jwks_uri is not None:
+        message = "jwks and jwksUri belong to key credentials (kind 'key'); a secret credential has neither."
+        raise ValidationFailed(
+            message,
+            details={name: [message] for name, value in (("jwks", jwks), ("jwksUri", jwks_uri)) if value}
+            or {"jwks": [message]},
+        )
+
+
+def _key_credential_create(
+    *,
+    acting: Any,
+    agent: Agent,
+    description: str,
+    expires_at: datetime.datetime | None,
+    jwks: dict | None,
+    jwks_uri: str | None,
+    before_commit: Callable[[IssuedCredential], None] | None,
+) -> IssuedCredential:
+    """
+    credential_create for a key credential: one transaction (the row, its audit event,
+    `before_commit`), nothing outside the database. If it fails, no credential exists.
+    """
+    credential = Credential(
+        agent=agent,
+        kind=Credential.Kind.KEY,
+        client_id=generate_client_id(),
+        description=description,
+        expires_at=expires_at,
+    )
+    credential.set_key_location(jwks=jwks, jwks_uri=jwks_uri)
+    with transaction.atomic():
+        lock_agent(agent)
+        _check_capacity(agent)
+        credential.save(force_insert=True)
+        audit_record(
+            acting=acting,
+            action=AuditEvent.Action.CREDENTIAL_CREATED,
+            agent_id=agent.id,
+            credential_id=credential.id,
+            details={
+                "clientId": credential.client_id,
+                "kind": credential.kind,
+                **key_summary(jwks=jwks, jwks_uri=jwks_uri),
+            },
+        )
+        issued = IssuedCredential(credential=credential, client_secret=None)
+        if before_commit is not None:
+            before_commit(issued)
+    logger.info("credential created credential_id=%s agent_id=%s kind=key", credential.id, agent.id)
     return issued
 
 
@@ -130,10 +241,18 @@ def credential_rotate(
     acting: Any,
     credential: Credential,
     grace_period_seconds: int = 0,
+    jwks: dict | None = None,
+    jwks_uri: str | None = None,
     before_commit: Callable[[IssuedCredential], None] | None = None,
 ) -> IssuedCredential:
     """
     Give the credential a new secret in the default store; keep clientId and credentialId.
+
+    A key credential gets the new public keys `jwks` or `jwks_uri` (exactly one) instead,
+    and its old keys keep verifying for `grace_period_seconds` (a GraceKeys row; none
+    for 0). One transaction: the row, the grace row, the audit event and `before_commit`;
+    if it fails, the old keys stay current. Keys for a secret credential, or none for a
+    key credential, raise ValidationFailed.
 
     The old secret stops working when the transaction commits, or `grace_period_seconds`
     later. In Vault the new secret is a new KV version at the same path, and the grace
@@ -160,8 +279,18 @@ def credential_rotate(
     3 failed) leaves an entry no row trusts: it is queued for destruction, and the purge
     spares it if a grace entry of the credential still trusts that location.
     Raises CredentialNotFound if the credential was deleted meanwhile, and Conflict when
-    more previous secrets would be valid at once than MAX_GRACE_SECRETS.
+    more previous secrets (or key sets) would be valid at once than MAX_GRACE_SECRETS.
     """
+    if credential.is_key:
+        return _replace_keys(
+            acting=acting,
+            credential=credential,
+            grace_period_seconds=grace_period_seconds,
+            jwks=jwks,
+            jwks_uri=jwks_uri,
+            before_commit=before_commit,
+        )
+    _refuse_keys_for_secret(jwks=jwks, jwks_uri=jwks_uri)
     return replace_secret(
         acting=acting, credential=credential, grace_period_seconds=grace_period_seconds, before_commit=before_commit
     )
@@ -182,28 +311,19 @@ def replace_secret(
     StorageChanged, and nothing changes); `client_secret` stores that secret instead of a
     new one.
     """
-    if not 0 <= grace_period_seconds <= MAX_GRACE_PERIOD_SECONDS:
-        raise ValidationFailed(
-            f"gracePeriodSeconds is from 0 to {MAX_GRACE_PERIOD_SECONDS}.",
-            details={"gracePeriodSeconds": [f"Must be from 0 to {MAX_GRACE_PERIOD_SECONDS}."]},
-        )
+    _check_grace_period(grace_period_seconds)
     backend = get_default_backend()
     secret = client_secret or generate_client_secret()
     # A write into a new location (a move into Vault) leaves an entry no row trusts if it is never recorded.
     with unrecorded_write(credential=credential, reason="rotate_failed") as write, transaction.atomic():
-        try:
-            locked = Credential.objects.select_related("agent").select_for_update(of=("self",)).get(pk=credential.pk)
-        except Credential.DoesNotExist:
-            raise CredentialNotFound() from None
+        locked = _lock_credential(credential)
+        if locked.is_key:
+            raise ValidationFailed("A key credential has no secret to replace; rotate it with new keys.")
         if from_storage is not None and locked.storage != from_storage:
             raise StorageChanged(f"The credential's secret is no longer kept by {from_storage!r}.")
         now = timezone.now()
         live_grace = list(locked.grace_secrets.filter(valid_until__gt=now))
-        if grace_period_seconds and len(live_grace) >= MAX_GRACE_SECRETS:
-            raise Conflict(
-                f"{MAX_GRACE_SECRETS} previous secrets of this credential are still in their grace period; "
-                "wait for one to end, or rotate without a grace period."
-            )
+        _check_grace_room(live=len(live_grace), grace_period_seconds=grace_period_seconds, what="secrets")
         old = locked.stored_secret
         moving_in = backend.location(owner=locked)
         if not moving_in.kept_outside_database or (old.storage, old.vault_path) == (
@@ -231,7 +351,12 @@ def replace_secret(
             action=AuditEvent.Action.CREDENTIAL_ROTATED,
             agent_id=locked.agent_id,
             credential_id=locked.id,
-            details={"gracePeriodSeconds": grace_period_seconds, "from": old.storage, "to": new.storage},
+            details={
+                "kind": locked.kind,
+                "gracePeriodSeconds": grace_period_seconds,
+                "from": old.storage,
+                "to": new.storage,
+            },
         )
         issued = IssuedCredential(credential=locked, client_secret=secret)
         if before_commit is not None:
@@ -243,6 +368,55 @@ def replace_secret(
         grace_period_seconds,
     )
     return issued
+
+
+def _replace_keys(
+    *,
+    acting: Any,
+    credential: Credential,
+    grace_period_seconds: int,
+    jwks: dict | None,
+    jwks_uri: str | None,
+    before_commit: Callable[[IssuedCredential], None] | None,
+) -> IssuedCredential:
+    """credential_rotate for a key credential (see there)."""
+    _check_grace_period(grace_period_seconds)
+    jwks, jwks_uri = clean_key_location(jwks=jwks, jwks_uri=jwks_uri, required=True)
+    with transaction.atomic():
+        locked = _lock_credential(credential)
+        now = timezone.now()
+        live = locked.grace_keys.filter(valid_until__gt=now).count()
+        _check_grace_room(live=live, grace_period_seconds=grace_period_seconds, what="key sets")
+        if grace_period_seconds:
+            grace = GraceKeys(credential=locked, valid_until=now + datetime.timedelta(seconds=grace_period_seconds))
+            grace.set_key_location(jwks=locked.jwks, jwks_uri=locked.jwks_uri)
+            grace.save(force_insert=True)
+        locked.grace_keys.filter(valid_until__lte=now).delete()
+        locked.set_key_location(jwks=jwks, jwks_uri=jwks_uri)
+        locked.rotated_at = now
+        locked.save(update_fields=[*Credential.KEY_FIELDS, "rotated_at"])
+        audit_record(
+            acting=acting,
+            action=AuditEvent.Action.CREDENTIAL_ROTATED,
+            agent_id=locked.agent_id,
+            credential_id=locked.id,
+            details={
+                "kind": locked.kind,
+                "gracePeriodSeconds": grace_period_seconds,
+                **key_summary(jwks=jwks, jwks_uri=jwks_uri),
+            },
+        )
+        issued = IssuedCredential(credential=locked, client_secret=None)
+        if before_commit is not None:
+            before_commit(issued)
+    logger.info("credential rotated credential_id=%s kind=key grace_period_seconds=%s", locked.id, grace_period_seconds)
+    return issued
+
+
+def grace_keys_expire() -> int:
+    """Delete the previous keys whose grace period has ended; return how many sets were deleted."""
+    deleted, _ = GraceKeys.objects.filter(valid_until__lte=timezone.now()).delete()
+    return deleted
 
 
 def grace_secrets_expire() -> int:
@@ -283,6 +457,7 @@ def credential_delete(*, acting: Any, credential: Credential) -> None:
     2. After the commit the purge is attempted. If Vault does not confirm, the job stays
        queued and is retried with a growing delay after later Vault writes and by
        `manage.py purge_secrets`; the credential is gone either way.
+    A key credential keeps nothing in a store: step 1 alone, its grace keys deleted with it.
     Raises CredentialNotFound if it was already deleted.
     """
     with transaction.atomic():
@@ -290,10 +465,13 @@ def credential_delete(*, acting: Any, credential: Credential) -> None:
             locked = Credential.objects.select_for_update().get(pk=credential.pk)
         except Credential.DoesNotExist:
             raise CredentialNotFound() from None
-        stored = [locked.stored_secret, *(grace.stored_secret for grace in locked.grace_secrets.all())]
-        # Also where the default store would keep it: a move into Vault interrupted before its
-        # commit (a killed migration) can leave an entry there that the row never recorded.
-        stored.append(get_default_backend().location(owner=locked))
+        stored = []
+        # A key credential keeps nothing in a store: no purge (its grace keys go with the row).
+        if not locked.is_key:
+            stored = [locked.stored_secret, *(grace.stored_secret for grace in locked.grace_secrets.all())]
+            # Also where the default store would keep it: a move into Vault interrupted before its
+            # commit (a killed migration) can leave an entry there that the row never recorded.
+            stored.append(get_default_backend().location(owner=locked))
         credential_id = locked.id
         locked.delete()
         audit_record(
@@ -301,7 +479,7 @@ def credential_delete(*, acting: Any, credential: Credential) -> None:
             action=AuditEvent.Action.CREDENTIAL_DELETED,
             agent_id=locked.agent_id,
             credential_id=credential_id,
-            details={"clientId": locked.client_id},
+            details={"clientId": locked.client_id, "kind": locked.kind},
         )
         purge_after_commit(
             purges_record(

@@ -50,10 +50,14 @@ def credential_secret_missing(*, acting: Any, credential: Credential, trusted: T
     no longer trusts (rotated or deleted meanwhile) is not reported. Returns whether an
     event was written.
 
+    A key credential has no secret to lose: nothing is recorded for it.
+
     Failure order: never raises. The caller's answer (a 503, or the command's listing)
     matters more than the report: a cache or database failure is logged and the report
     is tried again the next time the loss is seen.
     """
+    if credential.is_key:
+        return False
     stored = trusted.stored
     seen_key = SECRET_MISSING_SEEN_PREFIX + hashlib.sha256(trusted.name.encode()).hexdigest()
     try:
@@ -172,8 +176,10 @@ def credential_secrets_check(*, credential: Credential, record: bool = False, ac
     only. With `record`, each secret found lost is reported as an authentication that
     meets it reports it (credential_secret_missing: ERROR line, one audit event per
     secret, /readyz's report). Uses the credential's prefetched `live_grace_secrets` when
-    the caller set it, else queries them.
+    the caller set it, else queries them. A key credential has no secret: no checks.
     """
+    if credential.is_key:
+        return []
     candidates = candidate_secrets(credential, getattr(credential, "live_grace_secrets", None))
     checks = []
     for index, trusted in enumerate(candidates):

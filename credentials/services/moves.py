@@ -30,8 +30,8 @@ def credential_move_to_default(*, acting: Any, credential: Credential, secret: s
     The secret itself does not change, so nothing changes for the agent: this is the
     upgrade on use that moves bcrypt credentials into Vault one authentication at a
     time. Previous secrets in their grace period stay where they are. Returns False when
-    there was nothing to do (already moved, rotated meanwhile, or another request is
-    moving it now).
+    there was nothing to do (already moved, rotated meanwhile, another request is moving
+    it now, or a key credential, which has no secret).
 
     Failure order (the secret keeps working throughout):
     1. The row is locked (skipped if another transaction holds it) and must still trust
@@ -42,6 +42,8 @@ def credential_move_to_default(*, acting: Any, credential: Credential, secret: s
        transaction. If the database fails, the row still trusts the old location, and
        the new entry is queued for destruction.
     """
+    if credential.is_key:
+        return False
     backend = get_default_backend()
     with unrecorded_write(credential=credential, reason="move_failed") as write, transaction.atomic():
         locked = Credential.objects.select_for_update(skip_locked=True).filter(pk=credential.pk).first()

@@ -276,7 +276,7 @@ def test_rotate_moves_every_bcrypt_credential_into_vault_and_writes_its_new_secr
     assert sorted(event.credential_id for event in rotated) == sorted(i.credential.id for i in estate.bcrypt)
     for event in rotated:
         assert (event.actor_type, event.actor_label) == (AuditEvent.ActorType.SYSTEM, ACTOR_LABEL)
-        assert event.details == {"gracePeriodSeconds": 0, "from": "bcrypt", "to": "vault"}
+        assert event.details == {"kind": "secret", "gracePeriodSeconds": 0, "from": "bcrypt", "to": "vault"}
     assert out.strip().splitlines()[-1] == (
         "Moved 3 credentials to Vault (0 finished from an earlier run), 0 skipped (moved or deleted meanwhile), "
         f"0 failed; 1 expired stay on bcrypt. New secrets: {output}."

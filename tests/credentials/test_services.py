@@ -190,7 +190,9 @@ def test_agent_delete_deletes_each_credential_as_credential_delete_does(agent):
     # One credential.deleted event each, in creation order, as credential_delete writes it.
     deleted = events(AuditEvent.Action.CREDENTIAL_DELETED)
     assert [e.credential_id for e in deleted] == [first.credential.pk, second.credential.pk]
-    assert [e.details for e in deleted] == [{"clientId": i.credential.client_id} for i in (first, second)]
+    assert [e.details for e in deleted] == [
+        {"clientId": i.credential.client_id, "kind": "secret"} for i in (first, second)
+    ]
     assert all(e.agent_id == agent.pk for e in deleted)
     [agent_event] = events(AuditEvent.Action.AGENT_DELETED)
     assert agent_event.agent_id == agent.pk
@@ -269,9 +271,9 @@ def test_every_credential_change_writes_one_audit_event(agent):
     assert [e.action for e in trail] == ["credential.created", "credential.rotated", "credential.deleted"]
     assert all(e.agent_id == agent.id for e in trail)
     created, rotated, deleted = trail
-    assert created.details == {"clientId": credential.client_id, "storage": "bcrypt"}
-    assert rotated.details == {"gracePeriodSeconds": 60, "from": "bcrypt", "to": "bcrypt"}
-    assert deleted.details == {"clientId": credential.client_id}
+    assert created.details == {"clientId": credential.client_id, "kind": "secret", "storage": "bcrypt"}
+    assert rotated.details == {"kind": "secret", "gracePeriodSeconds": 60, "from": "bcrypt", "to": "bcrypt"}
+    assert deleted.details == {"clientId": credential.client_id, "kind": "secret"}
 
 
 def test_audit_events_never_hold_a_secret_or_a_hash(agent):

@@ -143,7 +143,7 @@ def test_create_stores_the_secret_in_vault_at_the_credentials_own_path(vault_ena
     assert vault_enabled.read(row.vault_path, 1) == {"clientSecret": issued.client_secret}
     [event] = events(AuditEvent.Action.CREDENTIAL_CREATED)
     assert event.credential_id == row.id
-    assert event.details == {"clientId": row.client_id, "storage": "vault"}
+    assert event.details == {"clientId": row.client_id, "kind": "secret", "storage": "vault"}
     assert authenticates(row.client_id, issued.client_secret)
 
 
@@ -630,7 +630,10 @@ def test_delete_destroys_every_version_and_the_metadata_after_the_commit(
     assert not Credential.objects.exists()
     assert not GraceSecret.objects.exists()
     [event] = events(AuditEvent.Action.CREDENTIAL_DELETED)
-    assert (event.credential_id, event.details) == (issued.credential.id, {"clientId": issued.credential.client_id})
+    assert (event.credential_id, event.details) == (
+        issued.credential.id,
+        {"clientId": issued.credential.client_id, "kind": "secret"},
+    )
     assert reason(issued.credential.client_id, issued.client_secret) == "unknown_client"
 
 

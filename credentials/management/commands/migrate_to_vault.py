@@ -89,7 +89,8 @@ class Command(BaseCommand):
         if rotate and output is None:
             raise CommandError("--rotate needs --output FILE for the new secrets.")
 
-        credentials = Credential.objects.all()
+        # Key credentials have no secret to move.
+        credentials = Credential.objects.filter(kind=Credential.Kind.SECRET)
         if agent is not None:
             try:
                 credentials = credentials.filter(agent=selectors.agent_get(agent_id=agent))

@@ -43,6 +43,7 @@ class Command(BaseCommand):
             )
 
         cleared = services.grace_secrets_expire()
+        services.grace_keys_expire()  # rows only, nothing in a store: no count in the summary
         ids = list(queued.values_list("id", flat=True)[:limit])
         purged = failed = 0
         for index, purge_id in enumerate(ids, start=1):
