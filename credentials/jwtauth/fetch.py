@@ -301,13 +301,13 @@ def _exchange(connection: http.client.HTTPConnection, target: _Target) -> tuple[
         connection.putheader("User-Agent", USER_AGENT)
         connection.putheader("Connection", "close")
         connection.endheaders()
-        response = connection.getresponse()
-        if response.status != 200:
-            return response.status, response.getheader("Location"), b""
-        declared = response.getheader("Content-Length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            raise FetchError("too_large", f"the body is declared longer than {limit} bytes")
-        body = response.read(limit + 1)  # never more than the cap and one byte
+        with connection.getresponse() as response:
+            if response.status != 200:
+                return response.status, response.getheader("Location"), b""
+            declared = response.getheader("Content-Length")
+            if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+                raise FetchError("too_large", f"the body is declared longer than {limit} bytes")
+            body = response.read(limit + 1)  # never more than the cap and one byte
     except FetchError:
         raise
     except TimeoutError:
@@ -378,18 +378,18 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         *,
         timeout: float,
         deadline: float,
-        **kwargs: object,
     ) -> None:
-        super().__init__(target.host, target.port, timeout=timeout, **kwargs)
+        super().__init__(target.host, target.port, timeout=timeout)
         self._addresses = addresses
         self._deadline = deadline
 
     def connect(self) -> None:
         last: OSError | None = None
         for family, sockaddr in self._addresses:
+            timeout = _left(self.timeout, self._deadline)
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                sock.settimeout(_left(self.timeout, self._deadline))
+                sock.settimeout(timeout)
                 sock.connect(sockaddr)
             except OSError as exc:
                 sock.close()
@@ -407,13 +407,22 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection):
-    def __init__(self, *args: object, context: ssl.SSLContext, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
+    """The same, over TLS: SNI and the certificate checked for the URL's host, not for the address reached."""
+
+    def __init__(
+        self,
+        target: _Target,
+        addresses: list[tuple[socket.AddressFamily, tuple]],
+        *,
+        timeout: float,
+        deadline: float,
+        context: ssl.SSLContext,
+    ) -> None:
+        super().__init__(target, addresses, timeout=timeout, deadline=deadline)
         self._context = context
 
     def _wrap(self) -> None:
         self.sock.settimeout(_left(self.timeout, self._deadline))
-        # SNI and certificate verification against the hostname, whichever checked address was reached.
         self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
 
 
@@ -429,12 +438,17 @@ class _DeadlineSocket:
     """
     A socket whose every read and write gets at most what is left of the fetch's deadline, so
     a server that drips one byte just inside the read timeout cannot hold a worker for long.
+
+    Like socket.socket, it stays open while the response's file is, even after the connection
+    closes it (http.client does so as soon as it has the headers of a Connection: close answer).
     """
 
     def __init__(self, sock: socket.socket, *, timeout: float, deadline: float) -> None:
         self._sock = sock
         self._timeout = timeout
         self._deadline = deadline
+        self._files = 0
+        self._closed = False
 
     def sendall(self, data: bytes) -> None:
         self._sock.settimeout(_left(self._timeout, self._deadline))
@@ -446,7 +460,19 @@ class _DeadlineSocket:
 
     def makefile(self, mode: str = "rb", **kwargs: object) -> io.BufferedReader:
         # http.client reads the answer through this file; SocketIO calls recv_into above.
+        self._files += 1
         return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def _decref_socketios(self) -> None:
+        """Called by SocketIO when the file closes."""
+        self._files -= 1
+        if self._closed and self._files <= 0:
+            self._sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._files <= 0:
+            self._sock.close()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._sock, name)

@@ -214,12 +214,13 @@ def remote_keyset(source: RemoteKeys, *, kid: str | None) -> KeySet:
     KeysUnavailable when there are none that young.
     """
     entry = _source_entry(source)
-    if _fresh(entry.state, kid):
-        return entry.state.keys  # type: ignore[return-value]
+    state = entry.state
+    if _fresh(state, kid):
+        return state.keys  # type: ignore[return-value]
     if not entry.lock.acquire(blocking=False):
         # Another request is fetching: answer with what serves now rather than queue behind it.
-        if _usable(entry.state, kid):
-            return entry.state.keys  # type: ignore[return-value]
+        if _usable(state, kid):
+            return state.keys  # type: ignore[return-value]
         entry.lock.acquire()
     try:
         return _refresh(source, entry, kid)
