@@ -45,7 +45,7 @@ def check_issuer(app_configs=None, **kwargs):
 
 @register(deploy=True)
 def check_shared_cache(app_configs=None, **kwargs):
-    """Warn when the rate limits and the verified-secret cache are kept per process (local memory)."""
+    """Warn when the rate limits, the verified-secret cache and used assertion ids are kept per process."""
     from django.conf import settings
 
     backend = settings.CACHES.get("default", {}).get("BACKEND", "")
@@ -53,8 +53,9 @@ def check_shared_cache(app_configs=None, **kwargs):
         return [
             Warning(
                 "The cache is local to each process: with several server processes the rate limits count "
-                "per process, an address known to one process is unknown to the others, and each process "
-                "verifies secrets for its own verified-secret cache.",
+                "per process, an address known to one process is unknown to the others, each process "
+                "verifies secrets for its own verified-secret cache, and a client assertion's jti is "
+                "remembered by one process only (DummyCache remembers none), so a replay to another passes.",
                 hint="Point CACHE_URL at one Redis for every process (CACHE_URL=redis://host:6379/0).",
                 id="oauth.W002",
             )
