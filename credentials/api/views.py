@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from credentials import selectors, services
-from credentials.models import Agent, Credential
+from credentials.models import Agent, Credential, TrustPolicy
 
 from .serializers import (
     AgentCreateInput,
@@ -24,6 +24,8 @@ from .serializers import (
     CredentialRotateInput,
     ErrorOutput,
     IssuedCredentialOutput,
+    TrustPolicyCreateInput,
+    TrustPolicyOutput,
 )
 
 
@@ -32,7 +34,7 @@ def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
         400: "VALIDATION_ERROR",
         401: "UNAUTHORIZED",
         403: "FORBIDDEN",
-        404: "AGENT_NOT_FOUND or CREDENTIAL_NOT_FOUND",
+        404: "AGENT_NOT_FOUND, CREDENTIAL_NOT_FOUND or TRUST_POLICY_NOT_FOUND",
         409: "CONFLICT",
         415: "UNSUPPORTED_MEDIA_TYPE",
         503: "VAULT_WRITE_ERROR or VAULT_UNAVAILABLE, with Retry-After",
@@ -42,6 +44,9 @@ def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
 
 AGENT_ID = OpenApiParameter("agent_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="agentId")
 CREDENTIAL_ID = OpenApiParameter("credential_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="credentialId")
+TRUST_POLICY_ID = OpenApiParameter(
+    "trust_policy_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="trustPolicyId"
+)
 
 
 class _SecretResponse:
@@ -159,7 +164,7 @@ class AgentViewSet(viewsets.GenericViewSet):
         responses={200: CredentialOutput(many=True), **_errors(404)},
     ),
     create=extend_schema(
-        summary="Give an agent a new credential; the response holds its secret, once",
+        summary="Give an agent a new credential: a secret (the response holds it, once) or public keys",
         parameters=[AGENT_ID],
         request=CredentialCreateInput,
         responses={201: IssuedCredentialOutput, **_errors(400, 404, 409, 415, 503)},
@@ -205,6 +210,9 @@ class CredentialViewSet(viewsets.GenericViewSet):
             agent=agent,
             description=data["description"],
             expires_at=data["expiresAt"],
+            kind=data["kind"],
+            jwks=data["jwks"],
+            jwks_uri=data["jwksUri"],
             before_commit=rendered.render,
         )
         rendered.response["Location"] = reverse(
@@ -216,7 +224,7 @@ class CredentialViewSet(viewsets.GenericViewSet):
         return Response(CredentialOutput(self._credential()).data)
 
     @extend_schema(
-        summary="Give a credential a new secret; the response holds it, once",
+        summary="Give a credential a new secret (the response holds it, once) or a key credential new keys",
         parameters=[AGENT_ID, CREDENTIAL_ID],
         request=CredentialRotateInput,
         responses={200: IssuedCredentialOutput, **_errors(400, 404, 409, 415, 503)},
@@ -229,6 +237,8 @@ class CredentialViewSet(viewsets.GenericViewSet):
             acting=request.user,
             credential=credential,
             grace_period_seconds=data["gracePeriodSeconds"],
+            jwks=data["jwks"],
+            jwks_uri=data["jwksUri"],
             before_commit=rendered.render,
         )
         return rendered.response
@@ -242,3 +252,78 @@ class CredentialViewSet(viewsets.GenericViewSet):
         # Create and rotate answer with a secret; nothing on the way may keep a copy.
         response["Cache-Control"] = "no-store"
         return response
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List an agent's trust policies",
+        parameters=[AGENT_ID],
+        responses={200: TrustPolicyOutput(many=True), **_errors(404)},
+    ),
+    create=extend_schema(
+        summary="Accept platform-issued JWTs (Kubernetes, CI, SPIFFE) as this agent's identity",
+        parameters=[AGENT_ID],
+        request=TrustPolicyCreateInput,
+        responses={201: TrustPolicyOutput, **_errors(400, 404, 409, 415)},
+    ),
+    retrieve=extend_schema(
+        summary="Get a trust policy",
+        parameters=[AGENT_ID, TRUST_POLICY_ID],
+        responses={200: TrustPolicyOutput, **_errors(404)},
+    ),
+    destroy=extend_schema(
+        summary="Delete a trust policy: its platform tokens are refused from now on",
+        parameters=[AGENT_ID, TRUST_POLICY_ID],
+        responses={204: None, **_errors(404)},
+    ),
+)
+class TrustPolicyViewSet(viewsets.GenericViewSet):
+    ACTION_PERMISSIONS = {
+        "create": "credentials.add_trustpolicy",
+        "destroy": "credentials.delete_trustpolicy",
+    }
+
+    def required_permissions(self, request: Request) -> set[str]:
+        """The model permissions a staff session needs for this call (a token needs the admin scope instead)."""
+        return {self.ACTION_PERMISSIONS.get(self.action, "credentials.view_trustpolicy")}
+
+    def _agent(self) -> Agent:
+        return selectors.agent_get(agent_id=self.kwargs["agent_id"])
+
+    def _policy(self) -> TrustPolicy:
+        return selectors.trust_policy_get(agent=self._agent(), trust_policy_id=self.kwargs["trust_policy_id"])
+
+    def list(self, request: Request, agent_id: str) -> Response:
+        page = self.paginate_queryset(selectors.trust_policy_list(agent=self._agent()))
+        return self.get_paginated_response(TrustPolicyOutput(page, many=True).data)
+
+    def create(self, request: Request, agent_id: str) -> Response:
+        agent = self._agent()
+        data = _validated(TrustPolicyCreateInput, request.data)
+        policy = services.trust_policy_create(
+            acting=request.user,
+            agent=agent,
+            issuer=data["issuer"],
+            audience=data["audience"],
+            subject=data["subject"] or "",
+            subject_pattern=data["subjectPattern"] or "",
+            claims=data["claims"],
+            jwks=data["jwks"],
+            jwks_uri=data["jwksUri"],
+            max_token_age_seconds=data["maxTokenAgeSeconds"],
+            description=data["description"],
+        )
+        return Response(
+            TrustPolicyOutput(policy).data,
+            status=status.HTTP_201_CREATED,
+            headers={
+                "Location": reverse("trust-policy-detail", kwargs={"agent_id": agent.id, "trust_policy_id": policy.id})
+            },
+        )
+
+    def retrieve(self, request: Request, agent_id: str, trust_policy_id: str) -> Response:
+        return Response(TrustPolicyOutput(self._policy()).data)
+
+    def destroy(self, request: Request, agent_id: str, trust_policy_id: str) -> Response:
+        services.trust_policy_delete(acting=request.user, policy=self._policy())
+        return Response(status=status.HTTP_204_NO_CONTENT)

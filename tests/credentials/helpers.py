@@ -14,12 +14,15 @@ CREDENTIAL_KEYS = {
     "credentialId",
     "agentId",
     "clientId",
+    "kind",
     "description",
     "storage",
     "status",
     "createdAt",
     "rotatedAt",
     "expiresAt",
+    "jwks",
+    "jwksUri",
 }
 ISSUED_KEYS = CREDENTIAL_KEYS | {"clientSecret"}
 
