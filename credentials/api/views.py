@@ -102,7 +102,7 @@ def _validated(serializer_class, data):
         responses={200: AgentOutput, **_errors(400, 404, 415)},
     ),
     destroy=extend_schema(
-        summary="Delete an agent and its credentials", parameters=[AGENT_ID], responses={204: None, **_errors(404)}
+        summary="Delete an agent, its credentials and its trust policies", parameters=[AGENT_ID], responses={204: None, **_errors(404)}
     ),
 )
 class AgentViewSet(viewsets.GenericViewSet):
@@ -124,8 +124,8 @@ class AgentViewSet(viewsets.GenericViewSet):
             return {self.FIELD_PERMISSIONS.get(name, "credentials.change_agent") for name in body} or {
                 "credentials.change_agent"
             }
-        if self.action == "destroy":  # its credentials go with it
-            return {"credentials.delete_agent", "credentials.delete_credential"}
+        if self.action == "destroy":  # its credentials and trust policies go with it
+            return {"credentials.delete_agent", "credentials.delete_credential", "credentials.delete_trustpolicy"}
         return {"credentials.view_agent"}
 
     def list(self, request: Request) -> Response:

@@ -806,7 +806,7 @@ def test_each_change_to_an_agent_needs_its_own_permission(staff_user, agent, cha
         ("issue", ["add_credential"]),
         ("rotate", ["rotate_credential"]),
         ("delete_credential", ["delete_credential"]),
-        ("delete_agent", ["delete_agent", "delete_credential"]),
+        ("delete_agent", ["delete_agent", "delete_credential", "delete_trustpolicy"]),
     ],
 )
 def test_each_credential_call_needs_the_console_permission_for_it(staff_user, issued, call, permissions):
