@@ -27,7 +27,7 @@ from schemathesis import GenerationMode, checks
 
 from credentials.services import IssuedCredential
 from tests.conftest import token_for
-from tests.factories import AgentFactory, make_credential
+from tests.factories import AgentFactory, make_credential, make_trust_policy, public_jwks
 
 OPERATIONS = [
     "GET /api/v1/agents",
@@ -40,6 +40,10 @@ OPERATIONS = [
     "GET /api/v1/agents/{agent_id}/credentials/{credential_id}",
     "DELETE /api/v1/agents/{agent_id}/credentials/{credential_id}",
     "POST /api/v1/agents/{agent_id}/credentials/{credential_id}/rotate",
+    "GET /api/v1/agents/{agent_id}/trust-policies",
+    "POST /api/v1/agents/{agent_id}/trust-policies",
+    "GET /api/v1/agents/{agent_id}/trust-policies/{trust_policy_id}",
+    "DELETE /api/v1/agents/{agent_id}/trust-policies/{trust_policy_id}",
 ]
 BODY_OPERATIONS = [label for label in OPERATIONS if label.startswith(("POST", "PATCH"))]
 PATH_OPERATIONS = [label for label in OPERATIONS if "{agent_id}" in label]
@@ -51,7 +55,20 @@ SCHEMA_CHECKS = [
     checks.response_schema_conformance,
 ]
 ERROR_CODE = re.compile(r"[A-Z]+(?:_[A-Z]+)*")
-ROUTES_WITH_IDS = {"agent-detail", "credential-list", "credential-detail", "credential-rotate"}
+ROUTES_WITH_IDS = {
+    "agent-detail",
+    "credential-list",
+    "credential-detail",
+    "credential-rotate",
+    "trust-policy-list",
+    "trust-policy-detail",
+}
+#: The 404 code for an id in the path that names nothing, by the path parameter it is in.
+NOT_FOUND_CODES = {
+    "agent_id": "AGENT_NOT_FOUND",
+    "credential_id": "CREDENTIAL_NOT_FOUND",
+    "trust_policy_id": "TRUST_POLICY_NOT_FOUND",
+}
 FUZZ = hypothesis_settings(
     max_examples=30,
     deadline=None,
@@ -138,29 +155,56 @@ def test_the_fuzz_covers_every_operation_of_the_served_schema(schema):
 # --- generated requests -----------------------------------------------------------------------
 
 
-def aim(case, draw) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
-    """
-    Point the case's path at a real agent or credential, or leave the generated ids, as drawn.
+#: A trust policy body that passes validation: what "valid" aiming puts over a generated body.
+VALID_POLICY = {"issuer": "spiffe://fuzz.example.org", "audience": "https://agentidp.example", "subject": "workload"}
 
-    Returns the agent and credential ids that exist for this request, so the expected 404 code
-    can be worked out from the ids Django actually routed.
+
+def aim_body(case, draw) -> None:
     """
+    Make a generated trust policy body valid, half the time: a body generated from the schema alone
+    almost never is (its issuer must be a URL the key fetcher accepts unless keys are given, and
+    its keys must be real), so without this the positive fuzz would never get past validation.
+    """
+    if not case.path.endswith("/trust-policies") or case.method.upper() != "POST" or not isinstance(case.body, dict):
+        return
+    if draw(st.booleans(), label="valid policy"):
+        body = {key: value for key, value in case.body.items() if key in ("description", "maxTokenAgeSeconds")}
+        case.body = {**body, **VALID_POLICY, "jwks": public_jwks("fuzz")}
+
+
+def aim(case, draw) -> tuple[set[uuid.UUID], dict[str, set[uuid.UUID]]]:
+    """
+    Point the case's path at a real agent, credential or trust policy, or leave the generated ids, as drawn.
+
+    Returns the agent ids and, per other path parameter, the ids that exist for this request, so the
+    expected 404 code can be worked out from the ids Django actually routed.
+    """
+    aim_body(case, draw)
     params = case.path_parameters or {}
     if "agent_id" not in params:
-        return set(), set()
+        return set(), {}
     victim = make_credential(AgentFactory())
-    agent_id, credential_id = victim.credential.agent_id, victim.credential.id
+    agent = victim.credential.agent
+    policy = make_trust_policy(agent)
+    agent_id = agent.id
+    owned = {"credential_id": victim.credential.id, "trust_policy_id": policy.id}
+    child = next((name for name in owned if name in params), None)
     choices = ["generated", "agent", "agent"]
-    if "credential_id" in params:
-        choices = ["generated", "agent", "credential", "credential", "foreign"]
+    if child is not None:
+        choices = ["generated", "agent", "child", "child", "foreign"]
     aim_at = draw(st.sampled_from(choices), label="aim")
     if aim_at != "generated":
         params["agent_id"] = str(agent_id)
-    if aim_at == "credential":
-        params["credential_id"] = str(credential_id)
+    if aim_at == "child":
+        params[child] = str(owned[child])
     elif aim_at == "foreign":
-        params["credential_id"] = str(make_credential(AgentFactory()).credential.id)
-    return {agent_id}, {credential_id}
+        other = AgentFactory()
+        foreign = {
+            "credential_id": make_credential(other).credential.id,
+            "trust_policy_id": make_trust_policy(other).id,
+        }
+        params[child] = str(foreign[child])
+    return {agent_id}, {name: {value} for name, value in owned.items()}
 
 
 def named(value: str, existing: set[uuid.UUID]) -> bool:
@@ -170,15 +214,16 @@ def named(value: str, existing: set[uuid.UUID]) -> bool:
         return False
 
 
-def expected_not_found(django_request, agents: set[uuid.UUID], credentials: set[uuid.UUID]) -> str | None:
+def expected_not_found(django_request, agents: set[uuid.UUID], owned: dict[str, set[uuid.UUID]]) -> str | None:
     """The 404 code the contract requires for the path Django routed, or None if the ids name real things."""
     match = django_request.resolver_match
     if match is None or match.url_name not in ROUTES_WITH_IDS | {"agent-list"}:
         return "NOT_FOUND"
     if "agent_id" in match.kwargs and not named(match.kwargs["agent_id"], agents):
         return "AGENT_NOT_FOUND"
-    if "credential_id" in match.kwargs and not named(match.kwargs["credential_id"], credentials):
-        return "CREDENTIAL_NOT_FOUND"
+    for name, existing in owned.items():
+        if name in match.kwargs and not named(match.kwargs[name], existing):
+            return NOT_FOUND_CODES[name]
     return None
 
 
@@ -193,7 +238,7 @@ def test_generated_requests_get_documented_answers_and_never_a_server_error(
     @FUZZ
     @given(case=operation(schema, label).as_strategy(generation_mode=mode), data=st.data())
     def fuzz(case, data):
-        agents, credentials = aim(case, data.draw)
+        agents, owned = aim(case, data.draw)
 
         response = case.call(app=app, headers=admin_headers)
 
@@ -202,7 +247,7 @@ def test_generated_requests_get_documented_answers_and_never_a_server_error(
         content_type = (response.headers.get("content-type") or [""])[0]
         error = assert_contract_answer(response.status_code, content_type, response.content)
         assert response.status_code not in (401, 403), response.content
-        code = expected_not_found(app.last_request, agents, credentials)
+        code = expected_not_found(app.last_request, agents, owned)
         if code is not None:
             assert response.status_code == 404 and error["code"] == code, (app.last_request.path, response.content)
         elif response.status_code == 404:
@@ -272,6 +317,8 @@ def wrong_type_for(field_schema: dict, value) -> bool:
         return isinstance(value, bool) or not isinstance(value, int)
     if expected == "array":
         return not isinstance(value, list)
+    if expected == "object":
+        return not isinstance(value, dict)
     return False
 
 
@@ -455,15 +502,23 @@ def path_segment(text: str) -> str:
 @pytest.mark.parametrize("label", PATH_OPERATIONS)
 def test_malformed_ids_in_the_path_are_404_with_the_resource_code(label, admin_headers, bystander):
     victim = make_credential(AgentFactory(name="victim"))
+    policy = make_trust_policy(victim.credential.agent)
     method, template = label.split(" ")
     client = Client(raise_request_exception=False)
 
     @FUZZ
-    @given(bad=malformed_ids, where=st.sampled_from(["agent_id", "credential_id"]))
+    @given(bad=malformed_ids, where=st.sampled_from(["agent_id", "child"]))
     def fuzz(bad, where):
-        ids = {"agent_id": str(victim.credential.agent_id), "credential_id": str(victim.credential.id)}
-        if where not in template:
-            where = "agent_id"
+        ids = {
+            "agent_id": str(victim.credential.agent_id),
+            "credential_id": str(victim.credential.id),
+            "trust_policy_id": str(policy.id),
+        }
+        where = (
+            next((name for name in ("credential_id", "trust_policy_id") if name in template), "agent_id")
+            if (where == "child")
+            else "agent_id"
+        )
         ids[where] = path_segment(bad)
         body = b"{}" if method in ("POST", "PATCH") else b""
 
@@ -477,7 +532,7 @@ def test_malformed_ids_in_the_path_are_404_with_the_resource_code(label, admin_h
 
         error = assert_contract_answer(response.status_code, response.get("Content-Type", ""), response.content)
         routed = response.wsgi_request.resolver_match
-        expected = {"agent_id": "AGENT_NOT_FOUND", "credential_id": "CREDENTIAL_NOT_FOUND"}[where]
+        expected = NOT_FOUND_CODES[where]
         if routed is None or routed.url_name not in ROUTES_WITH_IDS:
             expected = "NOT_FOUND"  # no route of the API matched: the id held a "/", say
         assert (response.status_code, error["code"]) == (404, expected), (bad, response.content[:300])

@@ -43,9 +43,9 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.exceptions import Resolver404
 from django.urls.resolvers import RegexPattern, RoutePattern
 
-from credentials.models import Agent, AuditEvent, Credential
+from credentials.models import Agent, AuditEvent, Credential, TrustPolicy
 from tests.conftest import token_for
-from tests.factories import AgentFactory, make_credential
+from tests.factories import AgentFactory, make_credential, make_trust_policy
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND")
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
@@ -259,7 +259,10 @@ class World:
         tag = f"route-sweep-{self.generation}"
         self.agent = AgentFactory(name=tag)
         self.credential = make_credential(self.agent).credential
-        self.foreign_credential = make_credential(AgentFactory(name=f"{tag}-other")).credential
+        other = AgentFactory(name=f"{tag}-other")
+        self.foreign_credential = make_credential(other).credential
+        self.policy = make_trust_policy(self.agent)
+        self.foreign_policy = make_trust_policy(other)
         self.event = AuditEvent.objects.filter(credential_id=self.credential.pk).order_by("pk").first()
         self.group = Group.objects.create(name=tag)
         self.victim = apps.get_model(settings.AUTH_USER_MODEL).objects.create_user(username=tag, password="unused")
@@ -268,6 +271,7 @@ class World:
         return {
             Agent: self.agent,
             Credential: self.credential,
+            TrustPolicy: self.policy,
             AuditEvent: self.event,
             Group: self.group,
             type(self.victim): self.victim,
@@ -302,6 +306,12 @@ def slot_values(slot: Slot) -> tuple[list[Value], list[tuple[str, Value]]]:
             ("unknown", lambda w: str(uuid.uuid4())),
         ]
         return [lambda w: str(w.credential.pk)], [*hostile, *broken]
+    if name == "trust_policy_id":
+        hostile = [
+            ("another agent's", lambda w: str(w.foreign_policy.pk)),
+            ("unknown", lambda w: str(uuid.uuid4())),
+        ]
+        return [lambda w: str(w.policy.pk)], [*hostile, *broken]
     if name == "content_type_id":
         return [lambda w: str(ContentType.objects.get_for_model(Agent).pk)], [
             ("unknown", lambda w: "2147483647"),

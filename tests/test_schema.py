@@ -14,6 +14,12 @@ def test_openapi_schema_is_valid_and_warning_free():
         "/api/v1/agents/{agent_id}/credentials:",
         "/api/v1/agents/{agent_id}/credentials/{credential_id}:",
         "/api/v1/agents/{agent_id}/credentials/{credential_id}/rotate:",
+        "/api/v1/agents/{agent_id}/trust-policies:",
+        "/api/v1/agents/{agent_id}/trust-policies/{trust_policy_id}:",
     ):
         assert f"\n  {path}\n" in schema
     assert "bearerAuth" in schema
+    for name in ("TrustPolicyCreateInput:", "TrustPolicyOutput:", "CredentialCreateInput:", "CredentialRotateInput:"):
+        assert f"\n    {name}\n" in schema
+    for field in ("jwksUri:", "subjectPattern:", "maxTokenAgeSeconds:", "gracePeriodSeconds:"):
+        assert field in schema
