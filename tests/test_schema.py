@@ -19,7 +19,7 @@ def test_openapi_schema_is_valid_and_warning_free():
     ):
         assert f"\n  {path}\n" in schema
     assert "bearerAuth" in schema
-    for name in ("TrustPolicyCreateInput:", "TrustPolicyOutput:", "CredentialCreateInput:", "CredentialRotateInput:"):
+    for name in ("TrustPolicyCreateInputRequest:", "TrustPolicyOutput:", "CredentialRotateInputRequest:"):
         assert f"\n    {name}\n" in schema
     for field in ("jwksUri:", "subjectPattern:", "maxTokenAgeSeconds:", "gracePeriodSeconds:"):
         assert field in schema
