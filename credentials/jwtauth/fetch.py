@@ -14,6 +14,7 @@ is never logged nor put in an exception: it may be anything.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import http.client
@@ -207,9 +208,15 @@ def _allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, 
 
 @functools.cache
 def _tls_context(ca_bundle: str) -> ssl.SSLContext:
-    """The client TLS context: certificates verified against the hostname, by the configured CAs or the system's."""
+    """
+    The client TLS context: certificates verified against the hostname, by the system's CAs
+    and, if one is configured, a bundle of more (a cluster's own CA beside the public roots
+    that GitHub's or GitLab's issuers use).
+    """
+    context = ssl.create_default_context()
     try:
-        context = ssl.create_default_context(cafile=ca_bundle or None)
+        if ca_bundle:
+            context.load_verify_locations(cafile=ca_bundle)
     except (OSError, ssl.SSLError) as exc:
         raise ImproperlyConfigured(f"AGENTIDP_KEY_FETCH_CA_BUNDLE: cannot load {ca_bundle!r}.") from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -274,7 +281,7 @@ def _url_of(target: _Target) -> str:
 
 def _get(target: _Target, *, timeout: float, deadline: float) -> tuple[int, str | None, bytes]:
     """One GET: the status, the Location header, and the body (read only when the status is 200)."""
-    addresses = _resolve(target)
+    addresses = _resolve(target, timeout=_left(timeout, deadline))
     connection = _connection(target, addresses, timeout=timeout, deadline=deadline)
     try:
         try:
@@ -331,15 +338,29 @@ def _json_object(body: bytes) -> dict:
     return document
 
 
-def _resolve(target: _Target) -> list[tuple[socket.AddressFamily, tuple]]:
+#: getaddrinfo has no timeout of its own: lookups run here, and a fetch waits for one only until its deadline.
+_resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentidp-key-dns")
+
+
+def _resolve(target: _Target, *, timeout: float) -> list[tuple[socket.AddressFamily, tuple]]:
     """
     Resolve the host once, and refuse it if any address it has is not allowed: an attacker's
     name may hold one public and one private address, and the connection must not pick.
+    A resolver slower than the fetch's deadline is a timeout (its lookup finishes unwatched).
     """
+    lookup = _resolver.submit(
+        socket.getaddrinfo,
+        target.host,
+        target.port,
+        type=socket.SOCK_STREAM,
+        proto=socket.IPPROTO_TCP,
+        flags=socket.AI_NUMERICSERV,
+    )
     try:
-        infos = socket.getaddrinfo(
-            target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_NUMERICSERV
-        )
+        infos = lookup.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        lookup.cancel()
+        raise FetchError("timeout", "the host's name was not resolved in time") from None
     except (socket.gaierror, UnicodeError):
         raise FetchError("dns", "the host could not be resolved") from None
     addresses = []

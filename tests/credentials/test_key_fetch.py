@@ -231,6 +231,27 @@ def test_fetch_resolves_once_and_connects_to_the_address_it_checked(oidc_issuer,
     assert lookups == ["localhost"]
 
 
+def test_a_resolver_slower_than_the_deadline_is_a_timeout(settings, monkeypatch):
+    """getaddrinfo has no timeout of its own: a fetch must not wait on a stuck resolver past its deadline."""
+    settings.AGENTIDP_KEY_FETCH_TIMEOUT_SECONDS = 0.2
+    release = threading.Event()
+
+    def stuck(*args, **kwargs):
+        release.wait(5)
+        raise socket.gaierror("too late")
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    started = time.monotonic()
+    try:
+        with pytest.raises(FetchError) as caught:
+            fetch_json("https://keys.example.test/jwks")
+    finally:
+        release.set()
+
+    assert caught.value.reason == "timeout"
+    assert time.monotonic() - started < 2
+
+
 def test_fetch_reports_a_refused_connection(loopback_key_urls):
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
