@@ -1,5 +1,5 @@
 """
-The operators' console: agents, credentials and the audit trail.
+The operators' console: agents, credentials (secrets and keys), trust policies and the audit trail.
 
 Every change goes through credentials.services, exactly as the API's do, with the staff
 user as the actor in the audit trail: suspending and reactivating agents, issuing,
@@ -17,5 +17,6 @@ from .agents import AgentAdmin
 from .audit import AuditEventAdmin
 from .base import ConsoleAdmin, touches_secret
 from .credentials import CredentialAdmin
+from .policies import TrustPolicyAdmin
 
-__all__ = ["AgentAdmin", "AuditEventAdmin", "ConsoleAdmin", "CredentialAdmin", "touches_secret"]
+__all__ = ["AgentAdmin", "AuditEventAdmin", "ConsoleAdmin", "CredentialAdmin", "TrustPolicyAdmin", "touches_secret"]

@@ -1,4 +1,4 @@
-"""The console's agents: the list, and an agent's page with its credentials; suspending and reactivating."""
+"""The console's agents: the list, an agent's page (its credentials and trust policies), suspending and reactivating."""
 
 from __future__ import annotations
 
@@ -11,17 +11,51 @@ from django.utils.http import urlencode
 
 from .. import services
 from ..errors import ApiError
-from ..models import Agent, Credential
+from ..models import Agent, Credential, TrustPolicy
 from .base import ConsoleAdmin, ReadOnly, audit_url
+from .keys import credential_keys_display
+from .policies import claims_display, subject_display
 
 
 class CredentialInline(ReadOnly, admin.TabularInline):
     model = Credential
-    fields = ("client_id", "storage", "status", "created_at", "rotated_at", "expires_at", "last_used_at")
+    fields = (
+        "client_id",
+        "kind",
+        "storage",
+        "keys",
+        "status",
+        "created_at",
+        "rotated_at",
+        "expires_at",
+        "last_used_at",
+    )
     readonly_fields = fields
     extra = 0
     show_change_link = True
     can_delete = False
+    verbose_name_plural = "credentials (secrets and keys)"
+
+    @admin.display(description="keys (previous ones until)")
+    def keys(self, credential: Credential) -> str:
+        return credential_keys_display(credential)
+
+
+class TrustPolicyInline(ReadOnly, admin.TabularInline):
+    model = TrustPolicy
+    fields = ("issuer", "subject_or_pattern", "required_claims", "audience", "created_at")
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+
+    @admin.display(description="subject")
+    def subject_or_pattern(self, policy: TrustPolicy) -> str:
+        return subject_display(policy)
+
+    @admin.display(description="claims")
+    def required_claims(self, policy: TrustPolicy) -> str:
+        return claims_display(policy)
 
 
 @admin.register(Agent)
@@ -31,7 +65,7 @@ class AgentAdmin(ReadOnly, ConsoleAdmin):
     search_fields = ("name", "owner", "description")
     fields = ("id", "name", "description", "owner", "status", "scopes", "created_at", "updated_at")
     readonly_fields = fields
-    inlines = [CredentialInline]
+    inlines = [CredentialInline, TrustPolicyInline]
     actions = ["suspend_selected", "reactivate_selected"]
 
     def get_queryset(self, request):

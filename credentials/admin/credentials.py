@@ -24,6 +24,7 @@ from ..api.serializers import MAX_DESCRIPTION_LENGTH
 from ..errors import ApiError
 from ..models import Agent, Credential
 from .base import TEMPLATES, ConsoleAdmin, action_failure, audit_url, confirmation_issue, confirmation_use, logger
+from .keys import credential_keys_display
 
 
 class CredentialStatusFilter(admin.SimpleListFilter):
@@ -81,6 +82,7 @@ class CredentialAdmin(ConsoleAdmin):
     list_display = (
         "client_id",
         "agent",
+        "kind",
         "storage",
         "status",
         "created_at",
@@ -88,7 +90,7 @@ class CredentialAdmin(ConsoleAdmin):
         "expires_at",
         "last_used_at",
     )
-    list_filter = ("storage", CredentialStatusFilter)
+    list_filter = ("kind", "storage", CredentialStatusFilter)
     list_select_related = ("agent",)
     search_fields = ("client_id", "agent__name")
     # Never secret_hash. The Vault path says where the secret is, not what it is.
@@ -97,7 +99,9 @@ class CredentialAdmin(ConsoleAdmin):
         "client_id",
         "agent",
         "description",
+        "kind",
         "storage",
+        "keys",
         "vault_path",
         "vault_version",
         "status",
@@ -130,11 +134,17 @@ class CredentialAdmin(ConsoleAdmin):
         )
         return [rotate, *super().get_urls()]
 
+    @admin.display(description="keys (previous ones until)")
+    def keys(self, credential: Credential) -> str:
+        return credential_keys_display(credential)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        credential = self.get_object(request, unquote(object_id))
         extra_context = {
             **(extra_context or {}),
             "audit_url": audit_url(credential_id=unquote(object_id)),
-            "can_rotate": self.has_rotate_permission(request),
+            # A key credential has no secret to rotate here: new keys go through the API.
+            "can_rotate": self.has_rotate_permission(request) and not (credential and credential.is_key),
             "can_delete": self.has_delete_permission(request),
         }
         return super().change_view(request, object_id, form_url, extra_context)
@@ -159,6 +169,19 @@ class CredentialAdmin(ConsoleAdmin):
 
     def _rotate(self, request: HttpRequest, queryset: QuerySet[Credential], *, action: str | None) -> HttpResponse:
         credentials = list(queryset.select_related("agent").order_by("agent__name", "client_id"))
+        keyed = [credential for credential in credentials if credential.is_key]
+        if keyed:
+            # The console hands out secrets only; a key credential's new keys come through the API.
+            names = ", ".join(credential.client_id for credential in keyed)
+            self.message_user(
+                request,
+                f"Not rotated: {names}. A key credential has no secret; rotate it with its new public keys "
+                "through the API (POST .../credentials/{credentialId}/rotate with jwks or jwksUri).",
+                messages.WARNING,
+            )
+            credentials = [credential for credential in credentials if not credential.is_key]
+            if not credentials:
+                return HttpResponseRedirect(reverse("admin:credentials_credential_changelist"))
         confirmed = request.method == "POST" and request.POST.get("post") == "yes"
         form = RotateForm(request.POST if confirmed else None)
         if not confirmed or not form.is_valid():

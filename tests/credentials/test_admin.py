@@ -421,6 +421,7 @@ def test_credential_changelist_shows_each_column_and_last_use_after_a_token_requ
     assert row_of(page, credential.client_id) == {
         "client_id": credential.client_id,
         "agent": agent.name,
+        "kind": "Secret",
         "storage": "bcrypt",
         "status": "active",
         "created_at": field_display(credential, "created_at"),

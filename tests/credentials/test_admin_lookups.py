@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from credentials import services
 from credentials.models import Agent, AuditEvent, Credential
-from tests.factories import AgentFactory, make_credential
+from tests.factories import AgentFactory, make_credential, make_trust_policy
 
 #: The columns that hold a secret's hash or say where Vault keeps it and which version is trusted.
 SECRET_FIELDS = ("secret_hash", "vault_path", "vault_version")
@@ -46,6 +46,7 @@ SECRET_PREFIXES = {
     "agent": ("", "credentials__", "credentials__grace_secrets__"),
     "credential": ("", "grace_secrets__", "agent__credentials__", "agent__credentials__grace_secrets__"),
     "auditevent": ("", "details__"),
+    "trustpolicy": ("agent__credentials__", "agent__credentials__grace_secrets__"),
 }
 SECRET_PATHS = [
     (model, prefix + field)
@@ -56,7 +57,7 @@ SECRET_PATHS = [
 
 LOOKUP_SUFFIXES = ("", "__exact", "__iexact", "__gte", "__lt", "__startswith", "__regex", "__isnull", "__in")
 
-VIEW_PERMISSIONS = ("view_agent", "view_credential", "view_auditevent")
+VIEW_PERMISSIONS = ("view_agent", "view_credential", "view_auditevent", "view_trustpolicy")
 
 
 def changelist(model: str) -> str:
@@ -107,7 +108,7 @@ def stored_secrets(vault_enabled, settings) -> list[Credential]:
 
 
 def test_every_console_admin_says_how_it_reaches_secret_bearing_columns():
-    assert set(CONSOLE_ADMINS) == set(SECRET_PREFIXES) == {"agent", "credential", "auditevent"}
+    assert set(CONSOLE_ADMINS) == set(SECRET_PREFIXES) == {"agent", "credential", "auditevent", "trustpolicy"}
 
 
 @pytest.mark.parametrize(("model", "path"), SECRET_PATHS)
@@ -294,6 +295,9 @@ def links_on(page: str) -> set[str]:
 
 @pytest.mark.parametrize("model", sorted(SECRET_PREFIXES))
 def test_every_link_a_changelist_offers_answers(viewer, console_data, model):
+    if model == "trustpolicy":
+        for agent in Agent.objects.all():
+            make_trust_policy(agent)
     first = viewer.get(changelist(model), {"_facets": "1"})
     assert first.status_code == 200
     links = links_on(first.content.decode())
