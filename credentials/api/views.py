@@ -102,7 +102,9 @@ def _validated(serializer_class, data):
         responses={200: AgentOutput, **_errors(400, 404, 415)},
     ),
     destroy=extend_schema(
-        summary="Delete an agent, its credentials and its trust policies", parameters=[AGENT_ID], responses={204: None, **_errors(404)}
+        summary="Delete an agent, its credentials and its trust policies",
+        parameters=[AGENT_ID],
+        responses={204: None, **_errors(404)},
     ),
 )
 class AgentViewSet(viewsets.GenericViewSet):
