@@ -4,8 +4,9 @@ The one orchestrator of both benchmarks: it owns every resource of a run and mea
 A benchmark (bench/token_bench.py, bench/load_bench.py) asks it for fresh PostgreSQL
 databases, AgentIdP's environment as the deployment guide has it, a signing key and
 migrations, a Vault server (the test server or OpenBao), a cache (a private Redis, or each
-worker's memory), seeded credentials, gunicorn serving one application at a time (AgentIdP,
-the ceiling project, or AgentIdP with per-request counting), and windows of load, each
+worker's memory), seeded credentials (secret and key credentials, trust policies, and the
+JWTs their clients present), gunicorn serving one application at a time (AgentIdP, the
+ceiling project, or AgentIdP with per-request counting), and windows of load, each
 through a fresh load-generator process (bench/loadgen.py). `run` calls the benchmark, prints
 its report and writes its results; `close` stops everything this run started, in order, on
 success, on an error, and on Ctrl-C (SIGINT) or SIGTERM, and drops the databases unless --keep.
@@ -190,8 +191,34 @@ class Orchestrator:
             self.seed(*arguments, vault=False)
         return self.read_and_remove(out)["credentials"]
 
-    def seed(self, *arguments: str, vault: bool) -> None:
-        env = {**self.env, **self.vault_env} if vault else self.env
+    def seed_keys(self, *, name: str, count: int) -> Path:
+        """
+        `count` key credentials made through credentials.services, each with its own ES256 key held
+        inline; return the file of their private keys (in the private directory), for seed_assertions.
+        """
+        out = self.tmp / f"{name}-keys.json"
+        self.seed("keys", "--name", name, "--count", str(count), "--out", str(out), vault=False)
+        return out
+
+    def seed_assertions(self, keys: Path, *, count: int) -> list[list[str]]:
+        """
+        `count` client assertions for the AgentIdP being served (its issuer names their audience), the
+        keys of `keys` in turn, each with its own jti: [clientId, assertion].
+        """
+        assert self.server is not None
+        out = self.tmp / "assertions.json"
+        issuer = {"AGENTIDP_ISSUER": self.server.env["AGENTIDP_ISSUER"]}
+        self.seed("assertions", "--keys", str(keys), "--count", str(count), "--out", str(out), vault=False, env=issuer)
+        return self.read_and_remove(out)["credentials"]
+
+    def seed_platform(self, *, name: str, count: int) -> list[list[str]]:
+        """A trust policy of a Kubernetes-like platform and `count` workloads' tokens: [subject, token]."""
+        out = self.tmp / f"{name}.json"
+        self.seed("platform", "--name", name, "--count", str(count), "--out", str(out), vault=False)
+        return self.read_and_remove(out)["credentials"]
+
+    def seed(self, *arguments: str, vault: bool, env: dict[str, str] | None = None) -> None:
+        env = {**self.env, **(self.vault_env if vault else {}), **(env or {})}
         self.run_quietly([PYTHON, "-m", "bench.seed", *arguments], env=env, what="seeding")
 
     @staticmethod

@@ -28,6 +28,8 @@ from bench.options import add_bcrypt_rounds, add_installation_arguments, positiv
 SCENARIO_NAMES = (
     "ceiling",
     "bcrypt-warm",
+    "private_key_jwt",
+    "jwt-bearer",
     "bcrypt-cold",
     "vault-warm",
     "vault-cold",
@@ -49,7 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--scenarios",
         type=scenario_list(SCENARIO_NAMES),
         default=list(SCENARIO_NAMES),
-        help="comma-separated, run in this order: " + ",".join(SCENARIO_NAMES) + " (default: all; ceiling always runs)",
+        help="comma-separated, run in this order: "
+        + ",".join(SCENARIO_NAMES)
+        + " (default: all; ceiling always runs, and bcrypt-warm with private_key_jwt or jwt-bearer)",
     )
     add_bcrypt_rounds(parser)
     parser.add_argument(

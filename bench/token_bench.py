@@ -1,14 +1,16 @@
 """
-The token endpoint's benchmark (bench/run.py): POST /api/v1/token in up to seven scenarios,
+The token endpoint's benchmark (bench/run.py): POST /api/v1/token in up to nine scenarios,
 against the ceiling project (bench/ceiling), both served by the same gunicorn shape, on one
 PostgreSQL, one after the other in one run.
 
 The sequence: AgentIdP's database, environment and Vault server (bench/orchestrator.py);
-the ceiling's own database with one row; warm credentials; the ceiling, served and measured;
-AgentIdP, served with nothing of the benchmark inside it, and each scenario measured (cold
-pools seeded just before their scenario, sized from the ceiling's rate); the soak; and last a
-short diagnostic pass on AgentIdP with per-request counting (bench/counting), one worker,
-for each scenario's SQL statements and bcrypt verifications per request.
+the ceiling's own database with one row; warm credentials, key credentials and a trust
+policy with its platform tokens; the ceiling, served and measured; AgentIdP, served with
+nothing of the benchmark inside it, and each scenario measured (single-use pools, never-used
+credentials or client assertions, made just before their scenario, sized from the ceiling's
+rate); the soak; and last a short diagnostic pass on AgentIdP with per-request counting
+(bench/counting), one worker, for each scenario's SQL statements and bcrypt verifications
+per request.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ COLD_POOL_EXTRA_PER_CLIENT = 4
 #: With each worker's own cache, a warm-up presents each warm credential this many times per worker, so that
 #: every worker very likely verified it; with the shared Redis cache, once is enough.
 WARMUP_PASSES_PER_WORKER = 10
+#: The scenarios whose target compares them with a warm secret request, and the one they are compared with.
+SIGNED_JWT_SCENARIOS = ("private_key_jwt", "jwt-bearer")
+WARM_SECRET_SCENARIO = "bcrypt-warm"
 #: Requests per scenario in the diagnostic pass, and its time limit per scenario.
 DIAGNOSTIC_REQUESTS = 20
 DIAGNOSTIC_MAX_SECONDS = 120.0
@@ -64,15 +69,20 @@ RATE_LIMITS = dict.fromkeys(
 class Scenario:
     name: str
     description: str
-    pool: str | None  # "bcrypt-warm", "bcrypt-cold", "vault-warm", "vault-cold" or None (random clients)
+    pool: str | None  # a key of the pools (bcrypt-warm, ..., private_key_jwt, jwt-bearer) or None (random clients)
     expected_status: int = 200
     wrong_secret: bool = False
     random_client: bool = False
     warm_up: bool = False  # every credential verified before the window
+    # How a request proves who sends it (bench.traffic.Encoder.pair): "basic", "client_assertion", "jwt_bearer".
+    request: str = "basic"
+    single_use: bool = False  # each pool entry at most once (a client assertion's jti), with warm-up entries of its own
+    # The warm state is each worker's own (parsed keys), whatever the cache: the warm-up reaches every worker.
+    per_worker_warm_up: bool = False
 
     @property
     def order(self) -> str:
-        return "once" if self.pool and self.pool.endswith("-cold") else "cycle"
+        return "once" if self.single_use or (self.pool and self.pool.endswith("-cold")) else "cycle"
 
 
 SCENARIOS = {
@@ -80,6 +90,23 @@ SCENARIOS = {
     for scenario in (
         Scenario("ceiling", "the ceiling project: one primary-key SELECT, tiny JSON", "bcrypt-warm", warm_up=True),
         Scenario("bcrypt-warm", f"{WARM_POOL} bcrypt credentials, each used before", "bcrypt-warm", warm_up=True),
+        Scenario(
+            "private_key_jwt",
+            f"{WARM_POOL} key credentials (ES256, keys held inline), each used before; a new assertion per request",
+            "private_key_jwt",
+            warm_up=True,
+            request="client_assertion",
+            single_use=True,
+            per_worker_warm_up=True,
+        ),
+        Scenario(
+            "jwt-bearer",
+            f"{WARM_POOL} workloads' platform tokens (ES256, one trust policy, inline JWKS), each used before",
+            "jwt-bearer",
+            warm_up=True,
+            request="jwt_bearer",
+            per_worker_warm_up=True,
+        ),
         Scenario("bcrypt-cold", "a never-used bcrypt credential per request", "bcrypt-cold"),
         Scenario("vault-warm", f"{WARM_POOL} Vault credentials, each used before", "vault-warm", warm_up=True),
         Scenario("vault-cold", "a never-used Vault credential per request", "vault-cold"),
@@ -99,14 +126,20 @@ SCENARIOS = {
 def measure(orc: Orchestrator) -> dict[str, Any]:
     """Run the scenarios; return the results document."""
     args = orc.args
-    names = ["ceiling"] + [name for name in args.scenarios if name != "ceiling"]  # the ratios need the ceiling
+    names = scenario_names(args.scenarios)
     shape = Shape(WORKERS)
     orc.prepare_agentidp(RATE_LIMITS)
     ceiling_env, ceiling_path = prepare_ceiling(orc)
     orc.log(f"Seeding {WARM_POOL} bcrypt and {WARM_POOL} Vault credentials (bcrypt cost {args.bcrypt_rounds})")
-    pools = {}
+    pools: dict[str, Any] = {}
     for store in ("bcrypt", "vault"):
         pools[f"{store}-warm"] = orc.seed_warm(store, name=f"bench-{store}-warm", count=WARM_POOL)
+    if "private_key_jwt" in names:
+        orc.log(f"Seeding {WARM_POOL} key credentials (ES256, public keys held inline)")
+        pools["private_key_jwt-keys"] = orc.seed_keys(name="bench-private-key-jwt", count=WARM_POOL)
+    if "jwt-bearer" in names:
+        orc.log(f"Seeding a trust policy (inline JWKS, ES256) and {WARM_POOL} workloads' platform tokens")
+        pools["jwt-bearer"] = orc.seed_platform(name="bench-jwt-bearer", count=WARM_POOL)
     verify_s = bcrypt_verify_seconds(args.bcrypt_rounds)
     passes = 1 if orc.cache == "redis" else WARMUP_PASSES_PER_WORKER * WORKERS
 
@@ -119,11 +152,17 @@ def measure(orc: Orchestrator) -> dict[str, Any]:
     orc.serve_agentidp(shape)
     for name in names[1:]:
         scenario = SCENARIOS[name]
-        if scenario.order == "once" and scenario.pool not in pools:
+        if scenario.single_use:  # as many as the ceiling's rate could use, with the cold pools' margin
+            count = math.ceil(args.duration * rows[0]["rps"] * COLD_POOL_MARGIN)
+            count += COLD_POOL_EXTRA_PER_CLIENT * args.concurrency
+            mint_assertions(orc, scenario, pools, count=count, warmup=WARM_POOL * warm_up_passes(scenario, passes))
+        elif scenario.order == "once" and scenario.pool not in pools:
             seed_cold_pool(orc, scenario.pool, pools, ceiling_rps=rows[0]["rps"], verify_s=verify_s)
         rows.append(measure_scenario(orc, scenario, pools, path=TOKEN_PATH, passes=passes))
+    warm_secret = next((row for row in rows if row["scenario"] == WARM_SECRET_SCENARIO), None)
     for row in rows:
         row["ratio_to_ceiling"] = round(row["rps"] / rows[0]["rps"], 3) if rows[0]["rps"] else None
+        row["p50_ratio_to_warm_secret"] = p50_ratio(row, warm_secret)
 
     soak = None
     if args.soak:
@@ -146,6 +185,25 @@ def measure(orc: Orchestrator) -> dict[str, Any]:
         "targets": token_report.evaluate_targets(rows, soak),
         "run_seconds": None,
     }
+
+
+def scenario_names(chosen: list[str]) -> list[str]:
+    """
+    The scenarios to run, in their order: the ceiling always (the ratios need it), and the
+    warm secret scenario whenever a signed-JWT one runs (its target compares them).
+    """
+    names = {"ceiling", *chosen}
+    if names.intersection(SIGNED_JWT_SCENARIOS):
+        names.add(WARM_SECRET_SCENARIO)
+    return [name for name in SCENARIOS if name in names]
+
+
+def p50_ratio(row: dict, reference: dict | None) -> float | None:
+    """A row's p50 over the reference row's (the warm secret scenario's); None without one."""
+    if reference is None or row["scenario"] == "ceiling":
+        return None
+    p50, base = row["latency_ms"]["p50"], reference["latency_ms"]["p50"]
+    return round(p50 / base, 3) if p50 is not None and base else None
 
 
 def prepare_ceiling(orc: Orchestrator) -> tuple[dict[str, str], str]:
@@ -181,6 +239,40 @@ def seed_cold_pool(orc: Orchestrator, pool: str, pools: dict, *, ceiling_rps: fl
     pools[pool], pools[f"{pool}-diagnostic"] = pairs[:count], pairs[count:]
 
 
+def warm_up_passes(scenario: Scenario, passes: int) -> int:
+    """The warm-up's passes over a scenario's credentials: the run's, or enough to reach every worker."""
+    if not scenario.warm_up:
+        return 0
+    return max(passes, WARMUP_PASSES_PER_WORKER * WORKERS) if scenario.per_worker_warm_up else passes
+
+
+def mint_assertions(
+    orc: Orchestrator, scenario: Scenario, pools: dict, *, count: int, warmup: int, suffix: str = ""
+) -> None:
+    """
+    Client assertions for a single-use scenario on the AgentIdP being served, signed before its
+    window (the load generator signs nothing): `count` for the window, one per request, and
+    `warmup` for its warm-up, in pools[pool + suffix] and pools[pool + suffix + "-warmup"].
+    """
+    pool = scenario.pool
+    orc.log(
+        f"Signing {count + warmup} client assertions for {pool}{suffix} ({count} for the window, {warmup} to warm up)"
+    )
+    signed = orc.seed_assertions(pools[f"{pool}-keys"], count=warmup + count)
+    # The warm-up takes whole turns of the keys, so that it presents every credential.
+    pools[f"{pool}{suffix}-warmup"], pools[f"{pool}{suffix}"] = signed[:warmup], signed[warmup:]
+
+
+def pool_credentials(pools: dict, pool: str | None) -> dict[str, list] | None:
+    """What the load generator draws from: the pool, and its own warm-up entries if it has them."""
+    if pool is None:
+        return None
+    credentials = {"pool": pools[pool]}
+    if f"{pool}-warmup" in pools:
+        credentials["warmup"] = pools[f"{pool}-warmup"]
+    return credentials
+
+
 def job_for(
     scenario: Scenario, *, path: str, concurrency: int, duration: float, max_requests: int | None, passes: int
 ) -> dict:
@@ -193,11 +285,12 @@ def job_for(
             "order": scenario.order,
             "wrong_secret": scenario.wrong_secret,
             "random_client": scenario.random_client,
+            "request": scenario.request,
         },
         "min_seconds": duration,
         "max_seconds": duration,
         "max_requests": max_requests,
-        "warmup_passes": passes if scenario.warm_up else 0,
+        "warmup_passes": passes,
     }
 
 
@@ -210,9 +303,10 @@ def measure_scenario(
     duration = args.duration if duration is None else duration
     orc.log(f"Scenario {scenario.name}: {scenario.description} ({duration:g} s, {args.concurrency} clients)")
     job = job_for(
-        scenario, path=path, concurrency=args.concurrency, duration=duration, max_requests=max_requests, passes=passes
-    )
-    window = orc.window(job, {"pool": pools[scenario.pool]} if scenario.pool else None)
+        scenario, path=path, concurrency=args.concurrency, duration=duration, max_requests=max_requests,
+        passes=warm_up_passes(scenario, passes),
+    )  # fmt: skip
+    window = orc.window(job, pool_credentials(pools, scenario.pool))
     result, cpu = window["result"], window["cpu_s"]
     elapsed = result["elapsed_s"]
     figures = stats(window["records"], elapsed)
@@ -255,13 +349,15 @@ def diagnose(orc: Orchestrator, rows: list[dict], pools: dict) -> None:
     for row in rows:
         scenario = SCENARIOS[row["scenario"]]
         pool = scenario.pool
+        if scenario.single_use:  # assertions name the server they are for: this one's
+            mint_assertions(orc, scenario, pools, count=DIAGNOSTIC_REQUESTS, warmup=WARM_POOL, suffix="-diagnostic")
         if pool and scenario.order == "once":
             pool = f"{pool}-diagnostic"
         job = job_for(
             scenario, path=TOKEN_PATH, concurrency=1, duration=DIAGNOSTIC_MAX_SECONDS,
-            max_requests=DIAGNOSTIC_REQUESTS, passes=1,
+            max_requests=DIAGNOSTIC_REQUESTS, passes=1 if scenario.warm_up else 0,
         )  # fmt: skip
-        window = orc.window(job, {"pool": pools[pool]} if pool else None)
+        window = orc.window(job, pool_credentials(pools, pool))
         requests = window["result"]["requests"]
         counted = window["result"]["per_request"]
         row["diagnostic"] = {
@@ -314,6 +410,18 @@ def settings(orc: Orchestrator, names: list[str], verify_s: float, passes: int, 
         "database": args.database,
         "postgres": without_password(args.postgres),
         "client_auth": "client_secret_basic, grant_type=client_credentials form body",
+        "signed_jwts": {
+            "private_key_jwt": f"{WARM_POOL} key credentials, one ES256 key each, public keys held inline (jwks); "
+            "client_assertion in the form body, no client_id; one assertion per request (its jti is accepted once), "
+            "signed by bench/seed.py just before the scenario (iss = sub = clientId, aud = the token endpoint's URL, "
+            "the longest lifetime accepted), none signed by the load generator",
+            "jwt-bearer": "one trust policy: issuer https://kubernetes.default.svc.cluster.local, inline JWKS (two "
+            "ES256 keys), subjectPattern system:serviceaccount:bench:worker-*, one required claim (namespace), "
+            f"maxTokenAgeSeconds 3600; {WARM_POOL} workloads, each presenting its one platform token in turn "
+            "(a platform token is reusable until it expires)",
+            "warmup_passes": WARMUP_PASSES_PER_WORKER * WORKERS,
+            "compared_with": WARM_SECRET_SCENARIO,
+        },
         "soak": args.soak or None,
     }
 
@@ -326,6 +434,7 @@ def summary(rows: list[dict]) -> dict[str, Any]:
             "p50_ms": row["latency_ms"]["p50"],
             "p99_ms": row["latency_ms"]["p99"],
             "ratio_to_ceiling": row["ratio_to_ceiling"],
+            "p50_ratio_to_warm_secret": row["p50_ratio_to_warm_secret"],
         }
         for row in rows
     }

@@ -1,7 +1,11 @@
 """
-What the load generator sends: pre-encoded `client_secret_basic` token requests, drawn either
-from one pool of credentials (the token benchmark, bench/run.py) or from simulated agents and
-attackers, each with its own address in X-Forwarded-For (the load benchmark, bench/load.py).
+What the load generator sends: pre-encoded token requests, drawn either from one pool of
+credentials (the token benchmark, bench/run.py) or from simulated agents and attackers, each
+with its own address in X-Forwarded-For (the load benchmark, bench/load.py). A pool's
+requests are `client_secret_basic` (a clientId and its secret), `private_key_jwt` (a
+clientId and a client assertion, signed before the run: the generator signs nothing) or the
+jwt-bearer grant (a workload's subject and its platform token); agents' are
+`client_secret_basic`.
 
 Both kinds offer `source(connection, connections)` (what one connection sends next, and
 what it hears back), `warmup(passes)` (batches of requests to send before the window) and
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import math
 import secrets
 import threading
 from collections import Counter
@@ -26,6 +31,8 @@ from dataclasses import dataclass, field
 from urllib.parse import quote_plus
 
 FORM_BODY = b"grant_type=client_credentials"
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #: Attack kinds as the command line names them.
 ATTACK_KINDS = {"known-bcrypt": "xb", "known-vault": "xv", "unknown": "xu"}
 #: Spreads consecutive attack requests over the attackers' addresses (coprime with any count it is used with).
@@ -36,28 +43,55 @@ Item = tuple[str, int, bytes]
 
 
 class Encoder:
-    """Make the bytes of one token request from a clientId, a secret and, optionally, a client address."""
+    """
+    Make the bytes of one token request: from a clientId and a secret (HTTP Basic) and,
+    optionally, a client address; or from a pool's pair as its scenario's `request` says.
+    """
 
     def __init__(self, host: str, port: int, path: str) -> None:
         self.head = (
             f"POST {path} HTTP/1.1\r\n"
             f"Host: {host}:{port}\r\n"
             "Content-Type: application/x-www-form-urlencoded\r\n"
-            f"Content-Length: {len(FORM_BODY)}\r\n"
             "Accept: application/json\r\n"
         ).encode()
 
     def __call__(self, client_id: str, secret: str, address: str | None = None) -> bytes:
         basic = base64.b64encode(f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()).decode()
+        return self.form(FORM_BODY, f"Authorization: Basic {basic}\r\n", address)
+
+    def form(self, body: bytes, headers: str = "", address: str | None = None) -> bytes:
         forwarded = f"X-Forwarded-For: {address}\r\n" if address else ""
-        return self.head + f"{forwarded}Authorization: Basic {basic}\r\n\r\n".encode() + FORM_BODY
+        return self.head + f"Content-Length: {len(body)}\r\n{forwarded}{headers}\r\n".encode() + body
+
+    def pair(self, request: str, first: str, second: str) -> bytes:
+        """
+        One pool entry as a request. "basic": [clientId, secret]; "client_assertion":
+        [clientId, assertion] (private_key_jwt, the clientId is the assertion's subject and
+        is not sent); "jwt_bearer": [subject, platform token] (no client authentication).
+        """
+        if request == "basic":
+            return self(first, second)
+        if request == "client_assertion":
+            body = (
+                f"grant_type=client_credentials&client_assertion_type={quote_plus(CLIENT_ASSERTION_TYPE)}"
+                f"&client_assertion={second}"  # a compact JWT: base64url and dots, nothing to escape
+            )
+        elif request == "jwt_bearer":
+            body = f"grant_type={quote_plus(JWT_BEARER_GRANT)}&assertion={second}"
+        else:
+            raise ValueError(f"unknown request kind {request!r}")
+        return self.form(body.encode())
 
 
 class PoolTraffic:
     """
     One pool for every connection: its credentials in turn ("cycle", warm), each at most once
-    ("once", never used before), each clientId with a fresh wrong secret, or a fresh unknown
-    clientId per request. options: label, order, wrong_secret, random_client.
+    ("once": never used before, or a client assertion, whose jti is accepted once), each
+    clientId with a fresh wrong secret, or a fresh unknown clientId per request. options:
+    label, order, wrong_secret, random_client, request ("basic", "client_assertion",
+    "jwt_bearer"; see Encoder.pair). A once-only pool may come with its own warm-up
+    requests (credentials["warmup"]: single-use assertions the window must not reuse).
     """
 
     def __init__(self, options: dict, encode: Encoder, credentials: dict[str, list[list[str]]]) -> None:
@@ -65,10 +99,12 @@ class PoolTraffic:
         self.order = options.get("order", "cycle")
         self.wrong_secret = options.get("wrong_secret", False)
         self.random_client = options.get("random_client", False)
+        self.request = options.get("request", "basic")
         self.encode = encode
         pairs = credentials.get("pool", [])
         self.client_ids = [client_id for client_id, _ in pairs]
-        self.encoded = [encode(client_id, secret) for client_id, secret in pairs]
+        self.encoded = [encode.pair(self.request, *pair) for pair in pairs]
+        self.warmup_encoded = [encode.pair(self.request, *pair) for pair in credentials.get("warmup", [])]
         self._counter = itertools.count()
         self.exhausted = False
 
@@ -94,9 +130,17 @@ class PoolTraffic:
         pass
 
     def warmup(self, passes: int) -> list[list[bytes]]:
-        """Each credential of a warm pool, with its right secret, `passes` times."""
-        if self.order == "once" or self.random_client:
+        """
+        Each credential of a warm pool, with its right secret, `passes` times; for a
+        once-only pool, its own warm-up requests in `passes` batches.
+        """
+        if self.random_client or not passes:
             return []
+        if self.order == "once":
+            if not self.warmup_encoded:
+                return []
+            size = math.ceil(len(self.warmup_encoded) / passes)
+            return [self.warmup_encoded[i : i + size] for i in range(0, len(self.warmup_encoded), size)]
         return [self.encoded] * passes
 
     def summary(self) -> dict:
