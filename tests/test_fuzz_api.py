@@ -161,11 +161,17 @@ VALID_POLICY = {"issuer": "spiffe://fuzz.example.org", "audience": "https://agen
 
 def aim_body(case, draw) -> None:
     """
-    Make a generated trust policy body valid, half the time: a body generated from the schema alone
-    almost never is (its issuer must be a URL the key fetcher accepts unless keys are given, and
-    its keys must be real), so without this the positive fuzz would never get past validation.
+    Make a generated body valid, half the time, where the schema alone cannot say what is: a trust
+    policy (its issuer must be a URL the key fetcher accepts unless keys are given, and its keys
+    must be real) and the rotation of the secret credential `aim` points at (which takes no keys).
+    Without this the positive fuzz would rarely, or never, get past validation.
     """
-    if not case.path.endswith("/trust-policies") or case.method.upper() != "POST" or not isinstance(case.body, dict):
+    if case.method.upper() != "POST" or not isinstance(case.body, dict):
+        return
+    if case.path.endswith("/rotate") and draw(st.booleans(), label="secret rotation"):
+        case.body = {key: value for key, value in case.body.items() if key not in ("jwks", "jwksUri")}
+        return
+    if not case.path.endswith("/trust-policies"):
         return
     if draw(st.booleans(), label="valid policy"):
         body = {key: value for key, value in case.body.items() if key in ("description", "maxTokenAgeSeconds")}
