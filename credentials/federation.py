@@ -71,20 +71,26 @@ class Claimed:
         return f"{self.issuer} {self.subject}"
 
 
-def claimed_by(assertion: str) -> Claimed:
-    """The issuer and subject a token names, unverified ("" for what it lacks); never raises."""
+@dataclasses.dataclass(frozen=True)
+class PlatformToken:
+    """A platform token as presented: the token taken apart (or why it could not be), and who it claims to be."""
+
+    read: Unverified | InvalidAssertion = dataclasses.field(repr=False)
+    claimed: Claimed
+
+
+def presented(assertion: str) -> PlatformToken:
+    """Take a platform token apart once, for the rate limits and logs (who it claims to be) and then its checks."""
     try:
-        claims = read_unverified(assertion).claims
-    except InvalidAssertion:
-        return Claimed("", "")
-    issuer, subject = claims.get("iss"), claims.get("sub")
-    return Claimed(
-        issuer if isinstance(issuer, str) else "",
-        subject if isinstance(subject, str) else "",
-    )
+        unverified: Unverified | InvalidAssertion = read_unverified(assertion)
+    except InvalidAssertion as exc:
+        return PlatformToken(exc, Claimed("", ""))
+    issuer, subject = unverified.claims.get("iss"), unverified.claims.get("sub")
+    claimed = Claimed(issuer if isinstance(issuer, str) else "", subject if isinstance(subject, str) else "")
+    return PlatformToken(unverified, claimed)
 
 
-def platform_identity(assertion: str) -> TrustPolicy:
+def platform_identity(token: PlatformToken) -> TrustPolicy:
     """
     Return the trust policy a platform token matches, with its agent, or raise InvalidGrant.
 
@@ -95,20 +101,23 @@ def platform_identity(assertion: str) -> TrustPolicy:
     "ambiguous", refused and logged, since no one should get to choose. A suspended agent
     is refused. Raises PlatformKeysUnavailable when the keys cannot be fetched at all.
     """
+    unverified = token.read
+    if isinstance(unverified, InvalidAssertion):
+        raise InvalidGrant(unverified.reason)
     try:
-        unverified = read_unverified(assertion)
         issuer = string_claim(unverified.claims, "iss", max_length=MAX_ISSUER_LENGTH)
     except InvalidAssertion as exc:
         raise InvalidGrant(exc.reason) from None
     policies = selectors.trust_policies_for_issuer(issuer=issuer)
     if not policies:
         raise InvalidGrant("unknown_issuer")
-    signed_by = _verified_sources(unverified, policies)
+    sources = {policy.pk: _source(policy) for policy in policies}
+    signed_by = _verified_sources(unverified, policies, sources)
     now = time.time()
     matched: list[TrustPolicy] = []
     nearest: tuple[TrustPolicy, str] | None = None
     for policy in policies:
-        if _source(policy) not in signed_by:
+        if sources[policy.pk] not in signed_by:
             continue
         try:
             _check_policy(policy, unverified.claims, now=now)
@@ -144,14 +153,14 @@ def _source(policy: TrustPolicy) -> str:
     return "issuer:" + policy.issuer
 
 
-def _verified_sources(unverified: Unverified, policies: list[TrustPolicy]) -> set[str]:
+def _verified_sources(unverified: Unverified, policies: list[TrustPolicy], sources: dict) -> set[str]:
     """The key sources (of these policies) one of whose keys made the token's signature; InvalidGrant if none."""
     signed_by: set[str] = set()
     unavailable: KeysUnavailable | None = None
     reason = "unknown_key"
     seen: set[str] = set()
     for policy in policies:
-        source = _source(policy)
+        source = sources[policy.pk]
         if source in seen:
             continue
         seen.add(source)

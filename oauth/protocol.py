@@ -274,11 +274,12 @@ def authenticate_platform(request: HttpRequest, params: dict[str, str]) -> Trust
     assertion = params.get("assertion")
     if assertion is None:
         raise invalid_request("assertion is required.")
-    claimed = federation.claimed_by(assertion)
+    token = federation.presented(assertion)
+    claimed = token.claimed
     guard = AuthenticationGuard.for_request(request, claimed.ref)
     try:
         guard.check()
-        policy = federation.platform_identity(assertion)
+        policy = federation.platform_identity(token)
     except federation.InvalidGrant as exc:
         if not guard.store_allowed:
             throttled = guard.withheld()

@@ -70,13 +70,16 @@ class PrivateKeyJWT(ClientAuthMethod):
             raise MalformedClientAuth("Send client_assertion with client_assertion_type.")
         # Who the assertion says it is from; believed only once its signature is checked.
         try:
-            subject = read_unverified(assertion).claims.get("sub")
-        except InvalidAssertion:
-            subject = None
+            unverified: Unverified | InvalidAssertion = read_unverified(assertion)
+            subject = unverified.claims.get("sub")
+        except InvalidAssertion as exc:
+            unverified, subject = exc, None
         client_id = subject if isinstance(subject, str) else ""
         if "client_id" in params and params["client_id"] != client_id:
             raise MalformedClientAuth("client_id does not match the client assertion's subject.")
-        return Presented(self, client_id, assertion, endpoint=settings.AGENTIDP_ISSUER + request.path)
+        return Presented(
+            self, client_id, assertion, endpoint=settings.AGENTIDP_ISSUER + request.path, parsed=unverified
+        )
 
     def authenticate(self, presented: Presented, *, store_allowed: bool = True) -> Credential:
         return assertion_authenticate(presented, store_allowed=store_allowed)
@@ -108,10 +111,14 @@ def assertion_authenticate(presented: Presented, *, store_allowed: bool = True) 
 
 
 def _authenticate(presented: Presented) -> Credential:
-    try:
-        unverified = read_unverified(presented.proof)
-    except InvalidAssertion as exc:
-        raise InvalidClient(exc.reason) from None
+    unverified = presented.parsed
+    if not isinstance(unverified, Unverified | InvalidAssertion):  # presented by other means than read()
+        try:
+            unverified = read_unverified(presented.proof)
+        except InvalidAssertion as exc:
+            unverified = exc
+    if isinstance(unverified, InvalidAssertion):
+        raise InvalidClient(unverified.reason)
     credential = selectors.credential_find_by_client_id(client_id=presented.client_id)
     if credential is None or not credential.is_key:
         _pay_like_a_known_client(unverified)

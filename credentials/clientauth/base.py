@@ -23,6 +23,8 @@ class Presented:
     proof: str = dataclasses.field(repr=False)  # the client secret (or, for signed methods, the assertion)
     #: The URL the request was sent to (issuer + path): an audience a signed assertion may name.
     endpoint: str = ""
+    #: What the method already read from the proof (a signed assertion taken apart), so it is read once.
+    parsed: object = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def method_name(self) -> str:

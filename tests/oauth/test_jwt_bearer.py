@@ -92,7 +92,8 @@ def test_authlibs_assertion_client_gets_a_token_through_the_grant(live_server, s
         scope="reports:read",
     )
 
-    token = session.refresh_token()
+    with session:  # closed before the live server's thread gives the database back
+        token = session.refresh_token()
 
     assert token["scope"] == "reports:read"
     introspected = _introspect_live(live_server, token["access_token"])
@@ -105,12 +106,13 @@ def _introspect_live(live_server, access_token):
     from tests.factories import make_credential
 
     issued = make_credential(AgentFactory(scopes=["agentidp:admin"]))
-    return requests.post(
-        live_server.url + INTROSPECT_URL,
-        data={"token": access_token},
-        auth=(issued.credential.client_id, issued.client_secret),
-        timeout=10,
-    ).json()
+    with requests.Session() as http:
+        return http.post(
+            live_server.url + INTROSPECT_URL,
+            data={"token": access_token},
+            auth=(issued.credential.client_id, issued.client_secret),
+            timeout=10,
+        ).json()
 
 
 def test_a_token_from_the_grant_reaches_the_management_api_and_dies_with_its_policy(client, oidc_issuer, db):

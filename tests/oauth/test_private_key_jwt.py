@@ -74,9 +74,10 @@ def test_authlib_gets_a_token_with_private_key_jwt_and_introspects_it(live_serve
     session = OAuth2Session(credential.client_id, key, token_endpoint_auth_method="private_key_jwt")
     session.register_client_auth_method(PrivateKeyJWT(token_endpoint, alg=alg))
 
-    token = session.fetch_token(token_endpoint, grant_type="client_credentials")
-    session.register_client_auth_method(PrivateKeyJWT(live_server.url + INTROSPECT_URL, alg=alg))
-    introspection = session.introspect_token(live_server.url + INTROSPECT_URL, token=token["access_token"])
+    with session:  # closed before the live server's thread gives the database back
+        token = session.fetch_token(token_endpoint, grant_type="client_credentials")
+        session.register_client_auth_method(PrivateKeyJWT(live_server.url + INTROSPECT_URL, alg=alg))
+        introspection = session.introspect_token(live_server.url + INTROSPECT_URL, token=token["access_token"])
 
     assert token["token_type"] == "Bearer" and token["scope"] == "reports:read"
     claims = jwt.decode(token["access_token"], _jwks_key(live_server)).claims
@@ -86,7 +87,8 @@ def test_authlib_gets_a_token_with_private_key_jwt_and_introspects_it(live_serve
 
 
 def _jwks_key(live_server):
-    return KeySet.import_key_set(requests.get(live_server.url + "/.well-known/jwks.json", timeout=5).json())
+    with requests.Session() as http:
+        return KeySet.import_key_set(http.get(live_server.url + "/.well-known/jwks.json", timeout=5).json())
 
 
 def test_a_key_credential_revokes_its_own_token(client, credential, key):
