@@ -170,11 +170,9 @@ class Credential(SecretLocation, KeyLocation):
         ordering = ["created_at", "id"]
         constraints = [
             _vault_location_complete("credentials_credential"),
-            # A secret credential has a store and no keys; a key credential keys in one place and no store.
+            # A secret credential has a store and no keys; a key credential has its keys in one place and no store.
             models.CheckConstraint(
-                condition=(
-                    models.Q(kind="secret", jwks__isnull=True, jwks_uri__isnull=True) & ~models.Q(storage="")
-                )
+                condition=(models.Q(kind="secret", jwks__isnull=True, jwks_uri__isnull=True) & ~models.Q(storage=""))
                 | (
                     models.Q(kind="key", storage="", secret_hash="", vault_path__isnull=True)
                     & (
