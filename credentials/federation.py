@@ -145,9 +145,9 @@ def platform_identity(token: PlatformToken) -> TrustPolicy:
 
 
 def _source(policy: TrustPolicy) -> str:
-    """A policy's key source as a hashable name: its JWKS, its jwksUri, or its issuer's discovery."""
+    """A policy's key source as a hashable name: its own JWKS, its jwksUri, or its issuer's discovery."""
     if policy.jwks is not None:
-        return "jwks:" + json.dumps(policy.jwks, sort_keys=True)
+        return f"jwks:{policy.pk}"
     if policy.jwks_uri:
         return "uri:" + policy.jwks_uri
     return "issuer:" + policy.issuer

@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 
 from .. import selectors
@@ -179,11 +179,12 @@ def _dummy_key(alg: str) -> Any:
 
 def accepted_audiences(endpoint: str) -> set[str]:
     """What an assertion's aud may name: AgentIdP's issuer, its token endpoint, or the endpoint it was sent to."""
-    issuer = settings.AGENTIDP_ISSUER
-    found = {issuer, issuer.rstrip("/") + "/", issuer + reverse("oauth:token")}
-    if endpoint:
-        found.add(endpoint)
-    return found
+    return {*_server_audiences(settings.AGENTIDP_ISSUER, get_script_prefix()), *([endpoint] if endpoint else [])}
+
+
+@functools.lru_cache(maxsize=8)
+def _server_audiences(issuer: str, script_prefix: str) -> frozenset[str]:
+    return frozenset({issuer, issuer.rstrip("/") + "/", issuer + reverse("oauth:token")})
 
 
 def _check_claims(credential: Credential, claims: dict[str, Any], *, endpoint: str) -> None:
