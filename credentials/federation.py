@@ -51,14 +51,6 @@ class InvalidGrant(Exception):
         self.policy = policy
 
 
-class PlatformKeysUnavailable(Exception):
-    """The issuer's keys cannot be fetched and none are kept: not the workload's failure."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclasses.dataclass(frozen=True)
 class Claimed:
     """Who an unverified platform token says it is, for rate limits and logs (never believed)."""
@@ -99,7 +91,8 @@ def platform_identity(token: PlatformToken) -> TrustPolicy:
     `exp` ahead, `nbf` passed and `iat` within the policy's greatest age. Every policy it
     matches must be one agent's (the oldest is used); policies of several agents is
     "ambiguous", refused and logged, since no one should get to choose. A suspended agent
-    is refused. Raises PlatformKeysUnavailable when the keys cannot be fetched at all.
+    is refused. Raises KeysUnavailable (credentials.jwtauth.keysets) when the keys cannot be
+    fetched at all and none are kept: not the workload's failure.
     """
     unverified = token.read
     if isinstance(unverified, InvalidAssertion):
@@ -177,7 +170,7 @@ def _verified_sources(unverified: Unverified, policies: list[TrustPolicy], sourc
     if signed_by:
         return signed_by
     if unavailable is not None:
-        raise PlatformKeysUnavailable(unavailable.reason)
+        raise unavailable
     raise InvalidGrant(reason)
 
 

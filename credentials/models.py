@@ -121,8 +121,9 @@ class CredentialQuerySet(models.QuerySet):
 
 class KeyLocation(models.Model):
     """
-    Where a key credential's public keys are: a JWK Set AgentIdP holds (`jwks`), or the
-    https URL of one (`jwks_uri`). Exactly one of them; never a private key.
+    Where a signer's public keys are: a JWK Set AgentIdP holds (`jwks`), or the https URL of
+    one (`jwks_uri`); never a private key. A key credential has exactly one of them; a trust
+    policy at most one (without either, its issuer's discovery document names the URL).
     """
 
     jwks = models.JSONField(null=True, blank=True, editable=False)
@@ -237,7 +238,7 @@ class GraceKeys(KeyLocation):
         return f"previous keys of {self.credential_id} until {self.valid_until:%Y-%m-%d %H:%M:%S}"
 
 
-class TrustPolicy(models.Model):
+class TrustPolicy(KeyLocation):
     """
     Which platform-issued JWTs (a Kubernetes service account's, a CI job's, a SPIFFE
     workload's) an agent accepts as its identity in the jwt-bearer grant (RFC 7523 section
@@ -255,8 +256,7 @@ class TrustPolicy(models.Model):
     subject_pattern = models.CharField(max_length=512, blank=True, default="", editable=False)
     # Claim name -> the required value, or a list of allowed values.
     claims = models.JSONField(default=dict, blank=True, editable=False)
-    jwks = models.JSONField(null=True, blank=True, editable=False)
-    jwks_uri = models.CharField(max_length=2048, null=True, blank=True, editable=False)  # noqa: DJ001
+    # Its keys (KeyLocation): `jwks`, `jwks_uri`, or neither (the issuer's discovery document).
     max_token_age_seconds = models.PositiveIntegerField(null=True, blank=True, editable=False)
     description = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now, editable=False)

@@ -291,7 +291,7 @@ def authenticate_platform(request: HttpRequest, params: dict[str, str]) -> Trust
     except Throttled as exc:
         _log_attempt(request, outcome="throttled", reason=exc.limit, claimed=claimed, level=logging.WARNING)
         raise rate_limited(exc) from None
-    except federation.PlatformKeysUnavailable as exc:
+    except federation.KeysUnavailable as exc:
         _log_attempt(request, outcome="unavailable", reason=exc.reason, claimed=claimed, level=logging.WARNING)
         raise _unavailable(
             "The issuer's public keys cannot be fetched; try again shortly.",
