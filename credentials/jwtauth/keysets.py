@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 MAX_KEYS = 10
 RSA_MIN_BITS = 2048
 RSA_MAX_BITS = 8192  # a larger modulus only makes every verification slower
+#: The `use` values of a key that verifies signatures: RFC 7517's "sig", and the one a SPIFFE
+#: trust bundle gives its JWT-SVID signing keys (its "x509-svid" keys are not for JWTs).
+SIGNATURE_USES = ("sig", "jwt-svid")
 #: The public members each key type keeps; everything else but kid, use and alg is dropped.
 _PUBLIC_MEMBERS = {"EC": ("crv", "x", "y"), "RSA": ("n", "e"), "OKP": ("crv", "x")}
 _CURVES = {"EC": ("P-256", "P-384"), "OKP": ("Ed25519",)}
@@ -111,11 +114,13 @@ def _checked_key(key: object, *, where: str) -> dict:
     for name in ("kid", "use", "alg"):
         if name in key and not (isinstance(key[name], str) and 0 < len(key[name]) <= 256):
             raise ValueError(f"{where}: {name} must be a non-empty string.")
-    if key.get("use", "sig") != "sig":
-        raise ValueError(f'{where}: the key must be for signatures (use "sig").')
+    if key.get("use", "sig") not in SIGNATURE_USES:
+        raise ValueError(f'{where}: the key must be for signatures (use "sig", or a SPIFFE bundle\'s "jwt-svid").')
     if "alg" in key and key["alg"] not in _ALGORITHMS[family]:
         raise ValueError(f"{where}: alg must be one of {', '.join(_ALGORITHMS[family])} for this key.")
     public = {name: key[name] for name in ("kty", *members, "kid", "use", "alg") if name in key}
+    if "use" in public:
+        public["use"] = "sig"  # the one signature use the key library knows
     try:
         JWKRegistry.import_key(public)
     except Exception:

@@ -552,6 +552,7 @@ def test_public_jwks_check_keeps_public_members_kid_use_and_alg():
         ({"keys": [ec_public(crv="P-521")]}, r"keys\[0\]: the curve"),
         ({"keys": [OKPKey.generate_key("X25519").as_dict(private=False)]}, r"keys\[0\]: the curve"),
         ({"keys": [{**ec_public(), "use": "enc"}]}, "for signatures"),
+        ({"keys": [{**ec_public(), "use": "x509-svid"}]}, "for signatures"),
         ({"keys": [{**ec_public(), "alg": "HS256"}]}, "alg must be one of ES256"),
         ({"keys": [{**ec_public(), "x": ec_public()["y"]}]}, r"keys\[0\] cannot be read"),
         ({"keys": [{"kty": "EC", "crv": "P-256"}]}, "needs crv, x, y"),
@@ -569,6 +570,7 @@ def test_public_jwks_check_keeps_public_members_kid_use_and_alg():
         "p521",
         "x25519",
         "encryption-key",
+        "x509-svid-key",
         "hmac-alg",
         "not-on-curve",
         "missing-members",
@@ -607,3 +609,10 @@ def test_a_bad_allowed_network_is_a_configuration_error(settings):
     settings.AGENTIDP_KEY_FETCH_ALLOWED_NETWORKS = ["10.0.0.0/33"]
     with pytest.raises(ImproperlyConfigured, match=r"10\.0\.0\.0/33"):
         check_key_url("https://10.0.0.1/jwks")
+
+
+def test_a_spiffe_bundles_jwt_svid_keys_are_signature_keys_and_its_x509_keys_are_skipped():
+    bundle = {"keys": [{**ec_public("jwt"), "use": "jwt-svid"}, {**ec_public("x509"), "use": "x509-svid"}]}
+
+    assert public_jwks_check({"keys": bundle["keys"][:1]})["keys"][0]["use"] == "sig"
+    assert [key.kid for key in keyset_from_jwks(bundle).keys] == ["jwt"]
