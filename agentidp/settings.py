@@ -237,6 +237,9 @@ AGENTIDP_KEY_STALE_SECONDS = env.int("AGENTIDP_KEY_STALE_SECONDS", default=86400
 # Local memory by default (one per process); Redis for several processes: CACHE_URL=redis://host:6379/0.
 # It holds the verified-secret digests and the upgrade-on-use pause.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://agentidp")}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # The same backend, with one Redis client per connection pool rather than one per call (agentidp/cache.py).
+    CACHES["default"]["BACKEND"] = "agentidp.cache.RedisCache"
 # How long a secret a store verified is taken as verified without asking the store again
 # (credentials/verified.py). Rotation, deletion, expiry and suspension still act at once. 0: off.
 AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = env.int("AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS", default=300)

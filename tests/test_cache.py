@@ -1,0 +1,75 @@
+"""The Redis cache backend: Django's, with one client per connection pool."""
+
+import threading
+
+import pytest
+from django.core.cache import caches
+from django.test import override_settings
+
+from agentidp.cache import RedisCache
+from tests.credentials.test_verified_cache import REDIS_DB, REDIS_HOST, REDIS_PORT, redis_listening
+
+LOCATION = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+
+pytestmark = pytest.mark.skipif(not redis_listening(), reason="needs Redis on 127.0.0.1:6379")
+
+
+@pytest.fixture
+def redis_cache():
+    with override_settings(CACHES={"default": {"BACKEND": "agentidp.cache.RedisCache", "LOCATION": LOCATION}}):
+        cache = caches["default"]
+        cache.clear()
+        yield cache
+        cache.clear()
+
+
+def test_a_redis_cache_url_gets_this_backend(monkeypatch):
+    import importlib
+
+    import agentidp.settings as project_settings
+
+    monkeypatch.setenv("CACHE_URL", LOCATION)
+    monkeypatch.setenv("SECRET_KEY", "x")
+    try:
+        reloaded = importlib.reload(project_settings)
+        assert reloaded.CACHES["default"]["BACKEND"] == "agentidp.cache.RedisCache"
+        assert reloaded.CACHES["default"]["LOCATION"] == LOCATION
+    finally:
+        monkeypatch.undo()
+        importlib.reload(project_settings)
+
+
+def test_every_call_shares_one_client_per_pool(redis_cache):
+    assert isinstance(redis_cache, RedisCache)
+    client = redis_cache._cache
+
+    assert client.get_client("a") is client.get_client("b", write=True)
+
+
+def test_it_answers_as_djangos_does(redis_cache):
+    assert redis_cache.add("k", 1, timeout=30) is True
+    assert redis_cache.add("k", 2, timeout=30) is False
+    assert redis_cache.incr("k") == 2
+    redis_cache.set_many({"a": "x", "b": {"y": 1}}, timeout=30)
+    assert redis_cache.get_many(["a", "b", "missing"]) == {"a": "x", "b": {"y": 1}}
+    redis_cache.delete("a")
+    assert redis_cache.get("a", "gone") == "gone"
+
+
+def test_threads_share_the_client_without_mixing_answers(redis_cache):
+    errors = []
+
+    def worker(number: int) -> None:
+        for round_ in range(50):
+            key = f"t{number}:{round_}"
+            redis_cache.set(key, number * 1000 + round_, timeout=30)
+            if redis_cache.get(key) != number * 1000 + round_:
+                errors.append(key)
+
+    threads = [threading.Thread(target=worker, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert errors == []
