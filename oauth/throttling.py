@@ -89,12 +89,16 @@ def _count(kind: str, value: str) -> int:
     length, window, _ = _window()
     key = _key(kind, value, window)
     try:
-        cache.add(key, 0, timeout=length + 1)
         try:
-            return cache.incr(key)
-        except ValueError:  # evicted between add and incr
-            cache.set(key, 1, timeout=length + 1)
-            return 1
+            return cache.incr(key)  # one round trip once the window has begun
+        except ValueError:  # the window's first failure (or the counter was evicted)
+            if cache.add(key, 1, timeout=length + 1):
+                return 1
+            try:
+                return cache.incr(key)  # another process began the window meanwhile
+            except ValueError:  # evicted between add and incr
+                cache.set(key, 1, timeout=length + 1)
+                return 1
     except Exception as exc:
         logger.warning("rate limit counter unavailable; not limiting kind=%s error=%s", kind, type(exc).__name__)
         return 0

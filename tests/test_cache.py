@@ -73,3 +73,32 @@ def test_threads_share_the_client_without_mixing_answers(redis_cache):
         thread.join(30)
 
     assert errors == []
+
+
+def test_incr_is_djangos_in_one_round_trip(redis_cache, monkeypatch):
+    redis_cache.set("n", 5, timeout=30)
+    client = redis_cache._cache.get_client("n")
+    commands = []
+    original = client.execute_command
+
+    def counting(*args, **kwargs):
+        commands.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(client, "execute_command", counting)
+
+    assert redis_cache.incr("n") == 6
+    assert redis_cache.incr("n", 4) == 10
+    with pytest.raises(ValueError, match="not found"):
+        redis_cache.incr("missing")
+
+    assert commands == ["EVALSHA", "EVALSHA", "EVALSHA"]
+    assert redis_cache.get("missing") is None  # a missing counter is not made by incr
+
+
+def test_incr_keeps_the_counters_expiry(redis_cache):
+    redis_cache.add("window", 0, timeout=30)
+    redis_cache.incr("window")
+
+    client = redis_cache._cache.get_client("window")
+    assert 0 < client.ttl(redis_cache.make_and_validate_key("window")) <= 30
