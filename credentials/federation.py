@@ -108,20 +108,18 @@ def platform_identity(token: PlatformToken) -> TrustPolicy:
     signed_by = _verified_sources(unverified, policies, sources)
     now = time.time()
     matched: list[TrustPolicy] = []
-    nearest: tuple[TrustPolicy, str] | None = None
-    for policy in policies:
-        if sources[policy.pk] not in signed_by:
-            continue
+    refusals: list[tuple[TrustPolicy, str]] = []
+    # Never empty: _verified_sources raised unless some policy's keys made the signature.
+    for policy in (policy for policy in policies if sources[policy.pk] in signed_by):
         try:
             _check_policy(policy, unverified.claims, now=now)
         except InvalidAssertion as exc:
-            nearest = nearest or (policy, exc.reason)
+            refusals.append((policy, exc.reason))
             continue
         matched.append(policy)
     if not matched:
-        if nearest is not None:
-            raise InvalidGrant(nearest[1], policy=nearest[0])
-        raise InvalidGrant("no_policy_matched")
+        policy, reason = refusals[0]  # the oldest such policy's reason, for the log
+        raise InvalidGrant(reason, policy=policy)
     agents = {policy.agent_id for policy in matched}
     if len(agents) > 1:
         logger.warning(

@@ -14,7 +14,7 @@ from ..errors import ApiError
 from ..models import Agent, Credential, TrustPolicy
 from .base import ConsoleAdmin, ReadOnly, audit_url
 from .keys import credential_keys_display
-from .policies import claims_display, subject_display
+from .policies import TrustPolicyColumns
 
 
 class CredentialInline(ReadOnly, admin.TabularInline):
@@ -41,21 +41,13 @@ class CredentialInline(ReadOnly, admin.TabularInline):
         return credential_keys_display(credential)
 
 
-class TrustPolicyInline(ReadOnly, admin.TabularInline):
+class TrustPolicyInline(TrustPolicyColumns, ReadOnly, admin.TabularInline):
     model = TrustPolicy
     fields = ("issuer", "subject_or_pattern", "required_claims", "audience", "created_at")
     readonly_fields = fields
     extra = 0
     show_change_link = True
     can_delete = False
-
-    @admin.display(description="subject")
-    def subject_or_pattern(self, policy: TrustPolicy) -> str:
-        return subject_display(policy)
-
-    @admin.display(description="claims")
-    def required_claims(self, policy: TrustPolicy) -> str:
-        return claims_display(policy)
 
 
 @admin.register(Agent)

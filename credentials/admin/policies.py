@@ -32,8 +32,20 @@ def claims_display(policy: TrustPolicy) -> str:
     )
 
 
+class TrustPolicyColumns:
+    """The columns a trust policy is shown with wherever the console lists it: its subject and its claims."""
+
+    @admin.display(description="subject")
+    def subject_or_pattern(self, policy: TrustPolicy) -> str:
+        return subject_display(policy)
+
+    @admin.display(description="claims")
+    def required_claims(self, policy: TrustPolicy) -> str:
+        return claims_display(policy)
+
+
 @admin.register(TrustPolicy)
-class TrustPolicyAdmin(ConsoleAdmin):
+class TrustPolicyAdmin(TrustPolicyColumns, ConsoleAdmin):
     list_display = ("issuer", "subject_or_pattern", "required_claims", "audience", "agent", "created_at")
     list_select_related = ("agent",)
     search_fields = ("issuer", "subject", "subject_pattern", "agent__name")
@@ -58,14 +70,6 @@ class TrustPolicyAdmin(ConsoleAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
-
-    @admin.display(description="subject")
-    def subject_or_pattern(self, policy: TrustPolicy) -> str:
-        return subject_display(policy)
-
-    @admin.display(description="claims")
-    def required_claims(self, policy: TrustPolicy) -> str:
-        return claims_display(policy)
 
     @admin.display(description="keys")
     def keys(self, policy: TrustPolicy) -> str:
