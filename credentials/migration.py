@@ -224,7 +224,7 @@ class Migration:
 
     def __init__(self, credentials: CredentialQuerySet, *, acting: Any, now: datetime.datetime | None = None) -> None:
         # Only secret credentials have a secret to move, whatever the caller passed.
-        self.credentials = credentials = credentials.filter(kind=Credential.Kind.SECRET)
+        self.credentials = credentials = credentials.with_secret()
         self.acting = acting
         now = now or timezone.now()
         remaining = credentials.exclude(storage=TARGET)

@@ -108,11 +108,15 @@ def _vault_location_complete(prefix: str) -> models.CheckConstraint:
 
 
 class CredentialQuerySet(models.QuerySet):
-    """The one definition of an active and of an expired credential in queries (Credential.is_expired in Python)."""
+    """The one definition of an active, an expired and a secret-holding credential in queries."""
 
     def active(self, now: datetime.datetime | None = None) -> CredentialQuerySet:
         """Credentials without an expiry, or whose expiry lies ahead of `now` (default: this moment)."""
         return self.filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now or timezone.now()))
+
+    def with_secret(self) -> CredentialQuerySet:
+        """Credentials that hold a secret (in a store); key credentials hold public keys instead."""
+        return self.filter(kind=Credential.Kind.SECRET)
 
     def expired(self, now: datetime.datetime | None = None) -> CredentialQuerySet:
         """Credentials whose expiry has come by `now` (default: this moment)."""

@@ -53,8 +53,7 @@ class Command(BaseCommand):
             raise CommandError(f"The secret stores are misconfigured: {exc}") from None
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        # Key credentials keep public keys, not secrets: there is nothing of theirs in a store.
-        credentials = Credential.objects.filter(kind=Credential.Kind.SECRET)
+        credentials = Credential.objects.with_secret()  # key credentials have nothing in a store
         if agent is not None:
             try:
                 credentials = credentials.filter(agent=selectors.agent_get(agent_id=agent))

@@ -89,8 +89,7 @@ class Command(BaseCommand):
         if rotate and output is None:
             raise CommandError("--rotate needs --output FILE for the new secrets.")
 
-        # Key credentials have no secret to move.
-        credentials = Credential.objects.filter(kind=Credential.Kind.SECRET)
+        credentials = Credential.objects.all()  # Migration takes only those with a secret
         if agent is not None:
             try:
                 credentials = credentials.filter(agent=selectors.agent_get(agent_id=agent))
