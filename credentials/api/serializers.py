@@ -5,6 +5,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from credentials.jwtauth.fetch import MAX_URL_LENGTH
 from credentials.models import Agent, Credential
 from credentials.scopes import MAX_SCOPES, SCOPE_TOKEN_RE
 from credentials.services import (
@@ -21,8 +22,6 @@ from .base import StrictCharField, StrictIntegerField, StrictSerializer
 
 MAX_DESCRIPTION_LENGTH = 1000
 MAX_OWNER_LENGTH = 256
-#: The longest key URL (jwksUri) the model keeps.
-MAX_KEY_URL_LENGTH = 2048
 
 JWKS_SCHEMA = {
     "type": "object",
@@ -73,7 +72,7 @@ class ClaimsField(_JsonObjectField):
 
 
 def _key_url_field(**kwargs) -> StrictCharField:
-    return StrictCharField(max_length=MAX_KEY_URL_LENGTH, trim_whitespace=False, **kwargs)
+    return StrictCharField(max_length=MAX_URL_LENGTH, trim_whitespace=False, **kwargs)
 
 
 @extend_schema_field({"type": "string", "minLength": 1, "maxLength": 128, "pattern": f"^{SCOPE_TOKEN_RE.pattern}$"})
