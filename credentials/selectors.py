@@ -11,6 +11,7 @@ from django.utils import timezone
 from credentials.errors import AgentNotFound, CredentialNotFound, TrustPolicyNotFound
 
 from .models import Agent, Credential, GraceKeys, GraceSecret, TrustPolicy
+from .queries import CompiledQuery
 
 # Longer than any client id AgentIdP makes; anything longer is not worth a query.
 MAX_CLIENT_ID_LENGTH = 64
@@ -65,14 +66,18 @@ def credential_get(*, agent: Agent, credential_id: object) -> Credential:
         raise CredentialNotFound() from None
 
 
+# Every token request runs this one; its SQL is compiled once per connection.
+_credential_by_client_id = CompiledQuery(
+    Credential, lambda client_id: Credential.objects.select_related("agent").filter(client_id=client_id)
+)
+
+
 def credential_find_by_client_id(*, client_id: str) -> Credential | None:
     """Return the credential with this clientId and its agent in one query, or None."""
     if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH or not client_id.isprintable():
         return None
-    try:
-        return Credential.objects.select_related("agent").get(client_id=client_id)
-    except Credential.DoesNotExist:
-        return None
+    found = _credential_by_client_id(client_id)  # client_id is unique
+    return found[0] if found else None
 
 
 def credential_active_count(*, agent: Agent) -> int:
@@ -93,7 +98,13 @@ def trust_policies_for_issuer(*, issuer: str) -> list[TrustPolicy]:
     """Return every agent's trust policies for this issuer, with their agents, oldest first."""
     if not issuer or len(issuer) > TrustPolicy._meta.get_field("issuer").max_length:
         return []
-    return list(TrustPolicy.objects.filter(issuer=issuer).select_related("agent"))
+    return _trust_policies_by_issuer(issuer)
+
+
+# Every jwt-bearer grant runs this one.
+_trust_policies_by_issuer = CompiledQuery(
+    TrustPolicy, lambda issuer: TrustPolicy.objects.filter(issuer=issuer).select_related("agent")
+)
 
 
 def trust_policy_find(*, trust_policy_id: object) -> TrustPolicy | None:
