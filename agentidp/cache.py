@@ -7,7 +7,10 @@ Django's Redis cache, with two round trips fewer where the token endpoint makes 
   command takes a connection from the pool).
 - `incr` in one round trip: Django asks EXISTS and then INCRBY (two round trips, and not
   atomic); here one script does both, with Django's answer (ValueError for a missing key).
-  The rate limits' counters increment on every token request.
+- `count_and_get_many`, which Django's caches do not have: add one to a counter (starting
+  it, with its expiry, when it is missing) and read other keys, in one round trip. The
+  rate limits count every token request and read the failure counters of its address and
+  client with it (oauth.throttling falls back to `incr`, `add` and `get_many` on other caches).
 
 Everything else is Django's.
 """
@@ -25,11 +28,34 @@ return false
 """
 
 
+#: INCRBY 1, or SET 1 with the expiry ARGV[1] when the key is missing; then MGET the other keys.
+COUNT_AND_MGET = """
+local count
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    count = redis.call('INCRBY', KEYS[1], 1)
+else
+    redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+    count = 1
+end
+if #KEYS == 1 then
+    return {count, {}}
+end
+return {count, redis.call('MGET', unpack(KEYS, 2))}
+"""
+
+
 class RedisCacheClient(django_redis.RedisCacheClient):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._clients: dict[int, object] = {}
-        self._incr_scripts: dict[int, object] = {}
+        self._scripts: dict[tuple[int, str], object] = {}
+
+    def _script(self, client, source: str):
+        """The script `source` on this client: EVALSHA, loading it once if Redis does not know it."""
+        script = self._scripts.get((id(client), source))
+        if script is None:
+            script = self._scripts.setdefault((id(client), source), client.register_script(source))
+        return script
 
     def get_client(self, key=None, *, write=False):
         pool = self._get_connection_pool(write)
@@ -40,16 +66,28 @@ class RedisCacheClient(django_redis.RedisCacheClient):
 
     def incr(self, key, delta):
         client = self.get_client(key, write=True)
-        script = self._incr_scripts.get(id(client))
-        if script is None:  # EVALSHA, loading the script once if Redis does not know it
-            script = self._incr_scripts.setdefault(id(client), client.register_script(INCR_IF_EXISTS))
-        value = script(keys=[key], args=[delta])
+        value = self._script(client, INCR_IF_EXISTS)(keys=[key], args=[delta])
         if value is None:
             raise ValueError(f"Key '{key}' not found.")
         return value
+
+    def count_and_get_many(self, key, keys, timeout):
+        client = self.get_client(key, write=True)
+        count, values = self._script(client, COUNT_AND_MGET)(keys=[key, *keys], args=[max(1, int(timeout))])
+        return count, {k: self._serializer.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
 
 class RedisCache(django_redis.RedisCache):
     def __init__(self, server, params) -> None:
         super().__init__(server, params)
         self._class = RedisCacheClient
+
+    def count_and_get_many(self, key: str, keys: list[str], *, timeout: int, version=None) -> tuple[int, dict]:
+        """
+        Add one to the counter `key` (1, expiring in `timeout` seconds, when missing) and
+        return its new value with the values of `keys` that exist, in one round trip.
+        """
+        counter = self.make_and_validate_key(key, version=version)
+        key_map = {self.make_and_validate_key(name, version=version): name for name in keys}
+        count, found = self._cache.count_and_get_many(counter, list(key_map), timeout)
+        return count, {key_map[name]: value for name, value in found.items()}

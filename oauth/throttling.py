@@ -5,8 +5,9 @@ Three counters per fixed window of AGENTIDP_RATE_LIMIT_WINDOW_SECONDS, kept in t
 cache so that every server process shares them (Redis with CACHE_URL=redis://...):
 
 - token requests per client address (AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS), counted before
-  the request is read; over it, an address that authenticated nothing lately is refused
-  then, and one that did is read only to hear the clientIds it authenticated;
+  any credential is looked up or secret verified (with the failure limits' own read, in
+  one cache call); over it, an address that authenticated nothing lately is refused then,
+  and one that did is heard only for the clientIds it authenticated;
 - failed client authentications per address (AGENTIDP_AUTH_FAILURES_PER_ADDRESS);
 - failed client authentications per clientId (AGENTIDP_AUTH_FAILURES_PER_CLIENT), presented
   ids that match no credential included;
@@ -22,9 +23,9 @@ that pair of address and clientId fails AGENTIDP_AUTH_FAILURES_PER_KNOWN_PAIR ti
 window itself (an attacker on the agent's own address, guessing its secret, gets no more
 store work than from anywhere else); over the total, an address that authenticated any
 clientId in that time is heard too (a new agent on a known host). A secret the
-verified-secret cache vouches for is always heard once the request is read (it costs no
-store work). Only what this address has not proven lately waits. Each limit reached
-writes one audit event per window and key, never one per refusal.
+verified-secret cache vouches for is always heard (it costs no store work). Only what this
+address has not proven lately waits. Each limit reached writes one audit event per window
+and key, never one per refusal.
 
 If the cache fails, the limits are not applied (logged): they protect the service, and
 must not become the way to take it down.
@@ -35,12 +36,14 @@ limit_reached) serve the operators' console too (agentidp.console_login).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.cache import cache
@@ -104,16 +107,37 @@ def _count(kind: str, value: str) -> int:
         return 0
 
 
+def _names(keys: tuple[tuple[str, str], ...], window: int) -> dict[str, tuple[str, str]]:
+    return {_key(kind, value, 0 if kind == "known" else window): (kind, value) for kind, value in keys}
+
+
 def counters_read(*keys: tuple[str, str]) -> dict[tuple[str, str], int]:
     """Read counters of this window (and the unwindowed "known" marks) in one cache call ({} when the cache fails)."""
-    _, window, _ = _window()
-    names = {_key(kind, value, 0 if kind == "known" else window): (kind, value) for kind, value in keys}
+    names = _names(keys, _window()[1])
     try:
         found = cache.get_many(list(names))
     except Exception as exc:
         logger.warning("rate limit counters unavailable; not limiting error=%s", type(exc).__name__)
         return {}
     return {names[name]: int(count) for name, count in found.items()}
+
+
+def count_and_read(kind: str, value: str, *keys: tuple[str, str]) -> tuple[int, dict[tuple[str, str], int]]:
+    """
+    Add one to a counter of this window and read counters as counters_read does: in one
+    cache call where the cache can (agentidp.cache), in two elsewhere ((0, {}) when the cache fails).
+    """
+    combined = getattr(cache, "count_and_get_many", None)
+    if combined is None:
+        return _count(kind, value), counters_read(*keys)
+    length, window, _ = _window()
+    names = _names(keys, window)
+    try:
+        count, found = combined(_key(kind, value, window), list(names), timeout=length + 1)
+    except Exception as exc:
+        logger.warning("rate limit counters unavailable; not limiting kind=%s error=%s", kind, type(exc).__name__)
+        return 0, {}
+    return count, {names[name]: int(number) for name, number in found.items()}
 
 
 def known_mark(value: str) -> tuple[str, str]:
@@ -225,28 +249,59 @@ def _reached(limit: str, *, address: str, client_id: str | None = None) -> None:
 
 #: Set on a request that came over its address's ceiling but from an address that authenticated lately.
 OVER_CEILING_ATTRIBUTE = "_agentidp_over_ceiling"
+#: Set on a token request not yet counted against its address's ceiling (token_request_counted).
+UNCOUNTED_ATTRIBUTE = "_agentidp_uncounted"
 
 
-def count_token_request(request: HttpRequest) -> None:
+@contextlib.contextmanager
+def token_request_counted(request: HttpRequest):
     """
-    Count a token request against its address's ceiling, before the request is read.
+    Count a token request against its address's ceiling, once, before anything is looked up.
+
+    The count waits for the request's first failure-limit check (AuthenticationGuard.check),
+    which makes it in the same cache call as its own read; a request that reaches none (one
+    refused as malformed) is counted when it leaves the block, where over the ceiling it is
+    refused (Throttled) instead of its answer.
+    """
+    if settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS <= 0:
+        yield
+        return
+    setattr(request, UNCOUNTED_ATTRIBUTE, True)
+    yield
+    if getattr(request, UNCOUNTED_ATTRIBUTE, False):
+        _count_token_request(request)
+
+
+def _count_token_request(request: HttpRequest) -> None:
+    """
+    Count a token request against its address's ceiling now.
 
     Over the ceiling, an address that authenticated no clientId lately is refused at once
     (Throttled). One that did may hold agents beside whoever floods it: its request is
-    marked, read, and heard only for a clientId this address authenticated
+    marked, and heard only for a clientId this address authenticated
     (AuthenticationGuard.check).
     """
+    setattr(request, UNCOUNTED_ATTRIBUTE, False)
     limit = settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS
     if limit <= 0:
         return
     address = client_address(request)
-    count = _count("requests", address)
+    _over_ceiling(
+        request, address, _count("requests", address), lambda: bool(counters_read(_known_address_mark(address)))
+    )
+
+
+def _over_ceiling(request: HttpRequest, address: str, count: int, address_known: Callable[[], bool]) -> bool:
+    """Apply the ceiling to the request's `count`: refuse, or mark the request and return whether it is over."""
+    limit = settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS
     if count == limit + 1:
         _reached("address_requests", address=address)
-    if count > limit:
-        if not counters_read(_known_address_mark(address)):
-            raise refusal("address_requests")
-        setattr(request, OVER_CEILING_ATTRIBUTE, True)
+    if count <= limit:
+        return False
+    if not address_known():
+        raise refusal("address_requests")
+    setattr(request, OVER_CEILING_ATTRIBUTE, True)
+    return True
 
 
 def _known_address_mark(address: str) -> tuple[str, str]:
@@ -272,6 +327,8 @@ class AuthenticationGuard:
     address: str
     client_id: str
     over_ceiling: bool = False
+    #: The request, when its count against the ceiling waits for this check.
+    uncounted: HttpRequest | None = None
     store_allowed: bool = True
     #: This address authenticated this clientId lately / any clientId lately.
     known_to_client: bool = False
@@ -282,7 +339,8 @@ class AuthenticationGuard:
     @classmethod
     def for_request(cls, request: HttpRequest, client_id: str) -> AuthenticationGuard:
         over = getattr(request, OVER_CEILING_ATTRIBUTE, False)
-        return cls(address=client_address(request), client_id=client_id, over_ceiling=over)
+        uncounted = request if getattr(request, UNCOUNTED_ATTRIBUTE, False) else None
+        return cls(address=client_address(request), client_id=client_id, over_ceiling=over, uncounted=uncounted)
 
     @functools.cached_property
     def ref(self) -> str:
@@ -308,12 +366,26 @@ class AuthenticationGuard:
 
     def check(self) -> None:
         per_address, per_client, total, pair = self.limits
-        if not (self.over_ceiling or per_address.on or per_client.on or total.on):
+        if not (self.uncounted or self.over_ceiling or per_address.on or per_client.on or total.on):
             return
-        # One cache read for all: the counters, and what this address authenticated lately.
-        counts = counters_read(
-            per_address.key, per_client.key, total.key, pair.key, self._known_to_client_key, self._known_address_key
+        # One cache call for all: the counters, what this address authenticated lately, and
+        # the request's count against its ceiling when that is still to be made.
+        keys = (
+            per_address.key,
+            per_client.key,
+            total.key,
+            pair.key,
+            self._known_to_client_key,
+            self._known_address_key,
         )
+        if self.uncounted is None:
+            counts = counters_read(*keys)
+        else:
+            request, self.uncounted = self.uncounted, None
+            setattr(request, UNCOUNTED_ATTRIBUTE, False)
+            count, counts = count_and_read("requests", self.address, *keys)
+            address_known = bool(counts.get(self._known_address_key)) or bool(counts.get(self._known_to_client_key))
+            self.over_ceiling = _over_ceiling(request, self.address, count, lambda: address_known) or self.over_ceiling
         self.known_to_client = bool(counts.get(self._known_to_client_key))
         self.known_address = self.known_to_client or bool(counts.get(self._known_address_key))
         if self.known_to_client and not pair.over(counts):

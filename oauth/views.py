@@ -8,6 +8,7 @@ framework's renderers or error handler.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from django.conf import settings
@@ -32,7 +33,7 @@ from .protocol import (
     parse_parameters,
     rate_limited,
 )
-from .throttling import Throttled, count_token_request
+from .throttling import Throttled, token_request_counted
 from .tokens import RevocationRefused, access_token_issue, access_token_revoke, access_token_validate
 
 logger = logging.getLogger(__name__)
@@ -44,18 +45,18 @@ class OAuthEndpoint(View):
     """A POST-only endpoint that answers every failure in the RFC 6749 section 5.2 shape."""
 
     http_method_names = ["post", "options"]
-    #: Whether each request counts against its address's ceiling, before it is read (oauth.throttling).
+    #: Whether each request counts against its address's ceiling (oauth.throttling).
     counts_requests = False
 
     def post(self, request: HttpRequest) -> HttpResponse:
         try:
-            if self.counts_requests:
-                count_token_request(request)
-            return self.handle(request, parse_parameters(request))
+            with token_request_counted(request) if self.counts_requests else contextlib.nullcontext():
+                try:
+                    return self.handle(request, parse_parameters(request))
+                except OAuthError as exc:
+                    return exc.response()
         except Throttled as exc:
             return rate_limited(exc).response()
-        except OAuthError as exc:
-            return exc.response()
 
     def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         raise NotImplementedError

@@ -102,3 +102,29 @@ def test_incr_keeps_the_counters_expiry(redis_cache):
 
     client = redis_cache._cache.get_client("window")
     assert 0 < client.ttl(redis_cache.make_and_validate_key("window")) <= 30
+
+
+def test_count_and_get_many_counts_and_reads_in_one_round_trip(redis_cache, monkeypatch):
+    redis_cache.set_many({"failures": 4, "mark": 1, "other": {"y": 1}}, timeout=30)
+    client = redis_cache._cache.get_client("window")
+    commands = []
+    original = client.execute_command
+
+    def counting(*args, **kwargs):
+        commands.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(client, "execute_command", counting)
+
+    assert redis_cache.count_and_get_many("window", ["failures", "mark", "missing"], timeout=30) == (
+        1,
+        {"failures": 4, "mark": 1},
+    )
+    assert redis_cache.count_and_get_many("window", ["other"], timeout=30) == (2, {"other": {"y": 1}})
+    assert redis_cache.count_and_get_many("window", [], timeout=30) == (3, {})
+    assert commands == ["EVALSHA", "EVALSHA", "EVALSHA"]
+    monkeypatch.undo()
+
+    assert redis_cache.get("window") == 3  # a counter Django's own calls read and increment
+    assert redis_cache.incr("window") == 4
+    assert 0 < client.ttl(redis_cache.make_and_validate_key("window")) <= 30  # started with its expiry, kept

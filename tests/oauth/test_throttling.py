@@ -306,8 +306,8 @@ def test_successes_and_malformed_requests_do_not_count_as_failures(client, issue
 # --- the ceiling per address --------------------------------------------------------------------
 
 
-def test_the_token_endpoint_refuses_an_address_that_authenticated_nothing_over_its_ceiling_before_reading(
-    client, issued, limits, bcrypt_checks
+def test_the_token_endpoint_refuses_an_address_that_authenticated_nothing_over_its_ceiling_before_verifying(
+    client, issued, limits, bcrypt_checks, any_cache
 ):
     limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 3
     for _ in range(3):
@@ -327,7 +327,7 @@ def test_the_token_endpoint_refuses_an_address_that_authenticated_nothing_over_i
 
 @pytest.mark.parametrize("vouched_by", ["verified-secret cache", "known address"])
 def test_a_neighbour_flooding_a_shared_address_past_its_ceiling_never_locks_out_its_known_agents(
-    client, agent, issued, limits, settings, bcrypt_checks, vouched_by
+    client, agent, issued, limits, settings, bcrypt_checks, vouched_by, any_cache
 ):
     if vouched_by == "known address":
         settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0
@@ -423,39 +423,62 @@ def test_a_spoofed_x_forwarded_for_never_resets_a_limit(client, issued, limits, 
 # --- the cache fails open -------------------------------------------------------------------------
 
 
-def test_a_cache_that_fails_does_not_limit_and_does_not_fail_requests(client, issued, limits, settings, caplog):
+@pytest.mark.parametrize("backend", ["agentidp.cache.RedisCache", "django.core.cache.backends.redis.RedisCache"])
+def test_a_cache_that_fails_does_not_limit_and_does_not_fail_requests(
+    client, issued, limits, settings, caplog, backend
+):
     limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 1
     limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 1
-    settings.CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
-    }
+    settings.CACHES = {"default": {"BACKEND": backend, "LOCATION": "redis://127.0.0.1:1/0"}}
     caplog.set_level(logging.WARNING)
 
     for _ in range(3):
         assert token(client, "guessed", "guess", ATTACKER).status_code == 401
+        assert form_post(client, TOKEN_URL, {}, REMOTE_ADDR=ATTACKER).status_code == 400  # counted, not refused
     assert token(client, issued.credential.client_id, issued.client_secret, ATTACKER).status_code == 200
-    assert "rate limit counter unavailable; not limiting" in caplog.text
+    assert "unavailable; not limiting kind=requests" in caplog.text
 
 
 # --- shared between processes through Redis -------------------------------------------------------
 
 
 REDIS_DB = 14
+DJANGO_REDIS, AGENTIDP_REDIS = "django.core.cache.backends.redis.RedisCache", "agentidp.cache.RedisCache"
+
+
+def use_redis(settings, backend: str) -> str:
+    if not redis_listening():
+        pytest.skip(f"nothing listens on {REDIS_HOST}:{REDIS_PORT}: start Redis to test limits shared by processes")
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+    settings.CACHES = {"default": {"BACKEND": backend, "LOCATION": url}}
+    return url
 
 
 @pytest.fixture
-def redis_cache(settings):
-    if not redis_listening():
-        pytest.skip(f"nothing listens on {REDIS_HOST}:{REDIS_PORT}: start Redis to test limits shared by processes")
+def flushed_redis():
     import redis
 
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}}
     direct = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-    direct.flushdb()
-    yield url
-    direct.flushdb()
+    if redis_listening():
+        direct.flushdb()
+    yield direct
+    if redis_listening():
+        direct.flushdb()
     direct.close()
+
+
+@pytest.fixture(params=[AGENTIDP_REDIS, DJANGO_REDIS])
+def redis_cache(request, settings, flushed_redis):
+    """The shared cache: AgentIdP's Redis backend (counting and reading in one call), and Django's."""
+    return use_redis(settings, request.param)
+
+
+@pytest.fixture(params=["local memory", AGENTIDP_REDIS, DJANGO_REDIS])
+def any_cache(request, settings, flushed_redis):
+    """Each kind of cache the limits count in: each process's own, and Redis through either backend."""
+    if request.param != "local memory":
+        use_redis(settings, request.param)
+    return request.param
 
 
 def test_failures_counted_by_another_process_through_redis_count_here(client, issued, limits, redis_cache):
@@ -489,6 +512,37 @@ def test_failures_counted_by_another_process_through_redis_count_here(client, is
 
     assert token(client, "guessed", "guess", ATTACKER).status_code == 401  # the fifth failure, counted here
     assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+
+
+def test_a_token_request_counts_against_its_ceiling_and_reads_its_limits_in_one_round_trip(
+    client, issued, limits, settings, flushed_redis
+):
+    from django.core.cache import cache
+
+    use_redis(settings, AGENTIDP_REDIS)
+    limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 3
+    limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 10
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0  # only the limits use the cache here
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+    redis_client = cache._cache.get_client()
+    commands = []
+    original = redis_client.execute_command
+
+    def counting(*args, **kwargs):
+        commands.append(args[0])
+        return original(*args, **kwargs)
+
+    with mock.patch.object(redis_client, "execute_command", counting):
+        assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+        assert commands == ["EVALSHA"]  # the count and the read; the known marks were written by the first
+        commands.clear()
+        assert token(client, issued.credential.client_id, "wrong", ATTACKER).status_code == 401
+        assert commands[0] == "EVALSHA" and "MGET" not in commands
+
+    for index in range(2):
+        assert token(client, f"made-up-{index}", "guess", ATTACKER).status_code == 401
+    assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))  # the fourth
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
 
 
