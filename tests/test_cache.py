@@ -75,9 +75,8 @@ def test_threads_share_the_client_without_mixing_answers(redis_cache):
     assert errors == []
 
 
-def test_incr_is_djangos_in_one_round_trip(redis_cache, monkeypatch):
-    redis_cache.set("n", 5, timeout=30)
-    client = redis_cache._cache.get_client("n")
+def commands_sent(monkeypatch, client) -> list[str]:
+    """The names of the commands `client` (a redis-py client) sends from now on, one per round trip."""
     commands = []
     original = client.execute_command
 
@@ -86,6 +85,12 @@ def test_incr_is_djangos_in_one_round_trip(redis_cache, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(client, "execute_command", counting)
+    return commands
+
+
+def test_incr_is_djangos_in_one_round_trip(redis_cache, monkeypatch):
+    redis_cache.set("n", 5, timeout=30)
+    commands = commands_sent(monkeypatch, redis_cache._cache.get_client("n"))
 
     assert redis_cache.incr("n") == 6
     assert redis_cache.incr("n", 4) == 10
@@ -107,14 +112,7 @@ def test_incr_keeps_the_counters_expiry(redis_cache):
 def test_count_and_get_many_counts_and_reads_in_one_round_trip(redis_cache, monkeypatch):
     redis_cache.set_many({"failures": 4, "mark": 1, "other": {"y": 1}}, timeout=30)
     client = redis_cache._cache.get_client("window")
-    commands = []
-    original = client.execute_command
-
-    def counting(*args, **kwargs):
-        commands.append(args[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(client, "execute_command", counting)
+    commands = commands_sent(monkeypatch, client)
 
     assert redis_cache.count_and_get_many("window", ["failures", "mark", "missing"], timeout=30) == (
         1,

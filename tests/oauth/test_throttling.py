@@ -19,6 +19,7 @@ from tests.conftest import basic_auth, form_post
 from tests.credentials.test_verified_cache import REDIS_HOST, REDIS_PORT, redis_listening
 from tests.factories import make_credential
 from tests.oauth.conftest import INTROSPECT_URL, TOKEN_URL
+from tests.test_cache import commands_sent
 
 GRANT = {"grant_type": "client_credentials"}
 ATTACKER, OWNER, ELSEWHERE = "203.0.113.66", "198.51.100.7", "192.0.2.44"
@@ -516,7 +517,7 @@ def test_failures_counted_by_another_process_through_redis_count_here(client, is
 
 
 def test_a_token_request_counts_against_its_ceiling_and_reads_its_limits_in_one_round_trip(
-    client, issued, limits, settings, flushed_redis
+    client, issued, limits, settings, flushed_redis, monkeypatch
 ):
     from django.core.cache import cache
 
@@ -525,20 +526,14 @@ def test_a_token_request_counts_against_its_ceiling_and_reads_its_limits_in_one_
     limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 10
     settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0  # only the limits use the cache here
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
-    redis_client = cache._cache.get_client()
-    commands = []
-    original = redis_client.execute_command
+    commands = commands_sent(monkeypatch, cache._cache.get_client())
 
-    def counting(*args, **kwargs):
-        commands.append(args[0])
-        return original(*args, **kwargs)
-
-    with mock.patch.object(redis_client, "execute_command", counting):
-        assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
-        assert commands == ["EVALSHA"]  # the count and the read; the known marks were written by the first
-        commands.clear()
-        assert token(client, issued.credential.client_id, "wrong", ATTACKER).status_code == 401
-        assert commands[0] == "EVALSHA" and "MGET" not in commands
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+    assert commands == ["EVALSHA"]  # the count and the read; the known marks were written by the first
+    commands.clear()
+    assert token(client, issued.credential.client_id, "wrong", ATTACKER).status_code == 401
+    assert commands[0] == "EVALSHA" and "MGET" not in commands
+    monkeypatch.undo()
 
     for index in range(2):
         assert token(client, f"made-up-{index}", "guess", ATTACKER).status_code == 401
