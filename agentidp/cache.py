@@ -1,5 +1,5 @@
 """
-Django's Redis cache, with two round trips fewer where the token endpoint makes them.
+Django's Redis cache, with fewer round trips where the token endpoint makes them.
 
 - One redis-py client per connection pool: Django's RedisCacheClient makes a new
   `redis.Redis` for every cache call, and redis-py builds its table of response callbacks
