@@ -94,17 +94,17 @@ def grace_keys_live(*, credential_id: uuid.UUID) -> list[GraceKeys]:
     return list(GraceKeys.objects.filter(credential_id=credential_id, valid_until__gt=timezone.now()))
 
 
+# Every jwt-bearer grant runs this one.
+_trust_policies_by_issuer = CompiledQuery(
+    TrustPolicy, lambda issuer: TrustPolicy.objects.filter(issuer=issuer).select_related("agent")
+)
+
+
 def trust_policies_for_issuer(*, issuer: str) -> list[TrustPolicy]:
     """Return every agent's trust policies for this issuer, with their agents, oldest first."""
     if not issuer or len(issuer) > TrustPolicy._meta.get_field("issuer").max_length:
         return []
     return _trust_policies_by_issuer(issuer)
-
-
-# Every jwt-bearer grant runs this one.
-_trust_policies_by_issuer = CompiledQuery(
-    TrustPolicy, lambda issuer: TrustPolicy.objects.filter(issuer=issuer).select_related("agent")
-)
 
 
 def trust_policy_find(*, trust_policy_id: object) -> TrustPolicy | None:

@@ -247,8 +247,6 @@ def _reached(limit: str, *, address: str, client_id: str | None = None) -> None:
     )
 
 
-#: Set on a request that came over its address's ceiling but from an address that authenticated lately.
-OVER_CEILING_ATTRIBUTE = "_agentidp_over_ceiling"
 #: Set on a token request not yet counted against its address's ceiling (token_request_counted).
 UNCOUNTED_ATTRIBUTE = "_agentidp_uncounted"
 
@@ -274,25 +272,22 @@ def token_request_counted(request: HttpRequest):
 
 def _count_token_request(request: HttpRequest) -> None:
     """
-    Count a token request against its address's ceiling now.
+    Count a token request that reached no failure-limit check against its address's ceiling now.
 
-    Over the ceiling, an address that authenticated no clientId lately is refused at once
-    (Throttled). One that did may hold agents beside whoever floods it: its request is
-    marked, and heard only for a clientId this address authenticated
-    (AuthenticationGuard.check).
+    Over the ceiling, an address that authenticated no clientId lately is refused
+    (Throttled). One that did may hold agents beside whoever floods it; this request
+    authenticated nothing, so its own answer stands.
     """
     setattr(request, UNCOUNTED_ATTRIBUTE, False)
     limit = settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS
     if limit <= 0:
         return
     address = client_address(request)
-    _over_ceiling(
-        request, address, _count("requests", address), lambda: bool(counters_read(_known_address_mark(address)))
-    )
+    _over_ceiling(address, _count("requests", address), lambda: bool(counters_read(_known_address_mark(address))))
 
 
-def _over_ceiling(request: HttpRequest, address: str, count: int, address_known: Callable[[], bool]) -> bool:
-    """Apply the ceiling to the request's `count`: refuse, or mark the request and return whether it is over."""
+def _over_ceiling(address: str, count: int, address_known: Callable[[], bool]) -> bool:
+    """Apply the ceiling to a request's `count`: refuse it, or return whether it is over (and heard)."""
     limit = settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS
     if count == limit + 1:
         _reached("address_requests", address=address)
@@ -300,7 +295,6 @@ def _over_ceiling(request: HttpRequest, address: str, count: int, address_known:
         return False
     if not address_known():
         raise refusal("address_requests")
-    setattr(request, OVER_CEILING_ATTRIBUTE, True)
     return True
 
 
@@ -321,14 +315,13 @@ class AuthenticationGuard:
     failures are over theirs and this address has not authenticated any clientId lately.
     Withholding the store never refuses a secret the verified-secret cache vouches for:
     only what needs store work to be believed waits. A request over its address's ceiling
-    (`over_ceiling`) is refused outright unless this pair is heard.
+    is refused outright unless this pair is heard.
     """
 
     address: str
     client_id: str
-    over_ceiling: bool = False
-    #: The request, when its count against the ceiling waits for this check.
-    uncounted: HttpRequest | None = None
+    #: The request checked: its count against its address's ceiling may wait for this check.
+    request: HttpRequest | None = dataclasses.field(default=None, repr=False)
     store_allowed: bool = True
     #: This address authenticated this clientId lately / any clientId lately.
     known_to_client: bool = False
@@ -338,9 +331,7 @@ class AuthenticationGuard:
 
     @classmethod
     def for_request(cls, request: HttpRequest, client_id: str) -> AuthenticationGuard:
-        over = getattr(request, OVER_CEILING_ATTRIBUTE, False)
-        uncounted = request if getattr(request, UNCOUNTED_ATTRIBUTE, False) else None
-        return cls(address=client_address(request), client_id=client_id, over_ceiling=over, uncounted=uncounted)
+        return cls(address=client_address(request), client_id=client_id, request=request)
 
     @functools.cached_property
     def ref(self) -> str:
@@ -366,7 +357,8 @@ class AuthenticationGuard:
 
     def check(self) -> None:
         per_address, per_client, total, pair = self.limits
-        if not (self.uncounted or self.over_ceiling or per_address.on or per_client.on or total.on):
+        uncounted = self.request is not None and getattr(self.request, UNCOUNTED_ATTRIBUTE, False)
+        if not (uncounted or per_address.on or per_client.on or total.on):
             return
         # One cache call for all: the counters, what this address authenticated lately, and
         # the request's count against its ceiling when that is still to be made.
@@ -378,19 +370,17 @@ class AuthenticationGuard:
             self._known_to_client_key,
             self._known_address_key,
         )
-        if self.uncounted is None:
-            counts = counters_read(*keys)
-        else:
-            request, self.uncounted = self.uncounted, None
-            setattr(request, UNCOUNTED_ATTRIBUTE, False)
+        if uncounted:
+            setattr(self.request, UNCOUNTED_ATTRIBUTE, False)
             count, counts = count_and_read("requests", self.address, *keys)
-            address_known = bool(counts.get(self._known_address_key)) or bool(counts.get(self._known_to_client_key))
-            self.over_ceiling = _over_ceiling(request, self.address, count, lambda: address_known) or self.over_ceiling
+        else:
+            count, counts = None, counters_read(*keys)
         self.known_to_client = bool(counts.get(self._known_to_client_key))
         self.known_address = self.known_to_client or bool(counts.get(self._known_address_key))
+        over_ceiling = count is not None and _over_ceiling(self.address, count, lambda: self.known_address)
         if self.known_to_client and not pair.over(counts):
             return  # this address proved this clientId lately: no neighbour's failures or flood silence it
-        if self.over_ceiling:
+        if over_ceiling:
             raise refusal("address_requests")
         for limit in (per_address, per_client, pair):
             if limit.over(counts):
