@@ -40,6 +40,8 @@ class Agent(models.Model):
     owner = models.CharField(max_length=256, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     scopes = models.JSONField(default=list, blank=True)
+    # The resources (RFC 8707) the agent may get tokens for, besides AgentIdP itself.
+    allowed_resources = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -49,6 +51,8 @@ class Agent(models.Model):
             ("suspend_agent", "Can suspend and reactivate agents"),
             # Any scope, agentidp:admin included: whoever holds this can make an admin agent.
             ("grant_scopes", "Can set the scopes agents may ask for (agentidp:admin included)"),
+            # Whoever holds this decides which APIs an agent's tokens are good for.
+            ("grant_resources", "Can set the resources agents may get tokens for"),
         ]
 
     def __str__(self) -> str:

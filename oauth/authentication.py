@@ -8,7 +8,10 @@ from .tokens import AgentPrincipal, access_token_validate
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
-    """Authenticate a request by an active AgentIdP access token in `Authorization: Bearer`."""
+    """
+    Authenticate a request by an active AgentIdP access token in `Authorization: Bearer`,
+    issued for AgentIdP itself (its audience alone).
+    """
 
     keyword = "bearer"
 
@@ -23,6 +26,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         active = access_token_validate(token)
         if active is None:
             raise exceptions.AuthenticationFailed("The access token is invalid, expired or revoked.")
+        # A token minted for a resource (RFC 8707) is good there and nowhere else: not here.
+        if not active.is_for_agentidp:
+            raise exceptions.AuthenticationFailed("The access token was issued for another resource, not AgentIdP.")
         return AgentPrincipal(token=active), active
 
     def authenticate_header(self, request) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from django.conf import settings
@@ -65,22 +66,37 @@ def invalid_request(description: str) -> OAuthError:
     return OAuthError("invalid_request", description)
 
 
-def parse_parameters(request: HttpRequest) -> dict[str, str]:
+class Parameters(dict[str, str]):
+    """
+    A request's parameters: each name to its one value, and the repeatable ones (RFC 8707's
+    `resource`) apart, in `repeated`, each to all its values in order.
+    """
+
+    def __init__(self, single: dict[str, str], repeated: dict[str, list[str]]) -> None:
+        super().__init__(single)
+        self.repeated = repeated
+
+    def getlist(self, name: str) -> list[str]:
+        return self.repeated.get(name, [])
+
+
+def parse_parameters(request: HttpRequest, *, repeatable: Collection[str] = ()) -> Parameters:
     """
     Return the request's body parameters, with empty ones dropped (RFC 6749 section 3.1).
 
-    Raises invalid_request for a parameter sent twice, a body that is neither a form nor a
-    JSON object of strings, or a client secret in the URL (section 2.3.1); 413 for a body
-    over the size limit.
+    A name in `repeatable` may be sent several times (in JSON, as a string or an array of
+    strings); every other one only once. Raises invalid_request for a parameter sent twice,
+    a body that is neither a form nor a JSON object of strings, or a client secret in the
+    URL (section 2.3.1); 413 for a body over the size limit.
     """
     if "client_secret" in request.GET:
         raise invalid_request("Send client_secret in the request body or the Authorization header, never in the URL.")
     media_type = (request.content_type or "").lower()
     try:
         if media_type == FORM_MEDIA_TYPE:
-            params = _form_parameters(request)
+            params = _form_parameters(request, repeatable)
         elif media_type == JSON_MEDIA_TYPE:
-            params = _json_parameters(request.body)
+            params = _json_parameters(request.body, repeatable)
         elif not request.body:
             params = {}
         else:
@@ -91,19 +107,30 @@ def parse_parameters(request: HttpRequest) -> dict[str, str]:
         ) from None
     except SuspiciousOperation:  # too many fields, and the like
         raise invalid_request("The request body could not be read.") from None
-    return {name: value for name, value in params.items() if value != ""}
+    single: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
+    for name, value in params.items():
+        if isinstance(value, list):
+            if values := [item for item in value if item != ""]:
+                repeated[name] = values
+        elif value != "":
+            single[name] = value
+    return Parameters(single, repeated)
 
 
-def _form_parameters(request: HttpRequest) -> dict[str, str]:
-    params: dict[str, str] = {}
+def _form_parameters(request: HttpRequest, repeatable: Collection[str]) -> dict[str, str | list[str]]:
+    params: dict[str, str | list[str]] = {}
     for name, values in request.POST.lists():
-        if len(values) > 1:
+        if name in repeatable:
+            params[name] = values
+        elif len(values) > 1:
             raise invalid_request(f"The parameter {_safe_name(name)} is sent more than once.")
-        params[name] = values[0]
+        else:
+            params[name] = values[0]
     return params
 
 
-def _json_parameters(body: bytes) -> dict[str, str]:
+def _json_parameters(body: bytes, repeatable: Collection[str]) -> dict[str, str | list[str]]:
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for name, value in pairs:
@@ -119,9 +146,16 @@ def _json_parameters(body: bytes) -> dict[str, str]:
     if not isinstance(data, dict):
         raise invalid_request("The JSON request body must be an object.")
     for name, value in data.items():
-        if not isinstance(value, str):
+        if name in repeatable:
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, list) or not all(isinstance(item, str) for item in values):
+                raise invalid_request(f"The parameter {_safe_name(name)} must be a string or an array of strings.")
+            data[name] = values
+        elif not isinstance(value, str):
             raise invalid_request(f"The parameter {_safe_name(name)} must be a string.")
-        if not _is_unicode_text(value):
+        else:
+            values = [value]
+        if not all(_is_unicode_text(item) for item in values):
             raise invalid_request(f"The parameter {_safe_name(name)} is not valid Unicode text.")
     return data
 

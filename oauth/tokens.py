@@ -13,6 +13,7 @@ import datetime
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -33,8 +34,9 @@ from .models import RevokedToken
 logger = logging.getLogger(__name__)
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (RFC 9068's JWT type)
-# Our tokens are well under this; anything longer is not worth parsing.
-MAX_TOKEN_LENGTH = 8192
+# Our tokens stay under this, the largest (every scope an agent may hold, every resource a
+# token may name) included; anything longer is not worth parsing.
+MAX_TOKEN_LENGTH = 32768
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +56,15 @@ class ActiveToken:
     claims: dict[str, Any]
     agent: Agent
     scopes: tuple[str, ...]
+    #: Where the token may be spent: AgentIdP's own audience, or the resources it names that its agent is still allowed.
+    audiences: tuple[str, ...]
     credential: Credential | None = None
     trust_policy: TrustPolicy | None = None
+
+    @property
+    def is_for_agentidp(self) -> bool:
+        """Whether the token was issued for AgentIdP itself (its management API), and for nothing else."""
+        return self.claims["aud"] == settings.AGENTIDP_AUDIENCE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +105,15 @@ def credential_actor(credential: Credential) -> Actor:
     )
 
 
-def access_token_issue(*, agent_id: uuid.UUID, client_id: str, scopes: list[str]) -> IssuedAccessToken:
+def access_token_issue(
+    *, agent_id: uuid.UUID, client_id: str, scopes: list[str], resources: Sequence[str] = ()
+) -> IssuedAccessToken:
     """
     Sign an RFC 9068 access token for the agent with the given scopes. `client_id` is the
     credential's clientId, or the trust policy's id for the jwt-bearer grant.
+
+    Its audience is the resources (RFC 8707 section 2: a string for one, an array for
+    several), or without them AgentIdP itself.
     """
     key = get_signing_key()
     now = int(time.time())
@@ -108,7 +122,7 @@ def access_token_issue(*, agent_id: uuid.UUID, client_id: str, scopes: list[str]
     claims = {
         "iss": settings.AGENTIDP_ISSUER,
         "sub": str(agent_id),
-        "aud": settings.AGENTIDP_AUDIENCE,
+        "aud": _audience(resources),
         "exp": now + ttl,
         "iat": now,
         "jti": uuid.uuid4().hex,
@@ -118,6 +132,20 @@ def access_token_issue(*, agent_id: uuid.UUID, client_id: str, scopes: list[str]
     header = {"alg": key.algorithm, "typ": TOKEN_TYPE, "kid": key.kid}
     token = jwt.encode(header, claims, key.key, algorithms=[key.algorithm])
     return IssuedAccessToken(access_token=token, expires_in=ttl, scope=scope)
+
+
+def _audience(resources: Sequence[str]) -> str | list[str]:
+    if not resources:
+        return settings.AGENTIDP_AUDIENCE
+    return resources[0] if len(resources) == 1 else list(resources)
+
+
+def _audiences(aud: Any) -> list[str] | None:
+    """Return a token's audiences as a list, or None if `aud` is neither a string nor a non-empty array of them."""
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
+        return None
+    return audiences
 
 
 def access_token_decode(token: str) -> dict[str, Any] | None:
@@ -134,7 +162,7 @@ def access_token_decode(token: str) -> dict[str, Any] | None:
             return None
         registry = JWTClaimsRegistry(
             iss={"essential": True, "value": settings.AGENTIDP_ISSUER},
-            aud={"essential": True, "value": settings.AGENTIDP_AUDIENCE},
+            aud={"essential": True},
             exp={"essential": True},
             sub={"essential": True},
             jti={"essential": True},
@@ -147,6 +175,8 @@ def access_token_decode(token: str) -> dict[str, Any] | None:
     if not isinstance(claims.get("scope", ""), str) or not isinstance(claims["client_id"], str):
         return None
     if not isinstance(claims["jti"], str) or len(claims["jti"]) > 64:
+        return None
+    if _audiences(claims["aud"]) is None:
         return None
     return claims
 
@@ -172,13 +202,20 @@ def access_token_validate(token: str) -> ActiveToken | None:
         agent = policy.agent
     if not agent.is_active:
         return None
-    # What an agent may do can only shrink after its token was issued, never grow.
+    # What an agent may do, and where, can only shrink after its token was issued, never grow.
     granted = claims.get("scope", "").split()
     allowed = set(agent.scopes)
+    if claims["aud"] == settings.AGENTIDP_AUDIENCE:
+        audiences: tuple[str, ...] = (settings.AGENTIDP_AUDIENCE,)
+    else:
+        audiences = tuple(a for a in _audiences(claims["aud"]) or () if a in agent.allowed_resources)
+        if not audiences:
+            return None
     return ActiveToken(
         claims=claims,
         agent=agent,
         scopes=tuple(s for s in granted if s in allowed),
+        audiences=audiences,
         credential=credential,
         trust_policy=policy,
     )

@@ -21,11 +21,13 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from credentials import clientauth, federation
 from credentials.jwtauth.verify import algorithms_allowed
+from credentials.resources import MAX_TOKEN_RESOURCES, is_resource
 from credentials.scopes import parse_scope_parameter
 
 from .keys import jwks
 from .protocol import (
     OAuthError,
+    Parameters,
     authenticate_client,
     authenticate_platform,
     invalid_request,
@@ -47,18 +49,20 @@ class OAuthEndpoint(View):
     http_method_names = ["post", "options"]
     #: Whether each request counts against its address's ceiling (oauth.throttling).
     counts_requests = False
+    #: The parameters a request may send more than once.
+    repeatable_parameters: tuple[str, ...] = ()
 
     def post(self, request: HttpRequest) -> HttpResponse:
         try:
             with token_request_counted(request) if self.counts_requests else contextlib.nullcontext():
                 try:
-                    return self.handle(request, parse_parameters(request))
+                    return self.handle(request, parse_parameters(request, repeatable=self.repeatable_parameters))
                 except OAuthError as exc:
                     return exc.response()
         except Throttled as exc:
             return rate_limited(exc).response()
 
-    def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+    def handle(self, request: HttpRequest, params: Parameters) -> HttpResponse:
         raise NotImplementedError
 
     def http_method_not_allowed(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
@@ -84,8 +88,9 @@ class TokenView(OAuthEndpoint):
     """
 
     counts_requests = True
+    repeatable_parameters = ("resource",)  # RFC 8707 section 2
 
-    def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+    def handle(self, request: HttpRequest, params: Parameters) -> HttpResponse:
         grant_type = params.get("grant_type")
         if grant_type is None:
             raise invalid_request("grant_type is required.")
@@ -100,7 +105,8 @@ class TokenView(OAuthEndpoint):
                 "unsupported_grant_type", "This server supports the grants " + ", ".join(GRANT_TYPES) + "."
             )
         scopes = self.granted_scopes(agent.scopes, params.get("scope"))
-        issued = access_token_issue(agent_id=agent.id, client_id=client_id, scopes=scopes)
+        resources = self.granted_resources(agent.allowed_resources, params.getlist("resource"))
+        issued = access_token_issue(agent_id=agent.id, client_id=client_id, scopes=scopes, resources=resources)
         logger.info("access token issued client_id=%s agent_id=%s grant=%s", client_id, agent.id, grant_type)
         return oauth_response(
             {
@@ -125,11 +131,27 @@ class TokenView(OAuthEndpoint):
             raise OAuthError("invalid_scope", "The agent may not have the scope " + repr(refused[0][:128]) + ".")
         return scopes
 
+    @staticmethod
+    def granted_resources(allowed: list[str], requested: list[str]) -> list[str]:
+        """
+        Return the resources the token is for (RFC 8707 section 2), each one the agent is
+        allowed, without duplicates; invalid_target for a malformed or refused one.
+        """
+        resources = list(dict.fromkeys(requested))
+        if len(resources) > MAX_TOKEN_RESOURCES:
+            raise OAuthError("invalid_target", f"A token is for at most {MAX_TOKEN_RESOURCES} resources.")
+        for resource in resources:
+            if not is_resource(resource):
+                raise OAuthError("invalid_target", "A resource is an absolute URI without a fragment.")
+            if resource not in allowed:
+                raise OAuthError("invalid_target", f"The agent may not have a token for the resource {resource!r}.")
+        return resources
+
 
 class IntrospectionView(OAuthEndpoint):
     """Tell an authenticated client whether a token is active, and what it allows (RFC 7662)."""
 
-    def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+    def handle(self, request: HttpRequest, params: Parameters) -> HttpResponse:
         token = params.get("token")
         authenticate_client(request, params)
         if token is None:
@@ -147,7 +169,8 @@ class IntrospectionView(OAuthEndpoint):
                 "exp": claims["exp"],
                 "iat": claims.get("iat"),
                 "sub": claims["sub"],
-                "aud": claims["aud"],
+                # Where it may still be spent: a resource taken from its agent is gone.
+                "aud": active.audiences[0] if len(active.audiences) == 1 else list(active.audiences),
                 "iss": claims["iss"],
                 "jti": claims["jti"],
             }
@@ -157,7 +180,7 @@ class IntrospectionView(OAuthEndpoint):
 class RevocationView(OAuthEndpoint):
     """Revoke an access token (RFC 7009): the token's own client, or an admin, may."""
 
-    def handle(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+    def handle(self, request: HttpRequest, params: Parameters) -> HttpResponse:
         token = params.get("token")
         credential = authenticate_client(request, params)
         if token is None:
@@ -172,13 +195,50 @@ class RevocationView(OAuthEndpoint):
         return oauth_response({})
 
 
+@method_decorator(csrf_exempt, name="dispatch")
+class AuthorizationView(View):
+    """
+    The authorization endpoint (RFC 6749 section 3.1), which AgentIdP publishes but where
+    no response type is served: agents get tokens at the token endpoint, with no person
+    and no browser. Published because clients (the MCP SDKs among them) refuse server
+    metadata without one.
+
+    Every request is unsupported_response_type, answered here and never by redirecting:
+    no client has a redirection URI registered, so none may be followed (section 4.1.2.1).
+    """
+
+    http_method_names = ["get", "post", "head", "options"]
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return OAuthError(
+            "unsupported_response_type",
+            "This server issues no tokens or codes at the authorization endpoint; "
+            "use the token endpoint's client_credentials or jwt-bearer grant.",
+        ).response()
+
+    post = get
+
+    def http_method_not_allowed(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = OAuthError("invalid_request", f"Use GET or POST, not {request.method}.", status=405).response()
+        response["Allow"] = "GET, POST"
+        return response
+
+    def options(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = HttpResponse(status=204)
+        response["Allow"] = "GET, POST"
+        return response
+
+
 def _absolute(name: str) -> str:
     return settings.AGENTIDP_ISSUER + reverse(name)
 
 
 @csrf_exempt  # read-only and anonymous: a POST gets 405, not a CSRF page
 def authorization_server_metadata(request: HttpRequest) -> HttpResponse:
-    """RFC 8414 metadata: where the endpoints are and what they support."""
+    """
+    RFC 8414 metadata: where the endpoints are and what they support, in a form the MCP
+    SDKs accept (an authorization_endpoint, which they require).
+    """
     if request.method not in ("GET", "HEAD"):
         return _get_only(request)
     auth_methods = clientauth.method_names()
@@ -192,13 +252,16 @@ def authorization_server_metadata(request: HttpRequest) -> HttpResponse:
     response = JsonResponse(
         {
             "issuer": settings.AGENTIDP_ISSUER,
+            "authorization_endpoint": _absolute("oauth:authorize"),
             "token_endpoint": _absolute("oauth:token"),
             "jwks_uri": _absolute("oauth:jwks"),
             "introspection_endpoint": _absolute("oauth:introspect"),
             "revocation_endpoint": _absolute("oauth:revoke"),
             "grant_types_supported": list(GRANT_TYPES),
+            # None served: the authorization endpoint refuses every response type.
             "response_types_supported": [],
-            "scopes_supported": [settings.AGENTIDP_ADMIN_SCOPE],
+            # No scopes_supported: each agent has its own scopes, and a client that asks for every
+            # advertised scope (the MCP SDK does) must never be steered to agentidp:admin.
             "token_endpoint_auth_methods_supported": auth_methods,
             "introspection_endpoint_auth_methods_supported": auth_methods,
             "revocation_endpoint_auth_methods_supported": auth_methods,

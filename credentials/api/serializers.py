@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from credentials.jwtauth.fetch import MAX_URL_LENGTH
 from credentials.models import Agent, Credential
+from credentials.resources import MAX_ALLOWED_RESOURCES, MAX_RESOURCE_LENGTH, RESOURCE_RULE, is_resource
 from credentials.scopes import MAX_SCOPES, SCOPE_TOKEN_RE
 from credentials.services import (
     MAX_CLAIM_NAME,
@@ -91,17 +92,41 @@ def _scopes_field(**kwargs) -> serializers.ListField:
     return serializers.ListField(child=ScopeField(), max_length=MAX_SCOPES, **kwargs)
 
 
+@extend_schema_field({"type": "string", "format": "uri", "minLength": 1, "maxLength": MAX_RESOURCE_LENGTH})
+class ResourceField(StrictCharField):
+    def __init__(self, **kwargs):
+        super().__init__(min_length=1, max_length=MAX_RESOURCE_LENGTH, trim_whitespace=False, **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not is_resource(value):
+            raise serializers.ValidationError(RESOURCE_RULE)
+        return value
+
+
+def _resources_field(**kwargs) -> serializers.ListField:
+    return serializers.ListField(
+        child=ResourceField(),
+        max_length=MAX_ALLOWED_RESOURCES,
+        source="allowed_resources",
+        help_text="The resources (RFC 8707) the agent may get tokens for.",
+        **kwargs,
+    )
+
+
 class AgentCreateInput(StrictSerializer):
     name = StrictCharField(min_length=1, max_length=128)
     description = StrictCharField(max_length=MAX_DESCRIPTION_LENGTH, allow_blank=True, required=False, default="")
     owner = StrictCharField(max_length=MAX_OWNER_LENGTH, allow_blank=True, required=False, default="")
     scopes = _scopes_field(required=False, default=list)
+    allowedResources = _resources_field(required=False, default=list)
 
 
 class AgentUpdateInput(StrictSerializer):
     description = StrictCharField(max_length=MAX_DESCRIPTION_LENGTH, allow_blank=True, required=False)
     owner = StrictCharField(max_length=MAX_OWNER_LENGTH, allow_blank=True, required=False)
     scopes = _scopes_field(required=False)
+    allowedResources = _resources_field(required=False)
     status = serializers.ChoiceField(choices=Agent.Status.values, required=False)
 
 
@@ -117,6 +142,7 @@ class AgentOutput(serializers.Serializer):
     owner = serializers.CharField()
     status = serializers.CharField()
     scopes = serializers.ListField(child=serializers.CharField())
+    allowedResources = serializers.ListField(child=serializers.CharField(), source="allowed_resources")
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
 

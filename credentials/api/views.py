@@ -113,6 +113,7 @@ class AgentViewSet(viewsets.GenericViewSet):
         "description": "credentials.change_agent",
         "owner": "credentials.change_agent",
         "scopes": "credentials.grant_scopes",
+        "allowedResources": "credentials.grant_resources",
         "status": "credentials.suspend_agent",
     }
 
@@ -120,7 +121,9 @@ class AgentViewSet(viewsets.GenericViewSet):
         """The model permissions a staff session needs for this call (a token needs the admin scope instead)."""
         if self.action == "create":
             body = _body(request)
-            return {"credentials.add_agent", *(["credentials.grant_scopes"] if body.get("scopes") else [])}
+            return {"credentials.add_agent"} | {
+                self.FIELD_PERMISSIONS[name] for name in ("scopes", "allowedResources") if body.get(name)
+            }
         if self.action == "partial_update":
             body = _body(request)
             return {self.FIELD_PERMISSIONS.get(name, "credentials.change_agent") for name in body} or {

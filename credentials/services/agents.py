@@ -13,13 +13,18 @@ from django.utils import timezone
 from ..audit import audit_record
 from ..errors import Conflict, ValidationFailed
 from ..models import Agent, AuditEvent, Credential, TrustPolicy, agent_name_key
+from ..resources import normalize_resources
 from ..scopes import normalize_scopes
 from .lifecycle import credential_delete, lock_agent
 from .policies import trust_policy_delete
 
 logger = logging.getLogger(__name__)
 
-AGENT_UPDATABLE_FIELDS = ("description", "owner", "scopes", "status")
+AGENT_UPDATABLE_FIELDS = ("description", "owner", "scopes", "allowed_resources", "status")
+#: Changes the audit trail keeps in full (free text is only named).
+_AUDITED_IN_FULL = ("status", "scopes", "allowed_resources")
+#: Fields as the audit trail names them: the API's names.
+_AUDIT_NAMES = {"allowed_resources": "allowedResources"}
 NAME_MAX_LENGTH = Agent._meta.get_field("name").max_length
 
 
@@ -28,6 +33,13 @@ def _clean_scopes(scopes: Iterable[str]) -> list[str]:
         return normalize_scopes(scopes)
     except ValueError as exc:
         raise ValidationFailed(str(exc), details={"scopes": [str(exc)]}) from None
+
+
+def _clean_resources(resources: Iterable[str]) -> list[str]:
+    try:
+        return normalize_resources(resources)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), details={"allowedResources": [str(exc)]}) from None
 
 
 def _clean_name(name: str) -> str:
@@ -48,7 +60,13 @@ def _name_conflict(name: str) -> Conflict:
 
 
 def agent_create(
-    *, acting: Any, name: str, description: str = "", owner: str = "", scopes: Iterable[str] = ()
+    *,
+    acting: Any,
+    name: str,
+    description: str = "",
+    owner: str = "",
+    scopes: Iterable[str] = (),
+    allowed_resources: Iterable[str] = (),
 ) -> Agent:
     """
     Register an agent.
@@ -59,7 +77,13 @@ def agent_create(
     key decides).
     """
     name = _clean_name(name)
-    agent = Agent(name=name, description=description, owner=owner, scopes=_clean_scopes(scopes))
+    agent = Agent(
+        name=name,
+        description=description,
+        owner=owner,
+        scopes=_clean_scopes(scopes),
+        allowed_resources=_clean_resources(allowed_resources),
+    )
     if _name_taken(name):
         raise _name_conflict(name)
     try:
@@ -69,7 +93,7 @@ def agent_create(
                 acting=acting,
                 action=AuditEvent.Action.AGENT_CREATED,
                 agent_id=agent.id,
-                details={"name": agent.name, "scopes": agent.scopes},
+                details={"name": agent.name, "scopes": agent.scopes, "allowedResources": agent.allowed_resources},
             )
     except IntegrityError:
         raise _name_conflict(name) from None
@@ -79,16 +103,19 @@ def agent_create(
 
 def agent_update(*, acting: Any, agent: Agent, **changes: Any) -> Agent:
     """
-    Change an agent's description, owner, scopes or status.
+    Change an agent's description, owner, scopes, allowed resources or status.
 
     Suspending an agent stops its credentials from authenticating and makes its access
-    tokens inactive at once. Narrowing its scopes narrows what its existing tokens allow.
+    tokens inactive at once. Narrowing its scopes narrows what its existing tokens allow;
+    taking a resource from it makes its tokens for that resource inactive.
     """
     unknown = sorted(set(changes) - set(AGENT_UPDATABLE_FIELDS))
     if unknown:
         raise ValidationFailed(f"{unknown[0]!r} cannot be changed.")
     if "scopes" in changes:
         changes["scopes"] = _clean_scopes(changes["scopes"])
+    if "allowed_resources" in changes:
+        changes["allowed_resources"] = _clean_resources(changes["allowed_resources"])
     if "status" in changes and changes["status"] not in Agent.Status.values:
         raise ValidationFailed("status is 'active' or 'suspended'.", details={"status": ["Not a valid choice."]})
 
@@ -99,11 +126,12 @@ def agent_update(*, acting: Any, agent: Agent, **changes: Any) -> Agent:
             old = getattr(agent, field)
             if old != value:
                 setattr(agent, field, value)
-                # Free text is named, not copied, into the trail; status and scopes are kept in full.
-                changed[field] = {"from": old, "to": value} if field in ("status", "scopes") else True
+                # Free text is named, not copied, into the trail; what grants access is kept in full.
+                changed[field] = {"from": old, "to": value} if field in _AUDITED_IN_FULL else True
         if changed:
             agent.updated_at = timezone.now()
             agent.save(update_fields=[*changed, "updated_at"])
+            changed = {_AUDIT_NAMES.get(field, field): change for field, change in changed.items()}
             audit_record(
                 acting=acting,
                 action=AuditEvent.Action.AGENT_UPDATED,

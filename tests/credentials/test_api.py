@@ -15,7 +15,17 @@ from tests.factories import AgentFactory, make_credential
 
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
-AGENT_KEYS = {"agentId", "name", "description", "owner", "status", "scopes", "createdAt", "updatedAt"}
+AGENT_KEYS = {
+    "agentId",
+    "name",
+    "description",
+    "owner",
+    "status",
+    "scopes",
+    "allowedResources",
+    "createdAt",
+    "updatedAt",
+}
 
 
 def assert_error(response, status: int, code: str) -> dict:
@@ -84,7 +94,7 @@ def test_create_agent_with_only_a_name_takes_the_defaults(api):
 
     assert response.status_code == 201
     body = response.json()
-    assert (body["description"], body["owner"], body["scopes"]) == ("", "", [])
+    assert (body["description"], body["owner"], body["scopes"], body["allowedResources"]) == ("", "", [], [])
 
 
 def test_create_agent_drops_duplicate_scopes_keeping_their_order(api):

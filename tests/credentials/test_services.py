@@ -34,14 +34,26 @@ SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def test_agent_create_stores_fields_and_writes_an_audit_event(db):
-    agent = agent_create(acting=None, name="report-bot", description="nightly", owner="data", scopes=["a:b"])
+    agent = agent_create(
+        acting=None,
+        name="report-bot",
+        description="nightly",
+        owner="data",
+        scopes=["a:b"],
+        allowed_resources=["https://reports.example/api"],
+    )
 
     agent.refresh_from_db()
     assert (agent.name, agent.description, agent.owner, agent.scopes) == ("report-bot", "nightly", "data", ["a:b"])
+    assert agent.allowed_resources == ["https://reports.example/api"]
     assert agent.status == Agent.Status.ACTIVE
     [event] = events(AuditEvent.Action.AGENT_CREATED)
     assert event.agent_id == agent.id
-    assert event.details == {"name": "report-bot", "scopes": ["a:b"]}
+    assert event.details == {
+        "name": "report-bot",
+        "scopes": ["a:b"],
+        "allowedResources": ["https://reports.example/api"],
+    }
 
 
 @pytest.mark.parametrize(
