@@ -55,7 +55,7 @@ class AgentAdmin(ReadOnly, ConsoleAdmin):
     list_display = ("name", "status", "owner", "scope_list", "credential_count", "created_at")
     list_filter = ("status",)
     search_fields = ("name", "owner", "description")
-    fields = ("id", "name", "description", "owner", "status", "scopes", "created_at", "updated_at")
+    fields = ("id", "name", "description", "owner", "status", "scopes", "resources", "created_at", "updated_at")
     readonly_fields = fields
     inlines = [CredentialInline, TrustPolicyInline]
     actions = ["suspend_selected", "reactivate_selected"]
@@ -69,6 +69,10 @@ class AgentAdmin(ReadOnly, ConsoleAdmin):
     @admin.display(description="scopes")
     def scope_list(self, agent: Agent) -> str:
         return " ".join(agent.scopes)
+
+    @admin.display(description="allowed resources")
+    def resources(self, agent: Agent) -> str:
+        return "\n".join(agent.allowed_resources) or "-"
 
     @admin.display(description="credentials", ordering="credential_count")
     def credential_count(self, agent: Agent) -> int:

@@ -400,6 +400,18 @@ def test_agent_page_links_to_issuing_a_credential_for_it(client, operator, agent
     assert re.search(rf'<option value="{agent.pk}" selected>', form.content.decode())
 
 
+def test_agent_page_shows_the_resources_its_tokens_may_be_for(client, operator, db):
+    agent = AgentFactory(allowed_resources=["https://tools.example/mcp", "https://reports.example/api?v=1&x=<b>"])
+    bare = AgentFactory()
+
+    page = client.get(url("agent_change", agent.pk)).content.decode()
+    bare_page = client.get(url("agent_change", bare.pk)).content.decode()
+
+    assert "Allowed resources:" in page
+    assert "https://tools.example/mcp<br>https://reports.example/api?v=1&amp;x=&lt;b&gt;" in page
+    assert re.search(r"Allowed resources:</label>\s*<div class=\"readonly\">-</div>", bare_page)
+
+
 # --- credentials: the changelist ------------------------------------------------------------
 
 
