@@ -31,17 +31,22 @@ def test_the_layers_run_one_way():
         "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 def test_the_layer_contract_catches_an_upward_import(tmp_path):
-    """The contract is not vacuous: a credentials module importing oauth breaks it."""
-    for package in ("agentidp", "oauth", "credentials", "vaultstore"):
+    """
+    The contracts are not vacuous: a credentials module importing oauth breaks one, and so
+    does the resource-server kit importing AgentIdP's settings.
+    """
+    for package in ("agentidp", "agentidp/resource_server", "oauth", "credentials", "vaultstore"):
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")
     (tmp_path / "oauth" / "tokens.py").write_text("")
     (tmp_path / "credentials" / "upward.py").write_text("from oauth import tokens\n")
     (tmp_path / "oauth" / "stores.py").write_text("import vaultstore\n")
+    (tmp_path / "agentidp" / "settings.py").write_text("")
+    (tmp_path / "agentidp" / "resource_server" / "kit.py").write_text("from agentidp import settings\n")
     contracts = (ROOT / "pyproject.toml").read_text().partition("[tool.importlinter]")[2]
     (tmp_path / "pyproject.toml").write_text("[tool.importlinter]" + contracts)
     result = run(
@@ -57,9 +62,10 @@ def test_the_layer_contract_catches_an_upward_import(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode != 0
-    assert "0 kept, 2 broken" in result.stdout
+    assert "0 kept, 3 broken" in result.stdout
     assert "credentials.upward -> oauth.tokens" in result.stdout
     assert "oauth.stores -> vaultstore" in result.stdout
+    assert "agentidp.resource_server.kit -> agentidp.settings" in result.stdout
 
 
 @pytest.mark.parametrize(
