@@ -70,8 +70,10 @@ def fetch_json(
         url, data=body, headers={"Accept": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
     )
     # Certificates verified against the system's CAs, or the one given; no proxy from the environment.
-    https = urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file))
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect(), https)
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({}), _NoRedirect()]
+    if url.startswith("https:"):
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file)))
+    opener = urllib.request.build_opener(*handlers)
     deadline = time.monotonic() + timeout
     try:
         with opener.open(request, timeout=timeout) as response:
