@@ -171,3 +171,12 @@ def test_the_authorization_endpoint_refuses_other_methods_with_405(client, db, m
     assert response.status_code == 405
     assert response["Allow"] == "GET, POST"
     assert response.json()["error"] == "invalid_request"
+
+
+def test_the_mcp_sdks_metadata_model_accepts_the_document(client, db):
+    from mcp.shared.auth import OAuthMetadata
+
+    metadata = OAuthMetadata.model_validate(client.get(METADATA_URL).json())
+
+    assert str(metadata.authorization_endpoint).endswith("/api/v1/authorize")
+    assert metadata.scopes_supported is None
