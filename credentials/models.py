@@ -169,6 +169,9 @@ class Credential(SecretLocation, KeyLocation):
     expires_at = models.DateTimeField(null=True, blank=True)
     # The last successful client authentication, to within LAST_USED_RESOLUTION.
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The reference every secret of a secret credential carries (credentials.secretformat):
+    # how a reported secret finds its credential. Random; None for a key credential.
+    secret_ref = models.CharField(max_length=12, unique=True, null=True, blank=True, editable=False)
 
     objects = CredentialQuerySet.as_manager()
 

@@ -2,7 +2,7 @@
 
 import factory
 
-from credentials import services
+from credentials import secretformat, services
 from credentials.models import Agent
 
 
@@ -51,3 +51,16 @@ def make_trust_policy(agent=None, **kwargs):
         **kwargs,
     }
     return services.trust_policy_create(acting=None, agent=agent or AgentFactory(), **fields)
+
+
+def wrong_secret() -> str:
+    """A secret in AgentIdP's format, checksum right, that no credential has: it reaches a store and fails there."""
+    return secretformat.new_secret(secretformat.new_secret_ref())
+
+
+def near_miss(secret: str) -> str:
+    """`secret` with one random character changed and its checksum made right again: well-formed, and wrong."""
+    body = secret[: -secretformat.CHECKSUM_LENGTH]
+    index = len(body) - 1
+    body = body[:index] + ("B" if body[index] == "A" else "A")
+    return body + secretformat.checksum(body)

@@ -24,7 +24,7 @@ from django.core.management import call_command
 from credentials.models import Credential, SecretPurge
 from tests.bao import BaoDevServer, BaoError, find_binary
 from tests.concurrency import assert_store_consistent, vault_keys, wait_until
-from tests.factories import make_credential
+from tests.factories import make_credential, near_miss
 from tests.faultlab import LabBase, assert_read_error, assert_write_error
 from tests.oauth.conftest import assert_oauth_error
 from tests.vault_fixtures import VaultTarget
@@ -189,7 +189,7 @@ def test_token_requests_during_an_outage_are_503_for_vault_credentials_and_200_f
     assert_read_error(unknown)  # an unknown client pays a Vault read too, and is not told apart
     assert lab.token_for(warm).status_code == 200  # the verified-secret cache vouches for it
     assert lab.token_for(lab.bcrypt).status_code == 200
-    assert_read_error(lab.token(warm.credential.client_id, "wrong-" + warm.client_secret))  # no cache hit: Vault
+    assert_read_error(lab.token(warm.credential.client_id, near_miss(warm.client_secret)))  # no cache hit: Vault
 
 
 @pytest.mark.parametrize("outage", OUTAGES)

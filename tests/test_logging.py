@@ -10,6 +10,7 @@ from django.conf import settings
 
 from agentidp.logformat import EscapingFormatter
 from tests.conftest import basic_auth, form_post
+from tests.factories import wrong_secret
 from tests.oauth.conftest import TOKEN_URL
 
 FORGED = "\r\n2026-11-28 12:00:00,000 INFO agentidp.auth client authentication outcome=success"
@@ -82,7 +83,10 @@ def test_each_client_authentication_is_one_structured_record_with_outcome_reason
         HTTP_USER_AGENT=hostile_agent,
     )
     form_post(
-        client, TOKEN_URL, {"grant_type": "client_credentials"}, HTTP_AUTHORIZATION=basic_auth("unknown\nid", "guess")
+        client,
+        TOKEN_URL,
+        {"grant_type": "client_credentials"},
+        HTTP_AUTHORIZATION=basic_auth("unknown\nid", wrong_secret()),
     )
     form_post(client, TOKEN_URL, {"grant_type": "client_credentials"}, HTTP_AUTHORIZATION="Basic %%%")
 
@@ -114,7 +118,7 @@ def test_the_json_format_writes_one_object_per_record_with_the_authentication_fi
         client,
         TOKEN_URL,
         {"grant_type": "client_credentials"},
-        HTTP_AUTHORIZATION=basic_auth(issued.credential.client_id, "wrong"),
+        HTTP_AUTHORIZATION=basic_auth(issued.credential.client_id, wrong_secret()),
         HTTP_USER_AGENT="agent\nline",
     )
 

@@ -34,7 +34,7 @@ from credentials.services.missing import SECRETS_MISSING_PREFIX
 from tests.bao import BaoDevServer, find_binary
 from tests.conftest import basic_auth, form_post
 from tests.credentials.helpers import reason
-from tests.factories import AgentFactory, make_credential
+from tests.factories import AgentFactory, make_credential, near_miss, wrong_secret
 from vaultstore.backends import get_backend
 from vaultstore.backends.vault import DUMMY_KEY, VaultSecretBackend, policy
 from vaultstore.exceptions import SecretMissing
@@ -158,7 +158,7 @@ def test_a_trusted_secret_vault_lost_answers_503_not_invalid_client(client, vaul
 def test_a_wrong_secret_for_a_lost_secret_is_503_too_since_it_cannot_be_checked(client, vault, vault_issued):
     destroy_key(vault, vault_issued.credential.stored_secret)
 
-    assert_unavailable(ask_token(client, vault_issued, secret="not-" + vault_issued.client_secret))
+    assert_unavailable(ask_token(client, vault_issued, secret=near_miss(vault_issued.client_secret)))
 
 
 def test_the_loss_is_logged_at_error_and_audited_once_however_often_it_is_met(client, vault, vault_issued, caplog):
@@ -228,9 +228,9 @@ def test_lost_secrets_never_open_the_breaker(client, vault, db, vault_enabled):
 def test_an_unknown_client_after_vault_lost_everything_is_invalid_client_and_the_dummy_is_planted_again(
     client, vault, vault_issued
 ):
-    assert ask_token(client, vault_issued, secret="wrong").status_code == 401
+    assert ask_token(client, vault_issued, secret=wrong_secret()).status_code == 401
     # An unknown client plants the dummy entry; then Vault loses it with everything else.
-    unknown = {"client_id": "no-such-client-" + secrets.token_hex(4), "client_secret": "whatever"}
+    unknown = {"client_id": "no-such-client-" + secrets.token_hex(4), "client_secret": wrong_secret()}
     assert form_post(client, TOKEN_URL, {**GRANT, **unknown}).status_code == 401
     dummy_path = f"{vault.mount}/data/{DUMMY_KEY}"
     assert vault.read(dummy_path, 1) is not None
@@ -604,7 +604,7 @@ def test_after_openbao_restarts_empty_lost_secrets_are_503_reported_and_listed_t
     assert {issued.credential.storage for issued in (warm, cold, colder)} == {"vault"}
     for issued in (on_bcrypt, warm):
         assert ask_token(client, issued).status_code == 200
-    unknown = {"client_id": "unknown-" + secrets.token_hex(4), "client_secret": "whatever"}
+    unknown = {"client_id": "unknown-" + secrets.token_hex(4), "client_secret": wrong_secret()}
     assert form_post(client, TOKEN_URL, {**GRANT, **unknown}).status_code == 401  # plants the dummy entry
     assert readyz(client).json()["status"] == "ready"
 

@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from credentials.models import Credential, GraceSecret
 from tests.conftest import basic_auth, form_post
+from tests.factories import near_miss
 from tests.oauth.conftest import INTROSPECT_URL, REVOKE_URL, TOKEN_URL
 
 GRANT = {"grant_type": "client_credentials"}
@@ -135,7 +136,7 @@ def test_no_secret_hash_header_or_token_reaches_a_log_line_or_an_error(
     seen.keep(rotated["clientSecret"])
     for secret in (created["clientSecret"], rotated["clientSecret"]):
         seen.answer(form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic(seen, created["clientId"], secret)))
-    wrong = rotated["clientSecret"][:-1] + ("A" if rotated["clientSecret"][-1] != "A" else "B")
+    wrong = near_miss(rotated["clientSecret"])
     seen.keep(wrong)
     for _ in range(4):
         seen.answer(

@@ -19,7 +19,7 @@ from django.utils import timezone
 from vaultstore.backends import StoredSecret, get_backend_for, get_default_backend
 from vaultstore.exceptions import SecretMissing, SecretStoreError
 
-from .. import selectors
+from .. import secretformat, selectors
 from ..models import Credential
 from ..services import credential_move_to_default, credential_secret_missing
 from ..trust import Trusted, candidate_secrets, current_secret
@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 def credential_authenticate(*, client_id: str, client_secret: str, store_allowed: bool = True) -> Credential:
     """
     Return the credential that this client id and secret authenticate, or raise InvalidClient.
+
+    A secret AgentIdP could not have issued (neither its format with a right checksum, nor
+    the earlier one) is refused first, before the credential is looked up.
 
     An unknown client id pays what a known one with a wrong secret pays: one dummy
     verification in the default store (a bcrypt check, or a Vault read) and the query for
@@ -59,6 +62,13 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
     previous secret in its grace period is reported too, but the request is answered as if
     that secret did not match: it can no longer be checked, and the current one did not match.
     """
+    if not secretformat.could_be_issued(client_secret):
+        # Not a secret AgentIdP issues (a wrong checksum, say): refused before any lookup or
+        # store, whichever client id it came with, so it tells unknown from known no more than
+        # the text itself does.
+        if not store_allowed:
+            raise VerificationWithheld()
+        raise InvalidClient("malformed_secret")
     credential = selectors.credential_find_by_client_id(client_id=client_id)
     if credential is None or credential.is_key:
         # A key credential has no secret: a secret presented for it is refused like an unknown id's.

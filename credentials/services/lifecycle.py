@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from vaultstore.backends import get_default_backend
 
-from .. import selectors
+from .. import secretformat, selectors
 from ..audit import audit_record
 from ..errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
 from ..models import Agent, AuditEvent, Credential, GraceKeys, GraceSecret
@@ -50,9 +50,13 @@ def generate_client_id() -> str:
     return secrets.token_hex(16)
 
 
-def generate_client_secret() -> str:
-    """Return 256 random bits, URL-safe: 43 characters, well inside bcrypt's 72 bytes."""
-    return secrets.token_urlsafe(32)
+def generate_client_secret(secret_ref: str) -> str:
+    """
+    Return a new secret of the credential whose secret reference is `secret_ref`: 256 random
+    bits in AgentIdP's recognisable format (credentials.secretformat), 66 characters, well
+    inside bcrypt's 72 bytes.
+    """
+    return secretformat.new_secret(secret_ref)
 
 
 def lock_agent(agent: Agent) -> Agent:
@@ -152,8 +156,14 @@ def credential_create(
     _check_capacity(agent)
 
     backend = get_default_backend()
-    secret = generate_client_secret()
-    credential = Credential(agent=agent, client_id=generate_client_id(), description=description, expires_at=expires_at)
+    credential = Credential(
+        agent=agent,
+        client_id=generate_client_id(),
+        description=description,
+        expires_at=expires_at,
+        secret_ref=secretformat.new_secret_ref(),
+    )
+    secret = generate_client_secret(credential.secret_ref)
     with unrecorded_write(credential=credential, reason="create_failed") as write:
         stored = write.store(backend, owner=credential, secret=secret)
         with transaction.atomic():
@@ -313,7 +323,6 @@ def replace_secret(
     """
     _check_grace_period(grace_period_seconds)
     backend = get_default_backend()
-    secret = client_secret or generate_client_secret()
     # A write into a new location (a move into Vault) leaves an entry no row trusts if it is never recorded.
     with unrecorded_write(credential=credential, reason="rotate_failed") as write, transaction.atomic():
         locked = _lock_credential(credential)
@@ -321,6 +330,9 @@ def replace_secret(
             raise ValidationFailed("A key credential has no secret to replace; rotate it with new keys.")
         if from_storage is not None and locked.storage != from_storage:
             raise StorageChanged(f"The credential's secret is no longer kept by {from_storage!r}.")
+        # A credential made before secrets carried a reference gets one with its first new secret.
+        secret_ref = locked.secret_ref or secretformat.new_secret_ref()
+        secret = client_secret or generate_client_secret(secret_ref)
         now = timezone.now()
         live_grace = list(locked.grace_secrets.filter(valid_until__gt=now))
         _check_grace_room(live=len(live_grace), grace_period_seconds=grace_period_seconds, what="secrets")
@@ -342,7 +354,8 @@ def replace_secret(
         locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
         locked.set_stored_secret(new)
         locked.rotated_at = now
-        locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at"])
+        locked.secret_ref = secret_ref
+        locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at", "secret_ref"])
         queue_released(locked, dropped=[old, *(grace.stored_secret for grace in expired)], still_used=still_used)
         if new.kept_outside_database:
             transaction.on_commit(secret_purges_run_due, robust=True)

@@ -14,7 +14,7 @@ from tests.credentials.helpers import CREDENTIAL_KEYS, ISSUED_KEYS, end_grace_pe
 from tests.factories import AgentFactory, make_credential
 
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+SECRET_RE = re.compile(r"aidp_[0-9A-Za-z]{61}")
 AGENT_KEYS = {
     "agentId",
     "name",

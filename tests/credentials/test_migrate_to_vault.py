@@ -38,7 +38,7 @@ from credentials.services import grace_secrets_expire
 from oauth.keys import generate_signing_key_pem
 from tests.conftest import assert_logs_keep
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
-from tests.factories import AgentFactory, make_credential
+from tests.factories import AgentFactory, make_credential, wrong_secret
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KILLPOINT = Path(__file__).with_name("killpoint.py")
@@ -573,11 +573,12 @@ def test_a_cut_off_last_line_is_removed_and_the_run_completes(estate, output):
 
 def test_a_line_for_another_installations_credential_id_with_another_client_id_is_not_reused(estate, output):
     target = estate.bcrypt[0]
+    foreign_secret = wrong_secret()
     stranger = {
         "agentId": str(target.credential.agent_id),
         "credentialId": str(target.credential.id),
         "clientId": "someone-elses-client",
-        "clientSecret": "never-handed-to-this-client",
+        "clientSecret": foreign_secret,
     }
     output.write_text(json.dumps(stranger) + "\n")
     output.chmod(0o600)
@@ -586,7 +587,7 @@ def test_a_line_for_another_installations_credential_id_with_another_client_id_i
 
     lines = lines_of(output)
     assert len(lines) == 4
-    assert reason(target.credential.client_id, "never-handed-to-this-client") == "wrong_secret"
+    assert reason(target.credential.client_id, foreign_secret) == "wrong_secret"
     [own] = [line for line in lines if line["clientId"] == target.credential.client_id]
     assert authenticates(target.credential.client_id, own["clientSecret"])
 

@@ -8,6 +8,7 @@ from django.db import DatabaseError, connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
+from credentials import secretformat
 from credentials.audit import Actor
 from credentials.clientauth.secret import credential_authenticate
 from credentials.errors import AgentNotFound, Conflict, CredentialNotFound, ValidationFailed
@@ -21,13 +22,14 @@ from credentials.services import (
     credential_delete,
     credential_rotate,
 )
+from credentials.services.lifecycle import replace_secret
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.dbfaults import deletes, failing, inserts, on_statement, selects
-from tests.factories import AgentFactory, make_credential
+from tests.factories import AgentFactory, make_credential, near_miss, wrong_secret
 from vaultstore.backends import get_default_backend
 from vaultstore.exceptions import SecretStoreError
 
-SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+SECRET_RE = re.compile(r"aidp_[0-9A-Za-z]{61}")
 
 
 # --- agents ---------------------------------------------------------------------------------
@@ -354,6 +356,7 @@ def test_credential_create_returns_a_urlsafe_256_bit_secret_and_stores_only_a_bc
 
     assert SECRET_RE.fullmatch(issued.client_secret)
     credential = Credential.objects.get(pk=issued.credential.pk)
+    assert secretformat.secret_ref(issued.client_secret) == credential.secret_ref
     assert credential.agent_id == agent.id
     assert credential.description == "nightly job"
     assert credential.storage == "bcrypt"
@@ -660,28 +663,30 @@ def test_authenticate_returns_the_credential_with_its_agent(issued):
 def test_authenticate_unknown_client_pays_a_dummy_verification(db, client_id):
     backend = get_default_backend()
 
+    secret = wrong_secret()
     with mock.patch.object(backend, "verify_dummy", wraps=backend.verify_dummy) as verify_dummy:
-        assert reason(client_id, "some-secret") == "unknown_client"
+        assert reason(client_id, secret) == "unknown_client"
 
-    verify_dummy.assert_called_once_with(secret="some-secret")
+    verify_dummy.assert_called_once_with(secret=secret)
 
 
 def test_authenticate_known_client_does_not_pay_the_dummy(issued):
     backend = get_default_backend()
 
     with mock.patch.object(backend, "verify_dummy", wraps=backend.verify_dummy) as verify_dummy:
-        assert reason(issued.credential.client_id, "wrong") == "wrong_secret"
+        assert reason(issued.credential.client_id, wrong_secret()) == "wrong_secret"
 
     verify_dummy.assert_not_called()
 
 
 def test_authenticate_wrong_secret_is_refused(issued):
     last = issued.client_secret[-1]
-    one_char_off = issued.client_secret[:-1] + ("B" if last == "A" else "A")
+    checksum_off = issued.client_secret[:-1] + ("B" if last == "A" else "A")
 
-    assert reason(issued.credential.client_id, one_char_off) == "wrong_secret"
-    assert reason(issued.credential.client_id, issued.client_secret + "x") == "wrong_secret"
-    assert reason(issued.credential.client_id, issued.client_secret.upper()) == "wrong_secret"
+    assert reason(issued.credential.client_id, near_miss(issued.client_secret)) == "wrong_secret"
+    assert reason(issued.credential.client_id, checksum_off) == "malformed_secret"
+    assert reason(issued.credential.client_id, issued.client_secret + "x") == "malformed_secret"
+    assert reason(issued.credential.client_id, issued.client_secret.upper()) == "malformed_secret"
 
 
 def test_authenticate_another_credentials_secret_is_refused(agent):
@@ -694,15 +699,15 @@ def test_authenticate_refuses_the_stored_hash_as_a_secret(issued):
     secret_hash = Credential.objects.get(pk=issued.credential.pk).secret_hash
     assert secret_hash.startswith("$2b$")
 
-    assert reason(issued.credential.client_id, secret_hash) == "wrong_secret"
+    assert reason(issued.credential.client_id, secret_hash) == "malformed_secret"
 
 
 def test_authenticate_refuses_a_secret_longer_than_72_bytes_without_an_exception(issued):
     # bcrypt would compare only the first 72 bytes: a longer secret starting with the real one must not pass.
     too_long = issued.client_secret + "x" * (73 - len(issued.client_secret))
 
-    assert reason(issued.credential.client_id, too_long) == "wrong_secret"
-    assert reason(issued.credential.client_id, "y" * 10_000) == "wrong_secret"
+    assert reason(issued.credential.client_id, too_long) == "malformed_secret"
+    assert reason(issued.credential.client_id, "y" * 10_000) == "malformed_secret"
 
 
 @pytest.mark.parametrize(
@@ -711,7 +716,61 @@ def test_authenticate_refuses_a_secret_longer_than_72_bytes_without_an_exception
     ids=["empty", "nul", "embedded-nul", "multibyte-over-72-bytes", "emoji", "lone-surrogate"],
 )
 def test_authenticate_refuses_odd_secrets_cleanly(issued, secret):
-    assert reason(issued.credential.client_id, secret) == "wrong_secret"
+    assert reason(issued.credential.client_id, secret) == "malformed_secret"
+
+
+@pytest.mark.parametrize("client_id", ["known", "unknown", "key"])
+def test_a_secret_agentidp_could_not_have_issued_is_refused_before_any_query_or_store(
+    issued, client_id, django_assert_num_queries
+):
+    """The same work for a known, an unknown and a key credential's client id: none. Nothing to tell them apart by."""
+    from tests.factories import make_key_credential
+
+    client_ids = {
+        "known": issued.credential.client_id,
+        "unknown": "f" * 32,
+        "key": make_key_credential(issued.credential.agent).client_id,
+    }
+    backend = get_default_backend()
+    checksum_off = issued.client_secret[:-1] + ("B" if issued.client_secret[-1] == "A" else "A")
+    for secret in (checksum_off, "aidp_short", "x" * 42, "x" * 44, "wrong"):
+        with (
+            mock.patch.object(backend, "verify", wraps=backend.verify) as verify,
+            mock.patch.object(backend, "verify_dummy", wraps=backend.verify_dummy) as verify_dummy,
+            django_assert_num_queries(0),
+        ):
+            assert reason(client_ids[client_id], secret) == "malformed_secret"
+        verify.assert_not_called()
+        verify_dummy.assert_not_called()
+
+
+def test_a_secret_of_the_earlier_format_still_authenticates(issued):
+    legacy = "Zr4_-" + "q" * 38  # 43 URL-safe characters, as secrets.token_urlsafe(32) made them
+    replace_secret(acting=None, credential=issued.credential, client_secret=legacy)
+
+    assert authenticates(issued.credential.client_id, legacy)
+    assert reason(issued.credential.client_id, legacy[:-1] + "r") == "wrong_secret"
+
+
+def test_every_secret_of_a_credential_carries_its_reference(agent):
+    issued = make_credential(agent)
+    first_ref = secretformat.secret_ref(issued.client_secret)
+    rotated = credential_rotate(acting=None, credential=issued.credential)
+
+    assert first_ref == Credential.objects.get(pk=issued.credential.pk).secret_ref
+    assert secretformat.secret_ref(rotated.client_secret) == first_ref
+    assert rotated.client_secret != issued.client_secret
+
+
+def test_a_credential_made_before_secrets_carried_a_reference_gets_one_with_its_next_secret(agent):
+    issued = make_credential(agent)
+    Credential.objects.filter(pk=issued.credential.pk).update(secret_ref=None)
+
+    rotated = credential_rotate(acting=None, credential=Credential.objects.get(pk=issued.credential.pk))
+
+    ref = Credential.objects.get(pk=issued.credential.pk).secret_ref
+    assert ref is not None and secretformat.secret_ref(rotated.client_secret) == ref
+    assert authenticates(issued.credential.client_id, rotated.client_secret)
 
 
 def test_authenticate_refuses_an_expired_credential_even_with_its_secret(issued):
@@ -723,7 +782,7 @@ def test_authenticate_refuses_an_expired_credential_even_with_its_secret(issued)
 def test_authenticate_checks_the_secret_before_expiry(issued):
     expire(issued.credential)
 
-    assert reason(issued.credential.client_id, "wrong") == "wrong_secret"
+    assert reason(issued.credential.client_id, wrong_secret()) == "wrong_secret"
 
 
 def test_authenticate_refuses_a_suspended_agent_and_accepts_it_again_when_reactivated(issued):

@@ -18,7 +18,7 @@ from django.core.cache import cache
 from django.db import DatabaseError
 from django.utils import timezone
 
-from credentials import services
+from credentials import secretformat, services
 from credentials.clientauth.secret import UPGRADE_PAUSED_CACHE_KEY, credential_authenticate
 from credentials.errors import CredentialNotFound
 from credentials.models import Agent, AuditEvent, Credential, GraceSecret, SecretPurge
@@ -31,7 +31,7 @@ from credentials.services import (
 )
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.dbfaults import failing, inserts
-from tests.factories import make_credential
+from tests.factories import make_credential, wrong_secret
 
 #: Substring of every KV data path AgentIdP writes.
 DATA = "/data/agentidp/"
@@ -386,7 +386,7 @@ def test_last_used_at_within_its_resolution_is_kept(issued):
 def test_last_used_at_is_never_set_by_a_failed_authentication(issued, token_response, failure):
     secret = issued.client_secret
     if failure == "wrong_secret":
-        secret = "not-the-secret"
+        secret = wrong_secret()
     elif failure == "credential_expired":
         expire(issued.credential)
     else:
@@ -489,7 +489,7 @@ def test_rotate_of_a_deleted_credential_is_credential_not_found(old):
 
 
 def test_rotate_with_a_given_client_secret_keeps_that_secret(old, vault):
-    given = "handed-out-before-" + "x" * 24
+    given = secretformat.new_secret(old.credential.secret_ref)  # made by the interrupted run
 
     rotated = credential_migrate(acting=None, credential=old.credential, from_storage="bcrypt", client_secret=given)
 

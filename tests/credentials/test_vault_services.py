@@ -42,10 +42,13 @@ from credentials.services import (
 )
 from tests.credentials.helpers import authenticates, end_grace_periods, events, expire, reason
 from tests.dbfaults import failing, inserts
-from tests.factories import make_credential
+from tests.factories import make_credential, wrong_secret
 from vaultstore.backends import get_default_backend
 from vaultstore.backends.vault import DUMMY_KEY
 from vaultstore.exceptions import SecretReadError, SecretStoreError, SecretWriteError
+
+#: A well-formed secret no credential has: a failure that reaches the store.
+WRONG = wrong_secret()
 
 #: Substring of every KV data path AgentIdP writes (the faults below hit only those writes).
 DATA = "/data/agentidp/"
@@ -476,7 +479,7 @@ def test_bcrypt_secret_in_its_grace_period_still_works_while_vault_is_down(vault
     with pytest.raises(SecretReadError):
         credential_authenticate(client_id=client_id, client_secret=rotated.client_secret)
     with pytest.raises(SecretReadError):  # might have been the Vault secret: "try again", not "wrong"
-        credential_authenticate(client_id=client_id, client_secret="not-any-of-them")
+        credential_authenticate(client_id=client_id, client_secret=WRONG)
 
 
 def test_rotate_refuses_a_graceful_rotation_when_max_grace_secrets_are_live(vault_enabled, agent):
@@ -552,7 +555,7 @@ def test_bcrypt_credential_made_before_vault_was_enabled_still_authenticates(vau
     settings.VAULTSTORE = vault.vaultstore_setting()
 
     assert authenticates(issued.credential.client_id, issued.client_secret)
-    assert reason(issued.credential.client_id, "not-the-secret") == "wrong_secret"
+    assert reason(issued.credential.client_id, WRONG) == "wrong_secret"
 
 
 @pytest.mark.parametrize("outage", ["down", "sealed"])
@@ -566,8 +569,8 @@ def test_while_vault_is_unavailable_bcrypt_credentials_work_and_vault_ones_are_a
     break_writes(server, outage)
 
     assert authenticates(issued.credential.client_id, issued.client_secret)
-    assert reason(issued.credential.client_id, "not-the-secret") == "wrong_secret"
-    for presented in (in_vault.client_secret, "not-the-secret"):
+    assert reason(issued.credential.client_id, WRONG) == "wrong_secret"
+    for presented in (in_vault.client_secret, WRONG):
         with pytest.raises(SecretReadError) as excinfo:
             credential_authenticate(client_id=vault_client_id, client_secret=presented)
         assert excinfo.value.code == "VAULT_READ_ERROR"
@@ -575,7 +578,7 @@ def test_while_vault_is_unavailable_bcrypt_credentials_work_and_vault_ones_are_a
     # The dummy read for an unknown client fails too, as a Vault credential's read does:
     # the answer cannot tell them apart.
     with pytest.raises(SecretReadError):
-        credential_authenticate(client_id="no-such-client", client_secret="whatever")
+        credential_authenticate(client_id="no-such-client", client_secret=WRONG)
 
     server.recover()
 
@@ -586,7 +589,7 @@ def test_unknown_client_pays_one_vault_read_of_a_key_no_credential_has(vault_ena
     server = vault_enabled.require_server()
     server.clear_requests()
 
-    assert reason("no-such-client", "whatever") == "unknown_client"
+    assert reason("no-such-client", WRONG) == "unknown_client"
 
     reads = [r for r in server.requests if r.method == "GET" and r.path.endswith(DUMMY_KEY)]
     assert len(reads) == 1
@@ -608,7 +611,7 @@ def test_expired_vault_credential_is_invalid_client(vault_enabled, agent):
     expire(issued.credential)
 
     assert reason(issued.credential.client_id, issued.client_secret) == "credential_expired"
-    assert reason(issued.credential.client_id, "not-the-secret") == "wrong_secret"
+    assert reason(issued.credential.client_id, WRONG) == "wrong_secret"
 
 
 # --- D. credential_delete and the purge queue -----------------------------------------------
@@ -857,7 +860,7 @@ def test_logs_and_errors_never_carry_a_client_secret_or_the_vault_token(
         client_id = issued.credential.client_id
         rotated = credential_rotate(acting=None, credential=issued.credential, grace_period_seconds=60)
         credential_authenticate(client_id=client_id, client_secret=rotated.client_secret)
-        wrong = generate_client_secret()
+        wrong = generate_client_secret(issued.credential.secret_ref)
         made.append(wrong)
         with pytest.raises(InvalidClient) as excinfo:
             credential_authenticate(client_id=client_id, client_secret=wrong)

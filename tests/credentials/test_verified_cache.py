@@ -43,7 +43,8 @@ from credentials.verified import KEY_PREFIX
 from oauth.keys import generate_signing_key_pem
 from tests.conftest import assert_logs_keep
 from tests.credentials.helpers import end_grace_periods, expire, reason
-from tests.factories import AgentFactory, make_credential
+from tests.factories import AgentFactory, make_credential, near_miss
+from tests.factories import wrong_secret as new_wrong_secret
 from vaultstore.backends.bcrypt import BcryptSecretBackend
 from vaultstore.backends.vault import VaultSecretBackend
 from vaultstore.exceptions import SecretReadError
@@ -112,7 +113,8 @@ def row(issued) -> Credential:
 
 
 def wrong_secret(secret: str) -> str:
-    return secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    """One character off, checksum made right: a well-formed secret the store must refuse."""
+    return near_miss(secret)
 
 
 def vault_reads(server, credential: Credential) -> int:
@@ -239,9 +241,9 @@ def test_wrong_secrets_and_unknown_client_ids_add_no_cache_entries(issued, store
     assert len(entries) == 1
     asked_for(store_asked.bcrypt)
 
-    for attempt in range(25):
-        assert reason(client_id, f"wrong-{attempt}-{secrets.token_urlsafe(16)}") == "wrong_secret"
-        assert reason(secrets.token_hex(16), secrets.token_urlsafe(32)) == "unknown_client"
+    for _ in range(25):
+        assert reason(client_id, new_wrong_secret()) == "wrong_secret"
+        assert reason(secrets.token_hex(16), new_wrong_secret()) == "unknown_client"
         assert reason(secrets.token_hex(16), issued.client_secret) == "unknown_client"
 
     assert verified_entries(locmem) == entries

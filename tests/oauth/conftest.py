@@ -17,7 +17,7 @@ from credentials.models import Credential
 from credentials.services import IssuedCredential
 from oauth.keys import get_signing_key
 from tests.conftest import basic_auth, form_post
-from tests.factories import AgentFactory, make_credential
+from tests.factories import AgentFactory, make_credential, wrong_secret
 
 TOKEN_URL = "/api/v1/token"
 INTROSPECT_URL = "/api/v1/token/introspect"
@@ -96,8 +96,8 @@ def failure_cases() -> dict[str, tuple[str, str]]:
     suspended = make_credential(AgentFactory())
     services.agent_update(acting=None, agent=suspended.credential.agent, status="suspended")
     return {
-        "unknown_client": (secrets.token_hex(16), secrets.token_urlsafe(32)),
-        "wrong_secret": (wrong.credential.client_id, secrets.token_urlsafe(32)),
+        "unknown_client": (secrets.token_hex(16), wrong_secret()),
+        "wrong_secret": (wrong.credential.client_id, wrong_secret()),
         "deleted_credential": (deleted.credential.client_id, deleted.client_secret),
         "expired_credential": (expired.credential.client_id, expired.client_secret),
         "suspended_agent": (suspended.credential.client_id, suspended.client_secret),

@@ -17,10 +17,12 @@ from oauth import throttling
 from oauth.throttling import client_address
 from tests.conftest import basic_auth, form_post
 from tests.credentials.test_verified_cache import REDIS_HOST, REDIS_PORT, redis_listening
-from tests.factories import make_credential
+from tests.factories import make_credential, wrong_secret
 from tests.oauth.conftest import INTROSPECT_URL, TOKEN_URL
 from tests.test_cache import commands_sent
 
+#: A well-formed secret no credential has: a failure that reaches the store.
+WRONG = wrong_secret()
 GRANT = {"grant_type": "client_credentials"}
 ATTACKER, OWNER, ELSEWHERE = "203.0.113.66", "198.51.100.7", "192.0.2.44"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -88,10 +90,10 @@ def test_a_client_id_over_its_failure_limit_is_refused_from_new_addresses_withou
     limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 3
     client_id = issued.credential.client_id
     for _ in range(3):
-        assert token(client, client_id, "wrong-secret", ATTACKER).status_code == 401
+        assert token(client, client_id, WRONG, ATTACKER).status_code == 401
     assert len(bcrypt_checks) == 3
 
-    for presented in ("wrong-secret", issued.client_secret):
+    for presented in (WRONG, issued.client_secret):
         assert_rate_limited(token(client, client_id, presented, ATTACKER))
     assert_rate_limited(token(client, client_id, issued.client_secret, ELSEWHERE))
 
@@ -121,12 +123,12 @@ def test_the_owner_keeps_getting_tokens_from_its_known_address_during_an_attack_
     assert token(client, client_id, issued.client_secret, OWNER).status_code == 200
 
     for _ in range(10):
-        token(client, client_id, "wrong-secret", ATTACKER)
+        token(client, client_id, WRONG, ATTACKER)
 
     for _ in range(3):
         assert token(client, client_id, issued.client_secret, OWNER).status_code == 200
-    assert token(client, client_id, "wrong-secret", OWNER).status_code == 401  # heard, and refused as usual
-    assert_rate_limited(token(client, client_id, "wrong-secret", ATTACKER))
+    assert token(client, client_id, WRONG, OWNER).status_code == 401  # heard, and refused as usual
+    assert_rate_limited(token(client, client_id, WRONG, ATTACKER))
 
 
 def test_a_secret_the_verified_cache_vouches_for_gets_tokens_from_a_new_address_during_an_attack(
@@ -136,7 +138,7 @@ def test_a_secret_the_verified_cache_vouches_for_gets_tokens_from_a_new_address_
     client_id = issued.credential.client_id
     assert token(client, client_id, issued.client_secret, OWNER).status_code == 200
     for _ in range(3):
-        token(client, client_id, "wrong-secret", ATTACKER)
+        token(client, client_id, WRONG, ATTACKER)
     checks = len(bcrypt_checks)
 
     assert token(client, client_id, issued.client_secret, ELSEWHERE).status_code == 200
@@ -146,8 +148,8 @@ def test_a_secret_the_verified_cache_vouches_for_gets_tokens_from_a_new_address_
 def test_an_unknown_client_id_is_limited_like_a_known_one(client, db, limits, bcrypt_checks):
     limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 2
     for _ in range(2):
-        assert token(client, "no-such-client", "guess", ATTACKER).status_code == 401
-    assert_rate_limited(token(client, "no-such-client", "guess", ELSEWHERE))
+        assert token(client, "no-such-client", WRONG, ATTACKER).status_code == 401
+    assert_rate_limited(token(client, "no-such-client", WRONG, ELSEWHERE))
 
     assert len(bcrypt_checks) == 2  # the two dummy verifications, none once throttled
     [event] = rate_limit_events()
@@ -166,11 +168,11 @@ def test_failures_spread_over_addresses_and_client_ids_are_limited_in_all_and_kn
     limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 2
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
     for index in range(5):
-        assert token(client, f"guessed-{index}", "guess", f"203.0.113.{index}").status_code == 401
+        assert token(client, f"guessed-{index}", WRONG, f"203.0.113.{index}").status_code == 401
     checks = len(bcrypt_checks)
 
-    assert_rate_limited(token(client, "guessed-9", "guess", "203.0.113.99"))
-    assert_rate_limited(token(client, issued.credential.client_id, "wrong", ELSEWHERE))
+    assert_rate_limited(token(client, "guessed-9", WRONG, "203.0.113.99"))
+    assert_rate_limited(token(client, issued.credential.client_id, WRONG, ELSEWHERE))
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
     assert len(bcrypt_checks) == checks
     assert [event.details["limit"] for event in rate_limit_events()] == ["total_failures"]
@@ -183,11 +185,11 @@ def test_over_the_total_limit_a_new_client_on_a_known_host_is_heard_and_one_on_a
     settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
     for index in range(3):
-        token(client, f"guessed-{index}", "guess", f"203.0.113.{index}")
+        token(client, f"guessed-{index}", WRONG, f"203.0.113.{index}")
     newcomer = make_credential(agent)  # a new agent's first token: no address knows its clientId yet
 
     assert token(client, newcomer.credential.client_id, newcomer.client_secret, OWNER).status_code == 200
-    assert_rate_limited(token(client, make_credential(agent).credential.client_id, "whatever", ELSEWHERE))
+    assert_rate_limited(token(client, make_credential(agent).credential.client_id, WRONG, ELSEWHERE))
 
 
 # --- failures per address -----------------------------------------------------------------------
@@ -198,9 +200,9 @@ def test_an_address_spraying_client_ids_is_refused_for_every_client_and_others_a
 ):
     limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 4
     for index in range(4):
-        assert token(client, f"guessed-{index}", "guess", ATTACKER).status_code == 401
+        assert token(client, f"guessed-{index}", WRONG, ATTACKER).status_code == 401
 
-    assert_rate_limited(token(client, "guessed-9", "guess", ATTACKER))
+    assert_rate_limited(token(client, "guessed-9", WRONG, ATTACKER))
     assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))
     assert len(bcrypt_checks) == 4
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
@@ -219,11 +221,11 @@ def test_neighbours_failing_on_a_shared_address_never_lock_out_an_agent_that_aut
     assert token(client, client_id, issued.client_secret, shared).status_code == 200
 
     for index in range(60):
-        token(client, f"made-up-{index}", "guess", shared)
+        token(client, f"made-up-{index}", WRONG, shared)
 
     for _ in range(3):
         assert token(client, client_id, issued.client_secret, shared).status_code == 200
-    assert token(client, client_id, "wrong-secret", shared).status_code == 401  # heard, and refused as usual
+    assert token(client, client_id, WRONG, shared).status_code == 401  # heard, and refused as usual
 
 
 def test_over_the_address_limit_what_the_address_has_not_proven_waits_without_store_work(
@@ -233,12 +235,12 @@ def test_over_the_address_limit_what_the_address_has_not_proven_waits_without_st
     shared = "198.51.100.21"
     assert token(client, issued.credential.client_id, issued.client_secret, shared).status_code == 200
     for index in range(4):
-        token(client, f"made-up-{index}", "guess", shared)
+        token(client, f"made-up-{index}", WRONG, shared)
     newcomer = make_credential(agent)
     checks = len(bcrypt_checks)
 
     assert_rate_limited(token(client, newcomer.credential.client_id, newcomer.client_secret, shared))
-    assert_rate_limited(token(client, "made-up-99", "guess", shared))
+    assert_rate_limited(token(client, "made-up-99", WRONG, shared))
     assert len(bcrypt_checks) == checks
     assert token(client, newcomer.credential.client_id, newcomer.client_secret, ELSEWHERE).status_code == 200
     assert token(client, issued.credential.client_id, issued.client_secret, shared).status_code == 200
@@ -254,7 +256,7 @@ def test_a_throttled_request_costs_the_same_for_an_unknown_client_id_and_a_known
     limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 2
     cases = failure_cases()
     for index in range(2):
-        token(client, f"made-up-{index}", "guess", ATTACKER)
+        token(client, f"made-up-{index}", WRONG, ATTACKER)
     costs = {}
     for reason in ("unknown_client", "wrong_secret"):
         client_id, secret = cases[reason]
@@ -273,7 +275,7 @@ def test_a_throttled_request_costs_the_same_for_an_unknown_client_id_and_a_known
 
 def test_failure_limits_apply_at_introspection_too(client, issued, limits):
     limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 2
-    wrong = {"HTTP_AUTHORIZATION": basic_auth(issued.credential.client_id, "wrong"), "REMOTE_ADDR": ATTACKER}
+    wrong = {"HTTP_AUTHORIZATION": basic_auth(issued.credential.client_id, WRONG), "REMOTE_ADDR": ATTACKER}
     for _ in range(2):
         assert form_post(client, INTROSPECT_URL, {"token": "x"}, **wrong).status_code == 401
 
@@ -284,7 +286,7 @@ def test_limits_lift_when_the_window_ends(client, issued, limits):
     limits.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 2
     with mock.patch("time.time", return_value=6_000_000.0):
         for _ in range(2):
-            token(client, "guessed", "guess", ATTACKER)
+            token(client, "guessed", WRONG, ATTACKER)
         assert assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER)) == 60
     with mock.patch("time.time", return_value=6_000_045.5):
         assert assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER)) == 15
@@ -312,7 +314,7 @@ def test_the_token_endpoint_refuses_an_address_that_authenticated_nothing_over_i
 ):
     limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 3
     for _ in range(3):
-        assert token(client, issued.credential.client_id, "wrong", ATTACKER).status_code == 401
+        assert token(client, issued.credential.client_id, WRONG, ATTACKER).status_code == 401
     checks = len(bcrypt_checks)
 
     assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))
@@ -337,13 +339,13 @@ def test_a_neighbour_flooding_a_shared_address_past_its_ceiling_never_locks_out_
     assert token(client, issued.credential.client_id, issued.client_secret, shared).status_code == 200
     newcomer = make_credential(agent)
     for index in range(10):  # the neighbour's flood, past the ceiling
-        token(client, f"made-up-{index}", "guess", shared)
+        token(client, f"made-up-{index}", WRONG, shared)
     checks = len(bcrypt_checks)
 
     for _ in range(3):
         assert token(client, issued.credential.client_id, issued.client_secret, shared).status_code == 200
     assert_rate_limited(token(client, newcomer.credential.client_id, newcomer.client_secret, shared))
-    assert_rate_limited(token(client, "made-up-99", "guess", shared))
+    assert_rate_limited(token(client, "made-up-99", WRONG, shared))
     assert len(bcrypt_checks) == checks + (3 if vouched_by == "known address" else 0)
 
 
@@ -357,7 +359,7 @@ def test_an_attacker_on_an_agents_own_address_gets_no_more_store_work_for_its_cl
     assert token(client, client_id, issued.client_secret, shared).status_code == 200
     checks = len(bcrypt_checks)
 
-    statuses = [token(client, client_id, f"guess-{index}", shared).status_code for index in range(10)]
+    statuses = [token(client, client_id, wrong_secret(), shared).status_code for index in range(10)]
 
     assert statuses == [401] * 3 + [429] * 7
     assert len(bcrypt_checks) == checks + 3
@@ -416,7 +418,7 @@ def test_a_spoofed_x_forwarded_for_never_resets_a_limit(client, issued, limits, 
     for index in range(6):
         spoofed = f"10.9.{index}.1" + (f", {seen_by_proxy}" if seen_by_proxy else "")
         response = token(
-            client, f"guessed-{index}", "guess", "10.0.0.2" if trusted else ATTACKER, HTTP_X_FORWARDED_FOR=spoofed
+            client, f"guessed-{index}", WRONG, "10.0.0.2" if trusted else ATTACKER, HTTP_X_FORWARDED_FOR=spoofed
         )
         assert response.status_code == (401 if index < 3 else 429)
 
@@ -434,7 +436,7 @@ def test_a_cache_that_fails_does_not_limit_and_does_not_fail_requests(
     caplog.set_level(logging.WARNING)
 
     for _ in range(3):
-        assert token(client, "guessed", "guess", ATTACKER).status_code == 401
+        assert token(client, "guessed", WRONG, ATTACKER).status_code == 401
         assert form_post(client, TOKEN_URL, {}, REMOTE_ADDR=ATTACKER).status_code == 400  # counted, not refused
     assert token(client, issued.credential.client_id, issued.client_secret, ATTACKER).status_code == 200
     assert "unavailable; not limiting kind=requests" in caplog.text
@@ -511,7 +513,7 @@ def test_failures_counted_by_another_process_through_redis_count_here(client, is
     assert other.returncode == 0, other.stderr
     assert json.loads(other.stdout) == {"heard": True}
 
-    assert token(client, "guessed", "guess", ATTACKER).status_code == 401  # the fifth failure, counted here
+    assert token(client, "guessed", WRONG, ATTACKER).status_code == 401  # the fifth failure, counted here
     assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
 
@@ -531,12 +533,12 @@ def test_a_token_request_counts_against_its_ceiling_and_reads_its_limits_in_one_
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
     assert commands == ["EVALSHA"]  # the count and the read; the known marks were written by the first
     commands.clear()
-    assert token(client, issued.credential.client_id, "wrong", ATTACKER).status_code == 401
+    assert token(client, issued.credential.client_id, WRONG, ATTACKER).status_code == 401
     assert commands[0] == "EVALSHA" and "MGET" not in commands
     monkeypatch.undo()
 
     for index in range(2):
-        assert token(client, f"made-up-{index}", "guess", ATTACKER).status_code == 401
+        assert token(client, f"made-up-{index}", WRONG, ATTACKER).status_code == 401
     assert_rate_limited(token(client, issued.credential.client_id, issued.client_secret, ATTACKER))  # the fourth
     assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
 

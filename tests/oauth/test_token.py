@@ -17,6 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from credentials import services
 from credentials.models import Credential
 from tests.conftest import basic_auth, form_post
+from tests.factories import wrong_secret
 from tests.oauth.conftest import TOKEN_URL, assert_oauth_error, client_auth, failure_cases, unverified_claims
 from vaultstore.backends import get_default_backend
 
@@ -102,19 +103,19 @@ def test_basic_credentials_are_form_urldecoded_before_use(client, issued, encode
     assert response.status_code == 200, response.content
 
 
-def test_basic_secret_with_reserved_characters_works_only_form_urlencoded(client, issued):
-    # Give the credential a secret that a form encoding changes, as RFC 6749 section 2.3.1 requires.
-    secret = "p+ss:w/rd %25 é&="
-    stored = get_default_backend().store(owner=issued.credential, secret=secret)
-    Credential.objects.filter(pk=issued.credential.pk).update(secret_hash=stored.secret_hash)
+def test_the_basic_password_is_form_urldecoded_so_a_plus_is_a_space(client, issued):
+    # RFC 6749 section 2.3.1: the secret is form-urlencoded before base64, so '+' means a space.
+    # AgentIdP's secrets are base62, which no encoding changes; an encoded one still decodes first.
+    secret = issued.client_secret
     client_id = issued.credential.client_id
+    escaped = "%" + format(ord(secret[0]), "02X") + secret[1:]
+    plus = secret[:10] + "+" + secret[10:]
 
-    encoded = form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, quote_plus(secret)))
-    raw = form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, secret))
+    encoded = form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, escaped))
+    spaced = form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth(client_id, plus))
 
     assert encoded.status_code == 200, encoded.content
-    # Unencoded, '+' reads as a space and '%25' as '%': not the secret.
-    assert_oauth_error(raw, 401, "invalid_client")
+    assert_oauth_error(spaced, 401, "invalid_client")
 
 
 # --- scope -----------------------------------------------------------------------------------
@@ -401,11 +402,12 @@ def test_every_failed_authentication_pays_exactly_one_verification(client, db, r
 def test_unknown_client_pays_a_dummy_verification_with_the_presented_secret(client, db):
     backend = get_default_backend()
 
+    secret = wrong_secret()
     with mock.patch.object(backend, "verify_dummy", wraps=backend.verify_dummy) as verify_dummy:
-        response = form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth("no-such-client", "a-secret"))
+        response = form_post(client, TOKEN_URL, GRANT, HTTP_AUTHORIZATION=basic_auth("no-such-client", secret))
 
     assert response.status_code == 401
-    verify_dummy.assert_called_once_with(secret="a-secret")
+    verify_dummy.assert_called_once_with(secret=secret)
 
 
 def test_stored_bcrypt_hash_presented_as_the_secret_is_invalid_client(client, issued):
