@@ -233,6 +233,27 @@ AGENTIDP_KEY_REFRESH_MIN_SECONDS = env.int("AGENTIDP_KEY_REFRESH_MIN_SECONDS", d
 # While an issuer cannot be reached, its last good keys keep verifying this long after they were fetched.
 AGENTIDP_KEY_STALE_SECONDS = env.int("AGENTIDP_KEY_STALE_SECONDS", default=86400)
 
+# --- Leaked secrets -------------------------------------------------------------------------
+# GitHub's secret-scanning partner call: GitHub's public keys, as its
+# https://api.github.com/meta/public_keys/secret_scanning document (JSON), inline or in a file.
+AGENTIDP_GITHUB_SECRET_SCANNING_KEYS = env.str("AGENTIDP_GITHUB_SECRET_SCANNING_KEYS", default="")
+AGENTIDP_GITHUB_SECRET_SCANNING_KEYS_FILE = env.str("AGENTIDP_GITHUB_SECRET_SCANNING_KEYS_FILE", default="")
+# A GitHub organisation's or repository's webhook for secret-scanning alerts: its secret (HMAC),
+# and a token that may read the alerts' secrets (GET .../secret-scanning/alerts/{number}).
+AGENTIDP_GITHUB_WEBHOOK_SECRET = env.str("AGENTIDP_GITHUB_WEBHOOK_SECRET", default="")
+AGENTIDP_GITHUB_API_TOKEN = env.str("AGENTIDP_GITHUB_API_TOKEN", default="")
+AGENTIDP_GITHUB_API_URL = env.str("AGENTIDP_GITHUB_API_URL", default="https://api.github.com").rstrip("/")
+# GitLab's token revocation API: the pre-shared token GitLab sends in Authorization.
+AGENTIDP_GITLAB_REVOCATION_TOKEN = env.str("AGENTIDP_GITLAB_REVOCATION_TOKEN", default="")
+# How long a signed report (its signature, or a webhook's delivery id) is remembered: a replay is refused.
+AGENTIDP_LEAK_REPLAY_SECONDS = env.int("AGENTIDP_LEAK_REPLAY_SECONDS", default=7 * 86400)
+# Self-reports (POST /api/v1/leaks) per address per window (AGENTIDP_RATE_LIMIT_WINDOW_SECONDS).
+AGENTIDP_LEAK_REPORTS_PER_ADDRESS = env.int("AGENTIDP_LEAK_REPORTS_PER_ADDRESS", default=10)
+# The agents' owners hear of a quarantined credential here: a signed JSON POST, retried until it answers 2xx.
+AGENTIDP_NOTIFY_WEBHOOK_URL = env.str("AGENTIDP_NOTIFY_WEBHOOK_URL", default="")
+AGENTIDP_NOTIFY_WEBHOOK_SECRET = env.str("AGENTIDP_NOTIFY_WEBHOOK_SECRET", default="")
+AGENTIDP_NOTIFY_WEBHOOK_TIMEOUT_SECONDS = env.float("AGENTIDP_NOTIFY_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+
 # --- Cache ------------------------------------------------------------------------------------
 # Local memory by default (one per process); Redis for several processes: CACHE_URL=redis://host:6379/0.
 # It holds the verified-secret digests and the upgrade-on-use pause.

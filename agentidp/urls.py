@@ -24,6 +24,7 @@ admin.site.login_form = ConsoleAuthenticationForm
 
 urlpatterns = [
     path("", include("oauth.urls")),
+    path("", include("oauth.leak_urls")),
     path("api/v1/", include("credentials.api.urls")),
     re_path(r"^api/v1/schema/?$", SchemaView.as_view(), name="api-schema"),
     re_path(r"^api/v1/docs/?$", SwaggerView.as_view(url_name="api-schema"), name="api-docs"),

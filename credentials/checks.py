@@ -47,3 +47,17 @@ def check_key_fetch_for_production(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def check_notification_webhook(app_configs=None, **kwargs):
+    """A notification webhook needs its signing secret: receivers must be able to tell AgentIdP's calls from others'."""
+    if settings.AGENTIDP_NOTIFY_WEBHOOK_URL and not settings.AGENTIDP_NOTIFY_WEBHOOK_SECRET:
+        return [
+            Error(
+                "AGENTIDP_NOTIFY_WEBHOOK_URL is set without AGENTIDP_NOTIFY_WEBHOOK_SECRET.",
+                hint="Set a long random secret; the receiver checks X-AgentIdP-Signature with it.",
+                id="credentials.E004",
+            )
+        ]
+    return []

@@ -172,6 +172,10 @@ class Credential(SecretLocation, KeyLocation):
     # The reference every secret of a secret credential carries (credentials.secretformat):
     # how a reported secret finds its credential. Random; None for a key credential.
     secret_ref = models.CharField(max_length=12, unique=True, null=True, blank=True, editable=False)
+    # When a live secret of it was reported leaked: every secret is refused until it is rotated.
+    compromised_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Access tokens issued before this moment are inactive (set when the credential is quarantined).
+    tokens_not_before = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = CredentialQuerySet.as_manager()
 
@@ -206,7 +210,13 @@ class Credential(SecretLocation, KeyLocation):
 
     @property
     def status(self) -> str:
+        if self.compromised_at is not None:
+            return "compromised"
         return "expired" if self.is_expired() else "active"
+
+    @property
+    def is_compromised(self) -> bool:
+        return self.compromised_at is not None
 
     @property
     def is_key(self) -> bool:
@@ -286,6 +296,33 @@ class TrustPolicy(KeyLocation):
         return f"{self.issuer} {self.subject or self.subject_pattern or '(any subject)'}"
 
 
+class Notification(models.Model):
+    """
+    A message for the agents' owners (today: a credential quarantined because its secret
+    leaked), to be POSTed, signed, to AGENTIDP_NOTIFY_WEBHOOK_URL.
+
+    An outbox like SecretPurge: written in the transaction that made the change, sent after
+    the commit, retried with a growing delay (automatically and by `manage.py
+    deliver_notifications`) until the receiver answers 2xx, then deleted. The payload holds
+    ids and names, never a secret.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    event = models.CharField(max_length=64, editable=False)
+    payload = models.JSONField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    attempts = models.PositiveIntegerField(default=0, editable=False)
+    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    # The kind of the last failure (an exception class name or an HTTP status), never a body.
+    last_error = models.CharField(max_length=64, blank=True, default="", editable=False)
+
+    class Meta:
+        ordering = ["next_attempt_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.id}"
+
+
 class SecretPurge(models.Model):
     """
     A secret kept outside the database that must be destroyed, every version of it.
@@ -340,6 +377,8 @@ class AuditEvent(models.Model):
         CREDENTIAL_ROTATED = "credential.rotated"
         CREDENTIAL_DELETED = "credential.deleted"
         CREDENTIAL_MOVED = "credential.moved"
+        # A live secret of it was reported leaked: quarantined (who reported it, and where it was found).
+        CREDENTIAL_COMPROMISED = "credential.compromised", "Credential Compromised"
         # A store does not hold a secret the credential trusts (written once per such secret).
         CREDENTIAL_SECRET_MISSING = "credential.secret_missing", "Credential Secret Missing"
         TRUST_POLICY_CREATED = "trust_policy.created", "Trust Policy Created"
@@ -351,6 +390,8 @@ class AuditEvent(models.Model):
         USER = "user", "Staff user"
         AGENT = "agent", "Agent"
         SYSTEM = "system", "System"
+        # Who reported a leaked secret: GitHub's or GitLab's secret scanning, or anyone who found one.
+        REPORTER = "reporter", "Leak reporter"
 
     id = models.BigAutoField(primary_key=True)
     occurred_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)

@@ -61,3 +61,16 @@ def check_shared_cache(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def check_github_secret_scanning_keys(app_configs=None, **kwargs):
+    """GitHub's key document must be readable: otherwise every partner call would be refused."""
+    from .leak_reports import github_keys
+
+    github_keys.cache_clear()
+    try:
+        github_keys()
+    except (ImproperlyConfigured, OSError) as exc:
+        return [Error(str(exc), id="oauth.E003")]
+    return []

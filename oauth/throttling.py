@@ -154,6 +154,21 @@ def known_remember(*marks: tuple[str, str]) -> None:
         logger.warning("could not remember a known address error=%s", type(exc).__name__)
 
 
+def window_limit(kind: str, value: str, *, limit: int, address: str) -> None:
+    """
+    Count one request of `kind` for `value` in this window; raise Throttled once over
+    `limit` (0: no limit), recording the limit reached once per window. A failing cache
+    limits nothing.
+    """
+    if limit <= 0:
+        return
+    count = _count(kind, value)
+    if count > limit:
+        if count == limit + 1:
+            limit_reached(kind, address=address)
+        raise refusal(kind)
+
+
 def refusal(limit: str) -> Throttled:
     """The refusal for a request over `limit`: it may come back when this window ends."""
     return Throttled(limit=limit, retry_after=_window()[2])

@@ -2,7 +2,8 @@
 Access tokens: RFC 9068 JWTs, issued, validated and revoked here.
 
 A token is active while its signature and claims hold, it has not been revoked, its
-credential still exists and has not expired, and its agent is active. Deleting a
+credential still exists and has not expired (nor been quarantined since the token was
+issued), and its agent is active. Deleting a
 credential or suspending an agent therefore turns its tokens inactive at once.
 """
 
@@ -192,6 +193,10 @@ def access_token_validate(token: str) -> ActiveToken | None:
     policy = None
     if credential is not None:
         if str(credential.agent_id) != claims["sub"] or credential.is_expired():
+            return None
+        # Quarantined for a leaked secret: what was issued until then stays inactive, rotated or not.
+        not_before = credential.tokens_not_before
+        if not_before is not None and claims.get("iat", 0) < not_before.timestamp():
             return None
         agent = credential.agent
     else:

@@ -13,6 +13,7 @@ from .. import services
 from ..errors import ApiError
 from ..models import Agent, Credential, TrustPolicy
 from .base import ConsoleAdmin, ReadOnly, audit_url
+from .credentials import COMPROMISED_FIRST
 from .keys import credential_keys_display
 from .policies import TrustPolicyColumns
 
@@ -35,6 +36,7 @@ class CredentialInline(ReadOnly, admin.TabularInline):
     show_change_link = True
     can_delete = False
     verbose_name_plural = "credentials (secrets and keys)"
+    ordering = COMPROMISED_FIRST
 
     @admin.display(description="keys (previous ones until)")
     def keys(self, credential: Credential) -> str:

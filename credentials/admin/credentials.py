@@ -8,7 +8,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -32,14 +32,20 @@ class CredentialStatusFilter(admin.SimpleListFilter):
     parameter_name = "status"
 
     def lookups(self, request, model_admin):
-        return [("active", "Active"), ("expired", "Expired")]
+        return [("active", "Active"), ("expired", "Expired"), ("compromised", "Compromised")]
 
     def queryset(self, request, queryset):
         if self.value() == "active":
-            return queryset.active()
+            return queryset.active().filter(compromised_at__isnull=True)
         if self.value() == "expired":
-            return queryset.expired()
+            return queryset.expired().filter(compromised_at__isnull=True)
+        if self.value() == "compromised":
+            return queryset.filter(compromised_at__isnull=False)
         return queryset
+
+
+#: Compromised credentials first (a leaked secret waits for its rotation), then oldest first.
+COMPROMISED_FIRST = [F("compromised_at").desc(nulls_last=True), "created_at", "id"]
 
 
 class RotateForm(forms.Form):
@@ -113,6 +119,7 @@ class CredentialAdmin(ConsoleAdmin):
     readonly_fields = fields
     # Replaces Django's delete_selected, which would delete rows around the services.
     actions = ["rotate_selected", "delete_selected"]
+    ordering = COMPROMISED_FIRST
 
     def has_add_permission(self, request, obj=None) -> bool:
         return request.user.has_perm("credentials.add_credential")

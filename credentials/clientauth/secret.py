@@ -92,6 +92,8 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
     current = matched.stored == credential.stored_secret
     if by_store:
         credential = _still_trusting(credential, matched, was_current=current)
+    if credential.is_compromised:
+        raise InvalidClient("credential_compromised", credential=credential)
     if credential.is_expired():
         raise InvalidClient("credential_expired", credential=credential)
     if not credential.agent.is_active:

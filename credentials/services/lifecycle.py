@@ -334,7 +334,12 @@ def replace_secret(
         secret_ref = locked.secret_ref or secretformat.new_secret_ref()
         secret = client_secret or generate_client_secret(secret_ref)
         now = timezone.now()
-        live_grace = list(locked.grace_secrets.filter(valid_until__gt=now))
+        compromised = locked.is_compromised
+        if compromised and grace_period_seconds:
+            message = "A compromised credential's secrets stop working at once: rotate it without a grace period."
+            raise ValidationFailed(message, details={"gracePeriodSeconds": [message]})
+        # A compromised credential's previous secrets end with it: one of them may be the leaked one.
+        live_grace = [] if compromised else list(locked.grace_secrets.filter(valid_until__gt=now))
         _check_grace_room(live=len(live_grace), grace_period_seconds=grace_period_seconds, what="secrets")
         old = locked.stored_secret
         moving_in = backend.location(owner=locked)
@@ -350,12 +355,14 @@ def replace_secret(
             grace.set_stored_secret(old)
             grace.save(force_insert=True)
             still_used.append(old)
-        expired = list(locked.grace_secrets.filter(valid_until__lte=now))
+        expired = list(locked.grace_secrets.all() if compromised else locked.grace_secrets.filter(valid_until__lte=now))
         locked.grace_secrets.filter(pk__in=[grace.pk for grace in expired]).delete()
         locked.set_stored_secret(new)
         locked.rotated_at = now
         locked.secret_ref = secret_ref
-        locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at", "secret_ref"])
+        # The way back from quarantine; tokens issued before it stay inactive (tokens_not_before).
+        locked.compromised_at = None
+        locked.save(update_fields=[*Credential.LOCATION_FIELDS, "rotated_at", "secret_ref", "compromised_at"])
         queue_released(locked, dropped=[old, *(grace.stored_secret for grace in expired)], still_used=still_used)
         if new.kept_outside_database:
             transaction.on_commit(secret_purges_run_due, robust=True)
@@ -369,6 +376,7 @@ def replace_secret(
                 "gracePeriodSeconds": grace_period_seconds,
                 "from": old.storage,
                 "to": new.storage,
+                **({"wasCompromised": True} if compromised else {}),
             },
         )
         issued = IssuedCredential(credential=locked, client_secret=secret)

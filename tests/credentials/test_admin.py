@@ -1124,3 +1124,21 @@ def test_a_result_page_that_cannot_be_rendered_still_shows_the_new_secret(
     assert issued.credential.client_id in page
     assert token_status(token_response, issued.credential.client_id, new) == 200
     assert_logs_keep(caplog, new)
+
+
+def test_compromised_credentials_come_first_in_the_list_and_on_their_agents_page(client, operator, agent):
+    from credentials.audit import Actor
+    from credentials.leaks import Reported, leaks_check
+    from credentials.models import AuditEvent as Event
+
+    older, leaked = make_credential(agent), make_credential(agent)
+    leaks_check(reported=[Reported(leaked.client_secret)], acting=Actor(type=Event.ActorType.REPORTER, label="test"))
+
+    listing = client.get(url("credential_changelist")).content.decode()
+    filtered = client.get(url("credential_changelist") + "?status=compromised").content.decode()
+    page = client.get(url("agent_change", agent.pk)).content.decode()
+
+    for html_page in (listing, page):
+        assert html_page.index(leaked.credential.client_id) < html_page.index(older.credential.client_id)
+        assert "compromised" in html_page
+    assert leaked.credential.client_id in filtered and older.credential.client_id not in filtered

@@ -1,4 +1,6 @@
-"""The system checks of the signed-JWT settings."""
+"""The system checks of the signed-JWT, notification and secret-scanning settings."""
+
+import pytest
 
 from credentials.checks import check_key_fetch_for_production, check_signed_jwt_settings
 
@@ -34,3 +36,21 @@ def test_plain_http_on_loopback_is_a_deployment_warning(settings):
     settings.AGENTIDP_KEY_FETCH_ALLOW_HTTP_LOOPBACK = True
 
     assert [warning.id for warning in check_key_fetch_for_production()] == ["credentials.W001"]
+
+
+def test_a_notification_webhook_without_its_secret_is_an_error(settings):
+    from django.core.checks import run_checks
+
+    settings.AGENTIDP_NOTIFY_WEBHOOK_URL = "https://hooks.example/agentidp"
+    settings.AGENTIDP_NOTIFY_WEBHOOK_SECRET = ""
+
+    assert "credentials.E004" in [message.id for message in run_checks()]
+
+
+@pytest.mark.parametrize("document", ["not json", '{"public_keys": [{"key_identifier": "k", "key": "nope"}]}'])
+def test_an_unreadable_github_key_document_is_an_error(settings, document):
+    from django.core.checks import run_checks
+
+    settings.AGENTIDP_GITHUB_SECRET_SCANNING_KEYS = document
+
+    assert "oauth.E003" in [message.id for message in run_checks()]
