@@ -215,6 +215,23 @@ def self_report(client, secret, **extra):
     return client.post(LEAKS_URL, json.dumps({"secret": secret}), content_type="application/json", **extra)
 
 
+def test_the_management_api_shows_a_compromised_credential_and_rotation_brings_it_back(client, api, issued):
+    path = f"/api/v1/agents/{issued.credential.agent_id}/credentials/{issued.credential.id}"
+    self_report(client, issued.client_secret)
+
+    shown = api.get(path).json()
+    with_grace = api.post(path + "/rotate", {"gracePeriodSeconds": 60}, format="json")
+    rotated = api.post(path + "/rotate", {}, format="json")
+
+    assert shown["status"] == "compromised"
+    assert with_grace.status_code == 400 and with_grace.json()["code"] == "VALIDATION_ERROR"
+    assert rotated.status_code == 200 and rotated.json()["status"] == "active"
+    auth = basic_auth(issued.credential.client_id, rotated.json()["clientSecret"])
+    assert (
+        form_post(client, TOKEN_URL, {"grant_type": "client_credentials"}, HTTP_AUTHORIZATION=auth).status_code == 200
+    )
+
+
 def test_a_self_report_is_always_the_same_202_and_quarantines_a_live_secret(client, issued):
     answers = [self_report(client, s) for s in (wrong_secret(), "hello", near_miss(issued.client_secret))]
     live = self_report(client, issued.client_secret)
