@@ -11,7 +11,7 @@ Where leaked secrets are reported (credentials.leaks checks them and quarantines
 - GET /api/v1/secret-scanning/gitlab/revocable_token_types and
   POST /api/v1/secret-scanning/gitlab/revoke_tokens: GitLab's token revocation API.
 
-A signed call is remembered (its signature, or its delivery id) for AGENTIDP_LEAK_REPLAY_SECONDS
+A signed call is remembered (by the digest of its signed body) for AGENTIDP_LEAK_REPLAY_SECONDS
 once it was processed: the same call again is refused. Errors have the management API's shape.
 """
 
@@ -112,8 +112,8 @@ def _reporter(label: str, address: str) -> Actor:
 class _Replay:
     """A signed call's mark: refused if seen, remembered once processed, forgotten if processing failed."""
 
-    def __init__(self, kind: str, value: str) -> None:
-        self.key = REPLAY_PREFIX + kind + ":" + hashlib.sha256(value.encode()).hexdigest()
+    def __init__(self, kind: str, signed: bytes) -> None:
+        self.key = REPLAY_PREFIX + kind + ":" + hashlib.sha256(signed).hexdigest()
 
     def claim(self) -> bool:
         """Return whether this call is new (and mark it taken); raise on a cache that cannot answer."""
@@ -244,7 +244,9 @@ def github_partner_report(request: HttpRequest) -> HttpResponse:
     matches = _matches(_json(request.body), ("token",))
     if matches is None:
         return _error(400, "VALIDATION_ERROR", 'Send a JSON array of {"token", "type", "url", "source"}.')
-    replay = _Replay("github", request.headers["Github-Public-Key-Signature"])
+    # By the body, not the signature: an ECDSA signature has twins ((r, n - s), other DER
+    # spellings) that verify the same body, so a replay could come with another signature.
+    replay = _Replay("github", request.body)
     if (refused := _claimed(replay)) is not None:
         return refused
     reported = [
@@ -329,7 +331,8 @@ def github_alert_webhook(request: HttpRequest) -> HttpResponse:
     number = alert.get("number")
     if not isinstance(number, int) or isinstance(number, bool) or not delivery:
         return _error(400, "VALIDATION_ERROR", "The delivery has no alert number or delivery id.")
-    replay = _Replay("github-delivery", delivery)
+    # By the body, which the HMAC covers; X-GitHub-Delivery does not, so it cannot name a replay.
+    replay = _Replay("github-alert", request.body)
     if (refused := _claimed(replay)) is not None:
         return refused
     try:

@@ -51,8 +51,18 @@ def notification_queue(*, event: str, payload: dict[str, Any]) -> int | None:
         logger.info("no notification webhook configured, not queued event=%s", event)
         return None
     notification = Notification.objects.create(event=event, payload=payload)
-    transaction.on_commit(lambda: notifications_deliver(notification_ids=[notification.id]), robust=True)
+    transaction.on_commit(lambda: _deliver_now(notification.id), robust=True)
     return notification.id
+
+
+#: After a failed delivery, this process sends nothing more right away until then (time.monotonic()):
+#: the requests that queue notifications must not each wait out a receiver that is down.
+_receiver_down_until = 0.0
+
+
+def _deliver_now(notification_id: int) -> None:
+    if time.monotonic() >= _receiver_down_until:
+        notification_deliver(notification_id=notification_id)
 
 
 def signature(*, secret: str, timestamp: str, body: bytes) -> str:
@@ -112,6 +122,8 @@ def notification_deliver(*, notification_id: int) -> bool:
             status = getattr(exc, "code", None)
             notification.last_error = f"HTTP {status}" if isinstance(status, int) else type(exc).__name__
             notification.save(update_fields=["attempts", "next_attempt_at", "last_error"])
+            global _receiver_down_until
+            _receiver_down_until = time.monotonic() + NOTIFY_FIRST_DELAY_SECONDS
             logger.warning(
                 "notification not delivered, will retry id=%s event=%s attempts=%s error=%s",
                 notification.id,

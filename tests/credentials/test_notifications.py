@@ -16,6 +16,7 @@ from django.core.management.base import CommandError
 from credentials.audit import Actor
 from credentials.leaks import Reported, leaks_check
 from credentials.models import AuditEvent, Notification
+from credentials.services import notifications
 from credentials.services.notifications import NOTIFY_FIRST_DELAY_SECONDS, notifications_deliver_due
 
 SECRET = "notify-secret-for-tests"
@@ -43,6 +44,12 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/agentidp"
+
+
+@pytest.fixture(autouse=True)
+def _receiver_not_paused(monkeypatch):
+    """Each test starts with no pause after an earlier test's failed delivery."""
+    monkeypatch.setattr(notifications, "_receiver_down_until", 0.0)
 
 
 @pytest.fixture
@@ -110,6 +117,23 @@ def test_a_receiver_that_is_down_gets_it_later_with_the_same_delivery_id(
     assert not Notification.objects.exists()
     deliveries = [headers["x-agentidp-delivery"] for headers, _ in receiver.received]
     assert deliveries == [str(queued.id)] * 3
+
+
+def test_after_a_failed_delivery_the_next_ones_wait_instead_of_each_waiting_out_the_receiver(
+    receiver, agent, django_capture_on_commit_callbacks
+):
+    from tests.factories import make_credential
+
+    receiver.status = 500
+    first, second = make_credential(agent), make_credential(agent)
+    quarantine(first, django_capture_on_commit_callbacks)
+    quarantine(second, django_capture_on_commit_callbacks)
+
+    assert len(receiver.received) == 1  # the second was queued, not sent: the receiver had just failed
+    assert sorted(Notification.objects.values_list("attempts", flat=True)) == [0, 1]
+    receiver.status = 200
+    call_command("deliver_notifications", verbosity=0)
+    assert not Notification.objects.exists() and len(receiver.received) == 3
 
 
 def test_a_receiver_that_is_unreachable_keeps_the_notification_queued(

@@ -162,6 +162,22 @@ def test_a_replayed_partner_call_is_refused(client, github, issued):
     assert replayed.status_code == 401 and "replay" in replayed.json()["message"]
 
 
+def test_a_replay_under_the_signatures_twin_is_refused_too(client, github, issued):
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    body = matches(wrong_secret())
+    signature = github.sign(body)
+    r, s = decode_dss_signature(base64.b64decode(signature))
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's n
+    twin = base64.b64encode(encode_dss_signature(r, order - s)).decode()
+    assert twin != signature
+
+    assert partner_call(client, body, signature=signature).status_code == 200
+    replayed = partner_call(client, body, signature=twin)
+
+    assert replayed.status_code == 401 and "replay" in replayed.json()["message"]
+
+
 def test_without_githubs_keys_configured_every_call_is_401(client, settings, issued):
     settings.AGENTIDP_GITHUB_SECRET_SCANNING_KEYS = ""
     body = matches(issued.client_secret)
@@ -375,6 +391,8 @@ def test_a_replayed_alert_delivery_is_refused(client, github_api, db):
 
     assert alert_delivery(client, alert_payload()).status_code == 200
     assert alert_delivery(client, alert_payload()).status_code == 401
+    # The delivery id is not signed: another one does not make the same delivery new.
+    assert alert_delivery(client, alert_payload(), delivery="d-2").status_code == 401
 
 
 def test_an_alert_github_cannot_show_is_503_and_may_be_delivered_again(client, github_api, issued):
