@@ -296,7 +296,21 @@ class TrustPolicy(KeyLocation):
         return f"{self.issuer} {self.subject or self.subject_pattern or '(any subject)'}"
 
 
-class Notification(models.Model):
+class OutboxEntry(models.Model):
+    """A job done after the transaction that queued it, retried with a growing delay until it succeeds."""
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    attempts = models.PositiveIntegerField(default=0, editable=False)
+    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    # The kind of the last failure (an exception class name, an HTTP status), never its text.
+    last_error = models.CharField(max_length=64, blank=True, default="", editable=False)
+
+    class Meta:
+        abstract = True
+        ordering = ["next_attempt_at", "id"]
+
+
+class Notification(OutboxEntry):
     """
     A message for the agents' owners (today: a credential quarantined because its secret
     leaked), to be POSTed, signed, to AGENTIDP_NOTIFY_WEBHOOK_URL.
@@ -310,20 +324,12 @@ class Notification(models.Model):
     id = models.BigAutoField(primary_key=True)
     event = models.CharField(max_length=64, editable=False)
     payload = models.JSONField(editable=False)
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
-    attempts = models.PositiveIntegerField(default=0, editable=False)
-    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
-    # The kind of the last failure (an exception class name or an HTTP status), never a body.
-    last_error = models.CharField(max_length=64, blank=True, default="", editable=False)
-
-    class Meta:
-        ordering = ["next_attempt_at", "id"]
 
     def __str__(self) -> str:
         return f"{self.event} #{self.id}"
 
 
-class SecretPurge(models.Model):
+class SecretPurge(OutboxEntry):
     """
     A secret kept outside the database that must be destroyed, every version of it.
 
@@ -340,14 +346,8 @@ class SecretPurge(models.Model):
     agent_id = models.UUIDField(null=True, blank=True, editable=False)
     credential_id = models.UUIDField(null=True, blank=True, editable=False)
     reason = models.CharField(max_length=32, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
-    attempts = models.PositiveIntegerField(default=0, editable=False)
-    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
-    # The kind of the last failure (an exception class name), never its text.
-    last_error = models.CharField(max_length=64, blank=True, default="", editable=False)
 
-    class Meta:
-        ordering = ["next_attempt_at", "id"]
+    class Meta(OutboxEntry.Meta):
         constraints = [
             models.UniqueConstraint(fields=["storage", "vault_path"], name="credentials_secretpurge_unique_location"),
         ]

@@ -41,9 +41,26 @@ from .tokens import RevocationRefused, access_token_issue, access_token_revoke, 
 logger = logging.getLogger(__name__)
 
 
+class _RFCMethods(View):
+    """An OAuth endpoint's other methods: 405 in the RFC 6749 section 5.2 shape, and OPTIONS, both naming `allow`."""
+
+    allow = "POST"
+
+    def http_method_not_allowed(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        methods = " or ".join(self.allow.split(", "))
+        response = OAuthError("invalid_request", f"Use {methods}, not {request.method}.", status=405).response()
+        response["Allow"] = self.allow
+        return response
+
+    def options(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = HttpResponse(status=204)
+        response["Allow"] = self.allow
+        return response
+
+
 @method_decorator(csrf_exempt, name="dispatch")
 @method_decorator(sensitive_post_parameters("client_secret", "client_assertion", "assertion", "token"), name="dispatch")
-class OAuthEndpoint(View):
+class OAuthEndpoint(_RFCMethods):
     """A POST-only endpoint that answers every failure in the RFC 6749 section 5.2 shape."""
 
     http_method_names = ["post", "options"]
@@ -64,16 +81,6 @@ class OAuthEndpoint(View):
 
     def handle(self, request: HttpRequest, params: Parameters) -> HttpResponse:
         raise NotImplementedError
-
-    def http_method_not_allowed(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        response = OAuthError("invalid_request", f"Use POST, not {request.method}.", status=405).response()
-        response["Allow"] = "POST"
-        return response
-
-    def options(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        response = HttpResponse(status=204)
-        response["Allow"] = "POST"
-        return response
 
 
 #: The grants the token endpoint answers, in the order metadata lists them.
@@ -196,7 +203,7 @@ class RevocationView(OAuthEndpoint):
 
 
 @method_decorator(csrf_exempt, name="dispatch")
-class AuthorizationView(View):
+class AuthorizationView(_RFCMethods):
     """
     The authorization endpoint (RFC 6749 section 3.1), which AgentIdP publishes but where
     no response type is served: agents get tokens at the token endpoint, with no person
@@ -208,6 +215,7 @@ class AuthorizationView(View):
     """
 
     http_method_names = ["get", "post", "head", "options"]
+    allow = "GET, POST"
 
     def get(self, request: HttpRequest) -> HttpResponse:
         return OAuthError(
@@ -217,16 +225,6 @@ class AuthorizationView(View):
         ).response()
 
     post = get
-
-    def http_method_not_allowed(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        response = OAuthError("invalid_request", f"Use GET or POST, not {request.method}.", status=405).response()
-        response["Allow"] = "GET, POST"
-        return response
-
-    def options(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        response = HttpResponse(status=204)
-        response["Allow"] = "GET, POST"
-        return response
 
 
 def _absolute(name: str) -> str:
