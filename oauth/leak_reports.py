@@ -143,7 +143,7 @@ SELF_REPORT_ANSWER = {"status": "received"}
 
 
 @_post_only
-@sensitive_variables("data", "secret")
+@sensitive_variables()  # every local may hold the reported secret
 def self_report(request: HttpRequest) -> HttpResponse:
     """
     Whoever found a secret reports it: `{"secret": "...", "foundAt": "..."?}`. Always 202 with
@@ -232,6 +232,7 @@ def _matches(data: Any, required: tuple[str, ...]) -> list[dict[str, str]] | Non
 
 
 @_post_only
+@sensitive_variables()  # every local may hold a reported secret
 def github_partner_report(request: HttpRequest) -> HttpResponse:
     """
     GitHub's secret-scanning partner call: a signed JSON array of `{"token", "type", "url",
@@ -312,6 +313,7 @@ def _alert_secret(repository: str, number: int) -> tuple[str, str]:
 
 
 @_post_only
+@sensitive_variables()  # every local may hold a reported secret
 def github_alert_webhook(request: HttpRequest) -> HttpResponse:
     """A `secret_scanning_alert` webhook delivery: the alert's secret is read from GitHub and checked."""
     if not _github_webhook_signature_valid(request):
@@ -372,6 +374,7 @@ def gitlab_token_types(request: HttpRequest) -> HttpResponse:
 
 
 @_post_only
+@sensitive_variables()  # every local may hold a reported secret
 def gitlab_revoke_tokens(request: HttpRequest) -> HttpResponse:
     """POST: `[{"type", "token", "location"}]`; 204 once every token was checked (live ones quarantined)."""
     if not _gitlab_authorized(request):
