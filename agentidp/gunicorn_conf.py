@@ -22,6 +22,7 @@ import datetime
 import json
 import multiprocessing
 import os
+import tempfile
 
 from gunicorn.glogging import Logger
 
@@ -46,6 +47,23 @@ accesslog = os.environ.get("AGENTIDP_ACCESS_LOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 proc_name = "agentidp"
+
+
+# Prometheus metrics in multi-process mode: every worker writes its own files in one directory,
+# which /metrics reads (agentidp/metrics.py). Made empty here, before the workers fork.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="agentidp-metrics-")
+else:
+    for name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]):
+        if name.endswith(".db"):
+            os.remove(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], name))
+
+
+def child_exit(server, worker):
+    """A worker that ended leaves its gauges' files behind: mark them dead (prometheus_client's rule)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 class JsonAccessLogger(Logger):

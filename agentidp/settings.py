@@ -44,6 +44,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "agentidp.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "agentidp.middleware.ApiRequestMiddleware",
@@ -232,6 +233,12 @@ AGENTIDP_KEY_CACHE_SECONDS = env.int("AGENTIDP_KEY_CACHE_SECONDS", default=300)
 AGENTIDP_KEY_REFRESH_MIN_SECONDS = env.int("AGENTIDP_KEY_REFRESH_MIN_SECONDS", default=5)
 # While an issuer cannot be reached, its last good keys keep verifying this long after they were fetched.
 AGENTIDP_KEY_STALE_SECONDS = env.int("AGENTIDP_KEY_STALE_SECONDS", default=86400)
+
+# --- Metrics ------------------------------------------------------------------------------------
+# GET /metrics answers clients from these networks (their address as the rate limits count it)...
+AGENTIDP_METRICS_ALLOWED_NETWORKS = env.list("AGENTIDP_METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+# ...presenting this bearer token, if it is set.
+AGENTIDP_METRICS_TOKEN = env.str("AGENTIDP_METRICS_TOKEN", default="")
 
 # --- Leaked secrets -------------------------------------------------------------------------
 # GitHub's secret-scanning partner call: GitHub's public keys, as its

@@ -8,6 +8,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import health
 from .apidocs import SchemaView, SwaggerView
 from .console_login import ConsoleAuthenticationForm
+from .metrics import metrics_view
 from .middleware import page_not_found
 
 
@@ -29,9 +30,10 @@ urlpatterns = [
     re_path(r"^api/v1/schema/?$", SchemaView.as_view(), name="api-schema"),
     re_path(r"^api/v1/docs/?$", SwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     # Anything else under /api/ is the contract's 404, in JSON, whatever DEBUG says.
-    re_path(r"^api/", csrf_exempt(page_not_found)),
+    re_path(r"^api/", csrf_exempt(page_not_found), name="api-not-found"),
     path("admin/r/<path:content_type_id>/<path:object_id>/", admin.site.admin_view(view_on_site)),
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="metrics"),
     path("healthz", health.liveness, name="healthz"),
     path("readyz", health.readiness, name="readyz"),
 ]

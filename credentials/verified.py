@@ -28,6 +28,7 @@ from django.core.cache import cache
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
+from .metrics import VERIFIED_CACHE
 from .trust import Trusted
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,9 @@ def verified_recently(*, trusted: Trusted, secret: str) -> bool:
             "verified-secret cache unavailable credential_id=%s error=%s", trusted.credential_id, type(exc).__name__
         )
         return False
-    if not isinstance(kept, str):
-        return False
-    return hmac.compare_digest(kept, _digest(trusted, secret))
+    hit = isinstance(kept, str) and hmac.compare_digest(kept, _digest(trusted, secret))
+    VERIFIED_CACHE.labels("hit" if hit else "miss").inc()
+    return hit
 
 
 @sensitive_variables("secret")

@@ -25,6 +25,8 @@ from .throttling import AuthenticationGuard, Throttled, client_ref
 auth_logger = logging.getLogger("agentidp.auth")
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+#: Where a request notes the client-authentication method it used, for the metrics.
+AUTH_METHOD_ATTRIBUTE = "_agentidp_auth_method"
 JSON_MEDIA_TYPE = "application/json"
 
 
@@ -221,6 +223,8 @@ def _log_attempt(
     else:
         auth_method = presented.method_name if presented else ""
         ref = client_ref(presented.client_id) if presented else ""
+        if presented:
+            setattr(request, AUTH_METHOD_ATTRIBUTE, presented.method_name)  # a registry's name, for the metrics
     fields = {
         "event": "client_authentication",
         "outcome": outcome,

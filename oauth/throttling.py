@@ -55,6 +55,7 @@ from credentials.audit import audit_record
 from credentials.models import AuditEvent
 
 from .addresses import client_address
+from .metrics import RATE_LIMIT_REFUSALS
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def window_limit(kind: str, value: str, *, limit: int, address: str) -> None:
 
 def refusal(limit: str) -> Throttled:
     """The refusal for a request over `limit`: it may come back when this window ends."""
+    RATE_LIMIT_REFUSALS.labels(limit).inc()
     return Throttled(limit=limit, retry_after=_window()[2])
 
 

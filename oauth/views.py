@@ -25,7 +25,9 @@ from credentials.resources import MAX_TOKEN_RESOURCES, is_resource
 from credentials.scopes import parse_scope_parameter
 
 from .keys import jwks
+from .metrics import TOKEN_REQUESTS
 from .protocol import (
+    AUTH_METHOD_ATTRIBUTE,
     OAuthError,
     Parameters,
     authenticate_client,
@@ -70,14 +72,22 @@ class OAuthEndpoint(_RFCMethods):
     repeatable_parameters: tuple[str, ...] = ()
 
     def post(self, request: HttpRequest) -> HttpResponse:
+        outcome = "issued"
         try:
             with token_request_counted(request) if self.counts_requests else contextlib.nullcontext():
                 try:
-                    return self.handle(request, parse_parameters(request, repeatable=self.repeatable_parameters))
+                    response = self.handle(request, parse_parameters(request, repeatable=self.repeatable_parameters))
                 except OAuthError as exc:
-                    return exc.response()
+                    outcome = "rate_limited" if exc.extra.get("code") == "RATE_LIMITED" else exc.error
+                    response = exc.response()
         except Throttled as exc:
-            return rate_limited(exc).response()
+            outcome = "rate_limited"
+            response = rate_limited(exc).response()
+        self.observe(request, outcome)
+        return response
+
+    def observe(self, request: HttpRequest, outcome: str) -> None:
+        """Count the request in the metrics (the token endpoint does); `outcome` is "issued" or an RFC 6749 error."""
 
     def handle(self, request: HttpRequest, params: Parameters) -> HttpResponse:
         raise NotImplementedError
@@ -85,6 +95,9 @@ class OAuthEndpoint(_RFCMethods):
 
 #: The grants the token endpoint answers, in the order metadata lists them.
 GRANT_TYPES = ("client_credentials", federation.GRANT_TYPE)
+#: Where a token request notes its grant for the metrics, and the grants' names there.
+GRANT_ATTRIBUTE = "_agentidp_grant"
+GRANT_LABELS = {"client_credentials": "client_credentials", federation.GRANT_TYPE: "jwt-bearer"}
 
 
 class TokenView(OAuthEndpoint):
@@ -97,8 +110,16 @@ class TokenView(OAuthEndpoint):
     counts_requests = True
     repeatable_parameters = ("resource",)  # RFC 8707 section 2
 
+    def observe(self, request: HttpRequest, outcome: str) -> None:
+        grant = getattr(request, GRANT_ATTRIBUTE, "missing")
+        TOKEN_REQUESTS.labels(grant, getattr(request, AUTH_METHOD_ATTRIBUTE, "none"), outcome).inc()
+
     def handle(self, request: HttpRequest, params: Parameters) -> HttpResponse:
         grant_type = params.get("grant_type")
+        # The metrics' label: a grant AgentIdP serves, or one word for any other (never the client's text).
+        setattr(
+            request, GRANT_ATTRIBUTE, GRANT_LABELS.get(grant_type, "missing" if grant_type is None else "unsupported")
+        )
         if grant_type is None:
             raise invalid_request("grant_type is required.")
         if grant_type == "client_credentials":

@@ -114,6 +114,16 @@ def test_the_server_command_serves_a_token_and_logs_json_without_queries_or_head
         with urllib.request.urlopen(request, timeout=10) as response:
             token = json.loads(response.read())["access_token"]
             assert response.status == 200
+        # Metrics in multi-process mode: whichever worker answers, it reads every worker's counts.
+        issued = (
+            "agentidp_token_requests_total"
+            '{grant="client_credentials",method="client_secret_basic",outcome="issued"} 1.0'
+        )
+        for _ in range(4):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                metrics = response.read().decode()
+            assert issued in metrics
+            assert 'agentidp_credentials{kind="secret",status="active"} 1.0' in metrics
     finally:
         server.terminate()
         server.wait(30)
@@ -138,4 +148,5 @@ def test_the_server_command_serves_a_token_and_logs_json_without_queries_or_head
     everything = (tmp_path / "out.log").read_text() + (tmp_path / "err.log").read_text()
     for value in ("query-value", basic, admin["clientSecret"], token):
         assert value not in everything
+        assert value not in metrics
     assert "Booting worker" in everything

@@ -20,6 +20,7 @@ from vaultstore.backends import StoredSecret, get_backend_for, get_default_backe
 from vaultstore.exceptions import SecretMissing, SecretStoreError
 
 from .. import secretformat, selectors
+from ..metrics import SECRET_VERIFICATIONS
 from ..models import Credential
 from ..services import credential_move_to_default, credential_secret_missing
 from ..trust import Trusted, candidate_secrets, current_secret
@@ -79,6 +80,7 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
             trusted=Trusted(NO_CREDENTIAL_ID, StoredSecret(storage=backend.name), since=EPOCH), secret=client_secret
         )
         if store_allowed:
+            SECRET_VERIFICATIONS.labels(backend.name, "dummy").inc()
             backend.verify_dummy(secret=client_secret)
         selectors.grace_secrets_live(credential_id=NO_CREDENTIAL_ID)
         if not store_allowed:
@@ -136,14 +138,20 @@ def _secret_matching(credential: Credential, secret: str, *, store_allowed: bool
         if not store_allowed:
             continue
         try:
-            if get_backend_for(stored).verify_trusted(stored=stored, secret=secret):
-                remember_verified(trusted=trusted, secret=secret)
-                _secrets_lost(credential, missing)
-                return trusted, True
+            matched = get_backend_for(stored).verify_trusted(stored=stored, secret=secret)
         except SecretMissing:
+            SECRET_VERIFICATIONS.labels(stored.storage, "missing").inc()
             missing.append(trusted)
+            continue
         except SecretStoreError as exc:
+            SECRET_VERIFICATIONS.labels(stored.storage, "unavailable").inc()
             unavailable = unavailable or exc
+            continue
+        SECRET_VERIFICATIONS.labels(stored.storage, "match" if matched else "mismatch").inc()
+        if matched:
+            remember_verified(trusted=trusted, secret=secret)
+            _secrets_lost(credential, missing)
+            return trusted, True
     if not store_allowed:
         raise VerificationWithheld()
     lost = _secrets_lost(credential, missing)

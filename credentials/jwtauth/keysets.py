@@ -24,6 +24,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from joserfc.jwk import JWKRegistry, KeySet
 
+from ..metrics import KEY_CACHE
 from .fetch import FetchError, FetchRefused, check_key_url, fetch_json
 
 logger = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def remote_keyset(source: RemoteKeys, *, kid: str | None) -> KeySet:
     entry = _source_entry(source)
     state = entry.state
     if _fresh(state, kid):
+        KEY_CACHE.labels("hit").inc()
         return state.keys  # type: ignore[return-value]
     if not entry.lock.acquire(blocking=False):
         # Another request is fetching: answer with what serves now rather than queue behind it.
@@ -262,10 +264,12 @@ def _refresh(source: RemoteKeys, entry: _Source, kid: str | None) -> KeySet:
         try:
             keys = _fetch_keys(source)
         except FetchError as exc:
+            KEY_CACHE.labels("failed").inc()
             state = dataclasses.replace(state, asked_at=moment, failure=exc.reason)
             entry.state = state
             _warn(source, state, exc.reason, moment)
         else:
+            KEY_CACHE.labels("fetched").inc()
             entry.state = _Fetched(keys=keys, fetched_at=moment, asked_at=moment)
             return keys
     return _best(state, moment)

@@ -23,6 +23,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -33,6 +34,7 @@ import requests
 from django.views.decorators.debug import sensitive_variables
 
 from ..exceptions import SecretMissing, SecretReadError, SecretStoreError, SecretWriteError
+from ..metrics import VAULT_BREAKER_OPEN, VAULT_ERRORS, VAULT_REQUEST_SECONDS
 from .base import BaseSecretBackend, SecretOwner, StoredSecret
 from .vault_answers import (
     SECRET_KEY,
@@ -139,9 +141,10 @@ class VaultSecretBackend(BaseSecretBackend):
         self.token_keeper.close()
 
     @contextlib.contextmanager
-    def _asking(self, *, counted: bool = True) -> Iterator[None]:
+    def _asking(self, operation: str, *, counted: bool = True) -> Iterator[None]:
         """
-        Ask Vault through the breaker: raise BreakerOpen at once while it is open, and record how the asking ended.
+        Ask Vault through the breaker: raise BreakerOpen at once while it is open, and record how the asking ended
+        (in the breaker and in the metrics, as `operation`).
 
         With `counted` False (a health check) the breaker is only looked at: the asking is
         neither its probe nor recorded, so that anonymous readiness probes cannot open it.
@@ -150,18 +153,24 @@ class VaultSecretBackend(BaseSecretBackend):
             self.breaker.allow()
         else:
             self.breaker.refuse_while_open()
+        started = time.monotonic()
         try:
             yield
         except BaseException as exc:
+            VAULT_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
+            VAULT_ERRORS.labels(operation, type(exc).__name__).inc()
             if counted and is_outage(exc):
                 self.breaker.failed()
             elif counted:
                 self.breaker.succeeded()
+            VAULT_BREAKER_OPEN.set(1 if self.breaker.is_open else 0)
             if is_refusal(exc):
                 self.token_keeper.refused()
             raise
+        VAULT_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
         if counted:
             self.breaker.succeeded()
+            VAULT_BREAKER_OPEN.set(0)
 
     def _call(self, operation: Callable[..., Any], **kwargs: Any) -> Any:
         """Run one hvac operation, once more if Vault asks for a retry while a KV mount upgrades."""
@@ -217,7 +226,7 @@ class VaultSecretBackend(BaseSecretBackend):
         expected = 0
         if replacing is not None and replacing.storage == self.name and replacing.vault_path == path:
             expected = replacing.vault_version or 0
-        with translated(STORING, path=path), self._asking():
+        with translated(STORING, path=path), self._asking("store"):
             client = self._client()
             try:
                 version = self._write(client, key, secret, cas=expected)
@@ -316,7 +325,7 @@ class VaultSecretBackend(BaseSecretBackend):
         key = self._key(stored, SecretReadError)
         with translated(READING, path=stored.vault_path):
             try:
-                with self._asking():
+                with self._asking("read"):
                     response = self._call(
                         self._client().secrets.kv.v2.read_secret_version,
                         path=key,
@@ -356,7 +365,7 @@ class VaultSecretBackend(BaseSecretBackend):
         It fails as that verification would (SecretReadError while Vault cannot answer), so
         an unknown client cannot be told from a Vault credential's by the answer either.
         """
-        with translated(READING), self._asking():
+        with translated(READING), self._asking("read"):
             client = self._client()
             try:
                 entry = self._read_dummy(client)
@@ -394,7 +403,7 @@ class VaultSecretBackend(BaseSecretBackend):
         paths = sorted({item.vault_path for item in stored if item.storage == self.name and item.vault_path})
         for path in paths:
             key = self._key(StoredSecret(storage=self.name, vault_path=path), SecretWriteError)
-            with translated(DESTROYING, path=path), self._asking():
+            with translated(DESTROYING, path=path), self._asking("delete"):
                 response = self._call(self._client().secrets.kv.v2.delete_metadata_and_all_versions, path=key)
                 # Vault answers 204; hvac returns anything that is not JSON as the raw response.
                 if isinstance(response, requests.Response) and response.status_code != 204:
@@ -410,7 +419,7 @@ class VaultSecretBackend(BaseSecretBackend):
         Vault rate-limiting those probes must not make token requests fail fast.
         """
         try:
-            with translated(CHECKING), self._asking(counted=False):
+            with translated(CHECKING), self._asking("check", counted=False):
                 client = self._client()
                 health = client.sys.read_health_status(method="GET")
                 status = health.status_code if isinstance(health, requests.Response) else 200

@@ -1,0 +1,72 @@
+"""
+Prometheus metrics of credentials: secret verifications by store and result, the
+verified-secret cache, the key cache of signed JWTs; and, counted from the database when
+/metrics is read, agents and credentials by status and kind, and the outboxes' depth and age.
+
+No label carries a value a client chose: stores, results and statuses are AgentIdP's own words.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Count, Min, Q
+from django.utils import timezone
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+
+SECRET_VERIFICATIONS = Counter(
+    "agentidp_secret_verifications_total",
+    "Client secrets verified by a store, by store (bcrypt, vault) and result "
+    "(match, mismatch, missing, unavailable; dummy: an unknown client's equal share of work).",
+    ["store", "result"],
+)
+VERIFIED_CACHE = Counter(
+    "agentidp_verified_secret_cache_total",
+    "Lookups in the verified-secret cache, by result (hit, miss).",
+    ["result"],
+)
+KEY_CACHE = Counter(
+    "agentidp_key_cache_total",
+    "Public keys of signed JWTs asked for from a URL, by result: hit (cached), fetched, failed (fetching failed).",
+    ["result"],
+)
+
+
+class DatabaseCollector:
+    """What the database holds, counted when /metrics is read (a few aggregate queries)."""
+
+    def collect(self):
+        from .models import Agent, Credential, Notification, SecretPurge
+
+        agents = GaugeMetricFamily("agentidp_agents", "Agents, by status.", labels=["status"])
+        for row in Agent.objects.values("status").annotate(n=Count("id")).order_by("status"):
+            agents.add_metric([row["status"]], row["n"])
+        yield agents
+
+        now = timezone.now()
+        credentials = GaugeMetricFamily(
+            "agentidp_credentials", "Credentials, by kind (secret, key) and status.", labels=["kind", "status"]
+        )
+        expired = Q(expires_at__lte=now)
+        for row in (
+            Credential.objects.values("kind")
+            .annotate(
+                compromised=Count("id", filter=Q(compromised_at__isnull=False)),
+                expired=Count("id", filter=expired & Q(compromised_at__isnull=True)),
+                active=Count("id", filter=~expired & Q(compromised_at__isnull=True)),
+            )
+            .order_by("kind")
+        ):
+            for status in ("active", "expired", "compromised"):
+                credentials.add_metric([row["kind"], status], row[status])
+        yield credentials
+
+        for model, name, what in (
+            (SecretPurge, "agentidp_purge_queue", "Vault entries queued for destruction"),
+            (Notification, "agentidp_notification_outbox", "Notifications to the agents' owners not yet delivered"),
+        ):
+            summary = model.objects.aggregate(n=Count("id"), oldest=Min("created_at"))
+            yield GaugeMetricFamily(f"{name}_depth", f"{what}.", value=summary["n"])
+            age = (now - summary["oldest"]).total_seconds() if summary["oldest"] else 0.0
+            yield GaugeMetricFamily(
+                f"{name}_oldest_age_seconds", f"The age of the oldest of the {what.lower()}.", value=age
+            )
