@@ -72,7 +72,15 @@ class Gunicorn:
         self.shape = shape
         self.logs = logs
         self.port = free_port()
-        self.env = {**env, "AGENTIDP_ISSUER": f"http://127.0.0.1:{self.port}"}  # read by AgentIdP only
+        # prometheus-client's multi-process mode, as agentidp-server sets it up: /metrics counts every worker.
+        metrics_dir = logs / f"{name}-metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        self.env = {
+            **env,
+            "AGENTIDP_ISSUER": f"http://127.0.0.1:{self.port}",  # read by AgentIdP only
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        }
         self.process: subprocess.Popen | None = None
 
     def start(self, ready_path: str) -> None:
@@ -133,6 +141,16 @@ class Gunicorn:
         if self.process is None:
             return []
         return [self.process.pid] + [worker.pid for worker in self.workers()]
+
+    def get(self, path: str) -> str:
+        """GET `path` from the server (from 127.0.0.1, which /metrics admits) and return the body."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read().decode(errors="replace")
+        if response.status != 200:
+            raise BenchError(f"GET {path} answered {response.status}")
+        return body
 
     def worker_rss_mb(self) -> list[float]:
         sizes = []

@@ -159,6 +159,7 @@ def measure(orc: Orchestrator) -> dict[str, Any]:
         elif scenario.order == "once" and scenario.pool not in pools:
             seed_cold_pool(orc, scenario.pool, pools, ceiling_rps=rows[0]["rps"], verify_s=verify_s)
         rows.append(measure_scenario(orc, scenario, pools, path=TOKEN_PATH, passes=passes))
+    metrics = metrics_seen(orc)
     warm_secret = next((row for row in rows if row["scenario"] == WARM_SECRET_SCENARIO), None)
     for row in rows:
         row["ratio_to_ceiling"] = round(row["rps"] / rows[0]["rps"], 3) if rows[0]["rps"] else None
@@ -183,8 +184,22 @@ def measure(orc: Orchestrator) -> dict[str, Any]:
         "scenarios": rows,
         "soak": soak,
         "targets": token_report.evaluate_targets(rows, soak),
+        "metrics": metrics,
         "run_seconds": None,
     }
+
+
+def metrics_seen(orc) -> dict:
+    """Read AgentIdP's /metrics after its scenarios: the families it shows, and its token requests by outcome."""
+    text = orc.server.get("/metrics")
+    families = sorted({line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")})
+    requests: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("agentidp_token_requests_total{"):
+            labels, _, value = line.rpartition(" ")
+            requests[labels.removeprefix("agentidp_token_requests_total")] = float(value)
+    orc.log(f"/metrics after the scenarios: {len(families)} families, {sum(requests.values()):.0f} token requests")
+    return {"families": families, "token_requests": requests}
 
 
 def scenario_names(chosen: list[str]) -> list[str]:
