@@ -130,3 +130,19 @@ def test_with_neither_networks_nor_a_token_metrics_are_off(client, db, settings)
     settings.AGENTIDP_METRICS_ALLOWED_NETWORKS = []
 
     assert client.get("/metrics").status_code == 403
+
+
+def test_the_grafana_dashboard_asks_only_for_families_agentidp_serves():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[1] / "docs" / "devops" / "grafana-dashboard.json").read_text()
+    )
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    named = {
+        re.sub(r"_(total|bucket)$", "", name) for expr in expressions for name in re.findall(r"agentidp_\w+", expr)
+    }
+
+    assert named == FAMILIES
