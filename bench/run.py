@@ -69,6 +69,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1800.0,
         help="stop the soak after this long even if N requests were not sent (default 1800)",
     )
+    parser.add_argument(
+        "--loadgen",
+        choices=("python", "wrk"),
+        default="python",
+        help="the load generator: bench/loadgen.py (every scenario), or wrk (the ceiling and bcrypt-warm only: "
+        "bench/wrk_bench.py)",
+    )
     add_installation_arguments(
         parser, database="agentidp_bench", example_setting="AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS=0"
     )
@@ -80,9 +87,9 @@ def main() -> int:
     if not in_project_environment():
         enter_project_environment(__file__)  # does not return
     os.chdir(ROOT)
-    from bench import orchestrator, token_bench
+    from bench import orchestrator, token_bench, wrk_bench
 
-    return orchestrator.run(args, token_bench)
+    return orchestrator.run(args, wrk_bench if args.loadgen == "wrk" else token_bench)
 
 
 if __name__ == "__main__":
