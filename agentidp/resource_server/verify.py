@@ -338,7 +338,7 @@ class IntrospectionVerifier:
             raise VerifierUnavailable(getattr(exc, "reason", "introspection_unavailable")) from None
         if answer.get("active") is not True:
             raise InvalidToken("The access token is not active.")
-        verified = verified_claims(answer, self.settings, now=self._clock(), typed=False)
+        verified = verified_claims(answer, self.settings, now=self._clock())
         return require_scopes(verified, scopes)
 
 
@@ -346,7 +346,7 @@ def _form_encode(value: str) -> str:
     return urllib.parse.quote_plus(value)  # RFC 6749 section 2.3.1: form-encoded before base64
 
 
-def verified_claims(claims: dict[str, Any], settings: Settings, *, now: float, typed: bool = True) -> VerifiedToken:
+def verified_claims(claims: dict[str, Any], settings: Settings, *, now: float) -> VerifiedToken:
     """
     Check a token's claims (RFC 9068 section 4): the issuer, this server among its
     audiences, its times within the leeway, and the claims every AgentIdP token carries.
