@@ -14,14 +14,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from vaultstore.backends import get_backend_for
-from vaultstore.exceptions import SecretMissing, SecretStoreError
+from vaultstore.exceptions import SecretStoreError
 
 from . import secretformat
+from .clientauth.base import InvalidClient
+from .clientauth.secret import secret_matching
 from .models import Credential
 from .services.quarantine import credential_quarantine
-from .trust import candidate_secrets, role
-from .verified import verified_recently
+from .trust import role
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +89,12 @@ def leaks_check(*, reported: Sequence[Reported], acting: Any) -> list[bool]:
 
 
 def _live_secret(credential: Credential, secret: str) -> str | None:
-    """Return "current" or "grace" if `secret` is one the credential trusts now, asking its store; else None."""
-    for trusted in candidate_secrets(credential):
-        if verified_recently(trusted=trusted, secret=secret):
-            return role(credential, trusted)
-        try:
-            if get_backend_for(trusted.stored).verify_trusted(stored=trusted.stored, secret=secret):
-                return role(credential, trusted)
-        except SecretMissing:
-            continue  # the store lost it: it can no longer be used
-    return None
+    """
+    Return "current" or "grace" if `secret` is one the credential trusts now, else None: the
+    match client authentication makes (the verified-secret cache, then each secret's own store).
+    """
+    try:
+        matched, _ = secret_matching(credential, secret)
+    except InvalidClient:  # rotated or deleted while its store was asked
+        return None
+    return role(credential, matched) if matched is not None else None

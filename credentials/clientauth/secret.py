@@ -88,7 +88,7 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
         if credential is not None:
             raise InvalidClient("key_credential", credential=credential)
         raise InvalidClient("unknown_client")
-    matched, by_store = _secret_matching(credential, client_secret, store_allowed=store_allowed)
+    matched, by_store = secret_matching(credential, client_secret, store_allowed=store_allowed)
     if matched is None:
         raise InvalidClient("wrong_secret", credential=credential)
     current = matched.stored == credential.stored_secret
@@ -111,7 +111,7 @@ NO_CREDENTIAL_ID = uuid.UUID(int=0)
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
-def _secret_matching(credential: Credential, secret: str, *, store_allowed: bool = True) -> tuple[Trusted | None, bool]:
+def secret_matching(credential: Credential, secret: str, *, store_allowed: bool = True) -> tuple[Trusted | None, bool]:
     """
     Return which of the credential's secrets `secret` is (the current one or a previous one in its grace
     period), and whether a store said so (False: the verified-secret cache did).
