@@ -252,7 +252,7 @@ AGENTIDP_GITHUB_API_TOKEN = env.str("AGENTIDP_GITHUB_API_TOKEN", default="")
 AGENTIDP_GITHUB_API_URL = env.str("AGENTIDP_GITHUB_API_URL", default="https://api.github.com").rstrip("/")
 # GitLab's token revocation API: the pre-shared token GitLab sends in Authorization.
 AGENTIDP_GITLAB_REVOCATION_TOKEN = env.str("AGENTIDP_GITLAB_REVOCATION_TOKEN", default="")
-# How long a signed report (its signature, or a webhook's delivery id) is remembered: a replay is refused.
+# How long a processed signed report is remembered (by the digest of its body): the same one again is refused.
 AGENTIDP_LEAK_REPLAY_SECONDS = env.int("AGENTIDP_LEAK_REPLAY_SECONDS", default=7 * 86400)
 # Self-reports (POST /api/v1/leaks) per address per window (AGENTIDP_RATE_LIMIT_WINDOW_SECONDS).
 AGENTIDP_LEAK_REPORTS_PER_ADDRESS = env.int("AGENTIDP_LEAK_REPORTS_PER_ADDRESS", default=10)

@@ -8,7 +8,7 @@ No label carries a value a client chose: stores, results and statuses are AgentI
 
 from __future__ import annotations
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -42,24 +42,21 @@ class DatabaseCollector:
             agents.add_metric([row["status"]], row["n"])
         yield agents
 
-        now = timezone.now()
         credentials = GaugeMetricFamily(
             "agentidp_credentials", "Credentials, by kind (secret, key) and status.", labels=["kind", "status"]
         )
-        expired = Q(expires_at__lte=now)
-        for row in (
-            Credential.objects.values("kind")
-            .annotate(
-                compromised=Count("id", filter=Q(compromised_at__isnull=False)),
-                expired=Count("id", filter=expired & Q(compromised_at__isnull=True)),
-                active=Count("id", filter=~expired & Q(compromised_at__isnull=True)),
-            )
-            .order_by("kind")
+        # Statuses as Credential.status names them, each from CredentialQuerySet's one definition.
+        for status, queryset in (
+            ("active", Credential.objects.active().compromised(False)),
+            ("expired", Credential.objects.expired().compromised(False)),
+            ("compromised", Credential.objects.compromised()),
         ):
-            for status in ("active", "expired", "compromised"):
-                credentials.add_metric([row["kind"], status], row[status])
+            counts = dict(queryset.values_list("kind").annotate(n=Count("id")).order_by("kind"))
+            for kind in Credential.Kind.values:
+                credentials.add_metric([kind, status], counts.get(kind, 0))
         yield credentials
 
+        now = timezone.now()
         for model, name, what in (
             (SecretPurge, "agentidp_purge_queue", "Vault entries queued for destruction"),
             (Notification, "agentidp_notification_outbox", "Notifications to the agents' owners not yet delivered"),

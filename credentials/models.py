@@ -126,6 +126,10 @@ class CredentialQuerySet(models.QuerySet):
         """Credentials whose expiry has come by `now` (default: this moment)."""
         return self.filter(expires_at__lte=now or timezone.now())
 
+    def compromised(self, value: bool = True) -> CredentialQuerySet:
+        """Credentials quarantined for a leaked secret (with False: the others)."""
+        return self.filter(compromised_at__isnull=not value)
+
 
 class KeyLocation(models.Model):
     """

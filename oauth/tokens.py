@@ -123,7 +123,7 @@ def access_token_issue(
     claims = {
         "iss": settings.AGENTIDP_ISSUER,
         "sub": str(agent_id),
-        "aud": _audience(resources),
+        "aud": audience_claim(resources),
         "exp": now + ttl,
         "iat": now,
         "jti": uuid.uuid4().hex,
@@ -135,10 +135,11 @@ def access_token_issue(
     return IssuedAccessToken(access_token=token, expires_in=ttl, scope=scope)
 
 
-def _audience(resources: Sequence[str]) -> str | list[str]:
-    if not resources:
+def audience_claim(audiences: Sequence[str]) -> str | list[str]:
+    """The `aud` of a token for these audiences (RFC 7519: a string for one, an array for several); none: AgentIdP."""
+    if not audiences:
         return settings.AGENTIDP_AUDIENCE
-    return resources[0] if len(resources) == 1 else list(resources)
+    return audiences[0] if len(audiences) == 1 else list(audiences)
 
 
 def _audiences(aud: Any) -> list[str] | None:

@@ -38,7 +38,13 @@ from .protocol import (
     rate_limited,
 )
 from .throttling import Throttled, token_request_counted
-from .tokens import RevocationRefused, access_token_issue, access_token_revoke, access_token_validate
+from .tokens import (
+    RevocationRefused,
+    access_token_issue,
+    access_token_revoke,
+    access_token_validate,
+    audience_claim,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +204,7 @@ class IntrospectionView(OAuthEndpoint):
                 "iat": claims.get("iat"),
                 "sub": claims["sub"],
                 # Where it may still be spent: a resource taken from its agent is gone.
-                "aud": active.audiences[0] if len(active.audiences) == 1 else list(active.audiences),
+                "aud": audience_claim(active.audiences),
                 "iss": claims["iss"],
                 "jti": claims["jti"],
             }

@@ -36,11 +36,11 @@ class CredentialStatusFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() == "active":
-            return queryset.active().filter(compromised_at__isnull=True)
+            return queryset.active().compromised(False)
         if self.value() == "expired":
-            return queryset.expired().filter(compromised_at__isnull=True)
+            return queryset.expired().compromised(False)
         if self.value() == "compromised":
-            return queryset.filter(compromised_at__isnull=False)
+            return queryset.compromised()
         return queryset
 
 
