@@ -42,6 +42,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
 
+from credentials import outbound
 from credentials.audit import Actor
 from credentials.leaks import MAX_REPORTED_SECRETS, Reported, ReportUnavailable, leaks_check
 from credentials.models import AuditEvent
@@ -291,7 +292,8 @@ def _github_webhook_signature_valid(request: HttpRequest) -> bool:
 def _alert_secret(repository: str, number: int) -> tuple[str, str]:
     """
     Read an alert's secret and its page from GitHub's API. The URL is built from the setting
-    and the alert's repository and number, never taken from the payload.
+    and the alert's repository and number, never taken from the payload; no redirect is
+    followed, so the API token goes to that URL only.
     """
     path = f"/repos/{urllib.parse.quote(repository, safe='/')}/secret-scanning/alerts/{number}"
     request = urllib.request.Request(  # noqa: S310 (https from the operator's setting)
@@ -303,8 +305,7 @@ def _alert_secret(repository: str, number: int) -> tuple[str, str]:
             "X-GitHub-Api-Version": "2022-11-28",
         },
     )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=10) as response:
+    with outbound.opener().open(request, timeout=10) as response:
         alert = json.loads(response.read(1 << 20))
     secret = alert.get("secret") if isinstance(alert, dict) else None
     if not isinstance(secret, str) or len(secret) > MAX_TOKEN_LENGTH:

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from .. import outbound
 from ..models import Notification
 
 logger = logging.getLogger(__name__)
@@ -70,11 +71,6 @@ def signature(*, secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # a 3xx is an answer that is not 2xx: a failed delivery
-
-
 def _post(notification: Notification) -> None:
     """Send one notification; raise OSError (or urllib's errors) unless the receiver answers 2xx."""
     body = json.dumps(notification.payload, sort_keys=True, separators=(",", ":")).encode()
@@ -92,8 +88,7 @@ def _post(notification: Notification) -> None:
             SIGNATURE_HEADER: signature(secret=settings.AGENTIDP_NOTIFY_WEBHOOK_SECRET, timestamp=timestamp, body=body),
         },
     )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
-    with opener.open(request, timeout=settings.AGENTIDP_NOTIFY_WEBHOOK_TIMEOUT_SECONDS) as response:
+    with outbound.opener().open(request, timeout=settings.AGENTIDP_NOTIFY_WEBHOOK_TIMEOUT_SECONDS) as response:
         response.read(65536)
         if not 200 <= response.status < 300:
             raise urllib.error.HTTPError(request.full_url, response.status, "not 2xx", response.headers, None)

@@ -297,12 +297,19 @@ class FakeGitHubApi:
 
     def __init__(self) -> None:
         self.alerts: dict[str, dict] = {}
+        self.redirects: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
         api = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 api.requests.append((self.path, self.headers.get("Authorization", "")))
+                if self.path in api.redirects:
+                    self.send_response(301)
+                    self.send_header("Location", api.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 alert = api.alerts.get(self.path)
                 body = json.dumps(alert or {"message": "Not Found"}).encode()
                 self.send_response(200 if alert else 404)
@@ -402,6 +409,21 @@ def test_an_alert_github_cannot_show_is_503_and_may_be_delivered_again(client, g
 
     assert alert_delivery(client, alert_payload()).status_code == 200
     assert Credential.objects.get(pk=issued.credential.pk).is_compromised
+
+
+def test_githubs_api_token_never_follows_a_redirect(client, github_api, issued):
+    elsewhere = FakeGitHubApi()
+    moved = "/repos/example/service/secret-scanning/alerts/7"
+    github_api.redirects[moved] = elsewhere.url + moved
+    elsewhere.alerts[moved] = {"secret": issued.client_secret}
+    try:
+        response = alert_delivery(client, alert_payload())
+    finally:
+        elsewhere.server.shutdown()
+
+    assert response.status_code == 503
+    assert elsewhere.requests == []
+    assert not Credential.objects.get(pk=issued.credential.pk).is_compromised
 
 
 def test_pings_and_resolved_alerts_are_taken_without_reading_anything(client, github_api):
