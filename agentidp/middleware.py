@@ -1,15 +1,25 @@
 """
-Keep every error under /api/ in the contract's JSON shape, including the ones Django
-raises before or around a view: an oversized body, a bad Host, an unhandled exception.
+AgentIdP's middleware: every error under /api/ in the contract's JSON shape, including the
+ones Django raises before or around a view (an oversized body, a bad Host, an unhandled
+exception); and the browser's middleware (sessions, CSRF, users, messages, framing), which
+the OAuth protocol endpoints skip.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware as DjangoAuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
-from django.urls import Resolver404, resolve
+from django.middleware.clickjacking import XFrameOptionsMiddleware as DjangoXFrameOptionsMiddleware
+from django.middleware.csrf import CsrfViewMiddleware as DjangoCsrfViewMiddleware
+from django.urls import NoReverseMatch, Resolver404, get_script_prefix, resolve, reverse
 
 from credentials import errors
 from oauth.protocol import OAuthError
@@ -92,3 +102,76 @@ bad_request = _handler(errors.ValidationFailed)
 permission_denied = _handler(errors.Forbidden)
 page_not_found = _handler(errors.NotFound)
 server_error = _handler(errors.ApiError)
+
+
+@functools.cache
+def protocol_paths() -> frozenset[str]:
+    """
+    The paths of the OAuth protocol endpoints (oauth.urls: token, introspection, revocation,
+    authorization, metadata, JWKS), as request.path_info has them.
+
+    Worked out once per process from the URLconf, and again when a test changes it. A path
+    that is not found here (an URLconf that mounts the endpoints elsewhere) keeps the whole
+    middleware stack, which is the safe way to be wrong.
+    """
+    from oauth.urls import app_name, urlpatterns  # wired in by agentidp's URLconf, as here
+
+    prefix = get_script_prefix()  # reverse() adds it; path_info has none
+    paths = set()
+    for pattern in urlpatterns:
+        try:
+            url = reverse(f"{app_name}:{pattern.name}", urlconf=settings.ROOT_URLCONF)
+        except NoReverseMatch:
+            continue
+        paths.add("/" + url.removeprefix(prefix))
+    return frozenset(paths)
+
+
+@receiver(setting_changed)
+def _forget_protocol_paths(*, setting: str, **kwargs: object) -> None:
+    if setting == "ROOT_URLCONF":
+        protocol_paths.cache_clear()
+
+
+def is_protocol_endpoint(request: HttpRequest) -> bool:
+    """Whether the request is for an OAuth protocol endpoint, which takes no cookie and serves no browser."""
+    return request.path_info in protocol_paths()
+
+
+class _BrowserOnly:
+    """
+    A browser's middleware that the OAuth protocol endpoints skip, request and response.
+
+    Agents and their SDKs send no cookie to those endpoints, and the endpoints read no
+    session, user or message and render no page (they are CSRF-exempt, and answer JSON):
+    sessions, CSRF, users, messages and X-Frame-Options would cost each token request work
+    that changes nothing. Listed under their own names in MIDDLEWARE, as subclasses of
+    Django's, so that the admin's checks still find them and every other path is served
+    exactly as Django's own would serve it. SecurityMiddleware and CommonMiddleware (the Host
+    check against ALLOWED_HOSTS, Content-Length) stay on every path.
+    """
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if is_protocol_endpoint(request):
+            return self.get_response(request)
+        return super().__call__(request)
+
+
+class SessionMiddleware(_BrowserOnly, DjangoSessionMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(_BrowserOnly, DjangoCsrfViewMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(_BrowserOnly, DjangoAuthenticationMiddleware):
+    pass
+
+
+class MessageMiddleware(_BrowserOnly, DjangoMessageMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(_BrowserOnly, DjangoXFrameOptionsMiddleware):
+    pass

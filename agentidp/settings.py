@@ -43,17 +43,19 @@ INSTALLED_APPS = [
     "oauth",
 ]
 
+# The browser's middleware from agentidp.middleware are Django's own, skipped by the OAuth
+# protocol endpoints (token, introspection, revocation, metadata, JWKS), which serve no browser.
 MIDDLEWARE = [
     "agentidp.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "agentidp.middleware.ApiRequestMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "agentidp.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "agentidp.middleware.CsrfViewMiddleware",
+    "agentidp.middleware.AuthenticationMiddleware",
+    "agentidp.middleware.MessageMiddleware",
+    "agentidp.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "agentidp.urls"

@@ -1,0 +1,3 @@
+"""An URLconf that does not mount the OAuth endpoints (tests/test_middleware.py)."""
+
+urlpatterns: list = []
