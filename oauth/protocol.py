@@ -198,12 +198,33 @@ def _printable(value: str, limit: int = 128) -> str:
     return json.dumps(value[:limit])
 
 
+#: The fields of a client authentication's record, in the order its message names them.
+AUTH_LOG_FIELDS = (
+    "outcome",
+    "reason",
+    "endpoint",
+    "auth_method",
+    "client_id",
+    "client_ref",
+    "credential_id",
+    "agent_id",
+    "address",
+    "user_agent",
+    "result",
+)
+_AUTH_LOG_MESSAGE = "client authentication " + " ".join(f"{name}=%s" for name in AUTH_LOG_FIELDS)
+#: Where an OAuth endpoint holds a successful authentication's record until it has answered (authentication_logged).
+HELD_RECORD_ATTRIBUTE = "_agentidp_held_auth_record"
+
+
 def _log_attempt(
     request: HttpRequest,
     *,
     outcome: str,
     reason: str,
+    result: str = "",
     presented: clientauth.Presented | None = None,
+    ref: str | None = None,
     credential: Credential | None = None,
     policy: TrustPolicy | None = None,
     claimed: federation.Claimed | None = None,
@@ -211,39 +232,65 @@ def _log_attempt(
 ) -> None:
     """
     Log one client authentication (or platform token, for the jwt-bearer grant): outcome
-    and reason, ids and the client's address, never a secret or an assertion.
+    and reason, ids and the client's address, never a secret or an assertion; and `result`,
+    what the endpoint answered (the error of a refusal, or for a success what came of it).
 
     A presented clientId is logged only when it is a credential's; otherwise its keyed
-    digest (client_ref), since a client that swapped its id and secret presents its secret
-    as the id. A platform token's claimed issuer and subject are logged only as that
-    digest too. The same fields go to `extra` for structured (JSON) log handlers.
+    digest (client_ref; `ref` when the caller has it already), since a client that swapped
+    its id and secret presents its secret as the id. A platform token's claimed issuer and
+    subject are logged only as that digest too. The same fields go to `extra` for
+    structured (JSON) log handlers.
+
+    A success on an endpoint that holds its record (OAuthEndpoint) is written once the
+    endpoint has answered, with what it answered (authentication_logged): one record per
+    request, whether the token was issued or, say, its scope refused.
     """
     if claimed is not None:
-        auth_method, ref = federation.GRANT_TYPE, client_ref(claimed.ref)
+        auth_method, ref = federation.GRANT_TYPE, ref or client_ref(claimed.ref)
     else:
         auth_method = presented.method_name if presented else ""
-        ref = client_ref(presented.client_id) if presented else ""
+        ref = (ref or client_ref(presented.client_id)) if presented else ""
         if presented:
             setattr(request, AUTH_METHOD_ATTRIBUTE, presented.method_name)  # a registry's name, for the metrics
+    match = request.resolver_match
+    user_agent = request.META.get("HTTP_USER_AGENT")
     fields = {
         "event": "client_authentication",
         "outcome": outcome,
         "reason": reason,
-        "endpoint": request.resolver_match.url_name if request.resolver_match else "",
+        "endpoint": match.url_name if match else "",
         "auth_method": auth_method,
         "client_id": credential.client_id if credential else str(policy.id) if policy else "",
         "client_ref": ref,
         "credential_id": str(credential.id) if credential else "",
         "agent_id": str(credential.agent_id) if credential else str(policy.agent_id) if policy else "",
         "address": client_address(request),
-        "user_agent": _printable(request.META["HTTP_USER_AGENT"]) if request.META.get("HTTP_USER_AGENT") else "",
+        "user_agent": _printable(user_agent) if user_agent else "",
+        "result": result,
     }
-    auth_logger.log(
-        level,
-        "client authentication " + " ".join(f"{name}=%s" for name in fields if name != "event"),
-        *[value or "-" for name, value in fields.items() if name != "event"],
-        extra={"auth": fields},
-    )
+    if outcome == "success" and getattr(request, HELD_RECORD_ATTRIBUTE, None) == {}:
+        setattr(request, HELD_RECORD_ATTRIBUTE, fields)
+        return
+    _write(level, fields)
+
+
+def _write(level: int, fields: dict[str, str]) -> None:
+    values = [fields[name] or "-" for name in AUTH_LOG_FIELDS]
+    auth_logger.log(level, _AUTH_LOG_MESSAGE, *values, extra={"auth": fields})
+
+
+def authentication_record_held(request: HttpRequest) -> None:
+    """Hold the record of this request's successful client authentication until authentication_logged."""
+    setattr(request, HELD_RECORD_ATTRIBUTE, {})
+
+
+def authentication_logged(request: HttpRequest, *, result: str) -> None:
+    """Write the held record of this request's successful client authentication, if any, with `result`."""
+    fields = getattr(request, HELD_RECORD_ATTRIBUTE, None)
+    setattr(request, HELD_RECORD_ATTRIBUTE, None)
+    if fields:
+        fields["result"] = result
+        _write(logging.INFO, fields)
 
 
 def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credential:
@@ -260,7 +307,7 @@ def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credent
         presented = clientauth.presented_by(request, params)
     except clientauth.MalformedClientAuth as exc:
         reason = "malformed_credentials" if exc.error == "invalid_client" else exc.error
-        _log_attempt(request, outcome="failure", reason=reason)
+        _log_attempt(request, outcome="failure", reason=reason, result=exc.error)
         if exc.error == "invalid_client":
             raise _invalid_client(exc.description, challenge=exc.challenge) from None
         raise OAuthError(exc.error, exc.description) from None
@@ -270,17 +317,43 @@ def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credent
         credential = clientauth.authenticate(presented, store_allowed=guard.store_allowed)
     except (Throttled, clientauth.VerificationWithheld) as exc:
         throttled = exc if isinstance(exc, Throttled) else guard.withheld()
-        _log_attempt(request, outcome="throttled", reason=throttled.limit, presented=presented, level=logging.WARNING)
+        _log_attempt(
+            request,
+            outcome="throttled",
+            reason=throttled.limit,
+            result="rate_limited",
+            presented=presented,
+            ref=guard.ref,
+            level=logging.WARNING,
+        )
         raise rate_limited(throttled) from None
     except clientauth.InvalidClient as exc:
         guard.failed()
-        _log_attempt(request, outcome="failure", reason=exc.reason, presented=presented, credential=exc.credential)
+        _log_attempt(
+            request,
+            outcome="failure",
+            reason=exc.reason,
+            result="invalid_client",
+            presented=presented,
+            ref=guard.ref,
+            credential=exc.credential,
+        )
         raise _invalid_client("Client authentication failed.", challenge=presented.method.challenge) from None
     except clientauth.StoreUnavailable as exc:
-        _log_attempt(request, outcome="unavailable", reason=exc.reason, presented=presented, level=logging.WARNING)
+        _log_attempt(
+            request,
+            outcome="unavailable",
+            reason=exc.reason,
+            result="temporarily_unavailable",
+            presented=presented,
+            ref=guard.ref,
+            level=logging.WARNING,
+        )
         raise _unavailable(exc.description, code=exc.code, retry_after=exc.retry_after) from None
     guard.succeeded()
-    _log_attempt(request, outcome="success", reason="verified", presented=presented, credential=credential)
+    _log_attempt(
+        request, outcome="success", reason="verified", presented=presented, ref=guard.ref, credential=credential
+    )
     return credential
 
 
@@ -321,21 +394,53 @@ def authenticate_platform(request: HttpRequest, params: dict[str, str]) -> Trust
     except federation.InvalidGrant as exc:
         if not guard.store_allowed:
             throttled = guard.withheld()
-            _log_attempt(request, outcome="throttled", reason=throttled.limit, claimed=claimed, level=logging.WARNING)
+            _log_attempt(
+                request,
+                outcome="throttled",
+                reason=throttled.limit,
+                result="rate_limited",
+                claimed=claimed,
+                ref=guard.ref,
+                level=logging.WARNING,
+            )
             raise rate_limited(throttled) from None
         guard.failed()
-        _log_attempt(request, outcome="failure", reason=exc.reason, claimed=claimed, policy=exc.policy)
+        _log_attempt(
+            request,
+            outcome="failure",
+            reason=exc.reason,
+            result="invalid_grant",
+            claimed=claimed,
+            ref=guard.ref,
+            policy=exc.policy,
+        )
         raise OAuthError("invalid_grant", "The assertion is not accepted.") from None
     except Throttled as exc:
-        _log_attempt(request, outcome="throttled", reason=exc.limit, claimed=claimed, level=logging.WARNING)
+        _log_attempt(
+            request,
+            outcome="throttled",
+            reason=exc.limit,
+            result="rate_limited",
+            claimed=claimed,
+            ref=guard.ref,
+            level=logging.WARNING,
+        )
         raise rate_limited(exc) from None
     except federation.KeysUnavailable as exc:
-        _log_attempt(request, outcome="unavailable", reason=exc.reason, claimed=claimed, level=logging.WARNING)
+        _log_attempt(
+            request,
+            outcome="unavailable",
+            reason=exc.reason,
+            result="temporarily_unavailable",
+            claimed=claimed,
+            ref=guard.ref,
+            level=logging.WARNING,
+        )
         raise _unavailable(
             "The issuer's public keys cannot be fetched; try again shortly.",
             code="KEYS_UNAVAILABLE",
             retry_after=settings.AGENTIDP_KEY_REFRESH_MIN_SECONDS,
         ) from None
     guard.succeeded()
-    _log_attempt(request, outcome="success", reason="verified", claimed=claimed, policy=policy)
+    _log_attempt(request, outcome="success", reason="verified", claimed=claimed, ref=guard.ref, policy=policy)
     return policy

@@ -9,7 +9,6 @@ framework's renderers or error handler.
 from __future__ import annotations
 
 import contextlib
-import logging
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -32,6 +31,8 @@ from .protocol import (
     Parameters,
     authenticate_client,
     authenticate_platform,
+    authentication_logged,
+    authentication_record_held,
     invalid_request,
     oauth_response,
     parse_parameters,
@@ -45,8 +46,6 @@ from .tokens import (
     access_token_validate,
     audience_claim,
 )
-
-logger = logging.getLogger(__name__)
 
 
 class _RFCMethods(View):
@@ -77,23 +76,31 @@ class OAuthEndpoint(_RFCMethods):
     #: The parameters a request may send more than once.
     repeatable_parameters: tuple[str, ...] = ()
 
+    #: What a request that succeeded is counted and logged as.
+    success_outcome = "ok"
+
     def post(self, request: HttpRequest) -> HttpResponse:
-        outcome = "issued"
+        # A successful client authentication is logged once this answer is known, in one record with it.
+        authentication_record_held(request)
+        outcome = "server_error"  # unless the endpoint answers
         try:
             with token_request_counted(request) if self.counts_requests else contextlib.nullcontext():
                 try:
                     response = self.handle(request, parse_parameters(request, repeatable=self.repeatable_parameters))
+                    outcome = self.success_outcome
                 except OAuthError as exc:
                     outcome = "rate_limited" if exc.extra.get("code") == "RATE_LIMITED" else exc.error
                     response = exc.response()
         except Throttled as exc:
             outcome = "rate_limited"
             response = rate_limited(exc).response()
+        finally:
+            authentication_logged(request, result=outcome)
         self.observe(request, outcome)
         return response
 
     def observe(self, request: HttpRequest, outcome: str) -> None:
-        """Count the request in the metrics (the token endpoint does); `outcome` is "issued" or an RFC 6749 error."""
+        """Count the request in the metrics (the token endpoint does): `outcome` is success_outcome or an error."""
 
     def handle(self, request: HttpRequest, params: Parameters) -> HttpResponse:
         raise NotImplementedError
@@ -115,6 +122,7 @@ class TokenView(OAuthEndpoint):
 
     counts_requests = True
     repeatable_parameters = ("resource",)  # RFC 8707 section 2
+    success_outcome = "issued"
 
     def observe(self, request: HttpRequest, outcome: str) -> None:
         grant = getattr(request, GRANT_ATTRIBUTE, "missing")
@@ -141,7 +149,6 @@ class TokenView(OAuthEndpoint):
         scopes = self.granted_scopes(agent.scopes, params.get("scope"))
         resources = self.granted_resources(agent.allowed_resources, params.getlist("resource"))
         issued = access_token_issue(agent_id=agent.id, client_id=client_id, scopes=scopes, resources=resources)
-        logger.info("access token issued client_id=%s agent_id=%s grant=%s", client_id, agent.id, grant_type)
         return oauth_response(
             {
                 "access_token": issued.access_token,

@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import logging.config
+from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -11,7 +12,7 @@ from django.conf import settings
 from agentidp.logformat import EscapingFormatter
 from tests.conftest import basic_auth, form_post
 from tests.factories import wrong_secret
-from tests.oauth.conftest import TOKEN_URL
+from tests.oauth.conftest import INTROSPECT_URL, TOKEN_URL, client_auth
 
 FORGED = "\r\n2026-11-28 12:00:00,000 INFO agentidp.auth client authentication outcome=success"
 
@@ -111,6 +112,74 @@ def test_each_client_authentication_is_one_structured_record_with_outcome_reason
         line = formatter("plain").format(record)
         assert "\n" not in line and "\r" not in line and "\x00" not in line
         assert issued.client_secret not in line
+
+
+@pytest.fixture
+def every_record():
+    """Every record at INFO or above, of any logger, as the default configuration writes them."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    root = logging.getLogger()
+    handler = Keep(level=logging.INFO)
+    root.addHandler(handler)
+    yield records
+    root.removeHandler(handler)
+
+
+def test_an_issued_token_is_one_record_the_authentication_with_its_result(client, issued, every_record):
+    response = form_post(client, TOKEN_URL, {"grant_type": "client_credentials"}, **client_auth(issued))
+
+    assert response.status_code == 200
+    [record] = every_record
+    assert record.name == "agentidp.auth"
+    assert (record.auth["outcome"], record.auth["endpoint"], record.auth["result"]) == ("success", "token", "issued")
+    assert record.auth["credential_id"] == str(issued.credential.id)
+    assert record.getMessage().endswith(" result=issued")
+
+
+def test_an_authenticated_request_refused_after_authentication_is_logged_with_the_refusal(client, issued, every_record):
+    response = form_post(
+        client, TOKEN_URL, {"grant_type": "client_credentials", "scope": "not-granted"}, **client_auth(issued)
+    )
+
+    assert response.status_code == 400
+    # Besides Django's own line for every 4xx (django.request), one record: the authentication's.
+    [record] = [record for record in every_record if record.name != "django.request"]
+    assert (record.auth["outcome"], record.auth["result"]) == ("success", "invalid_scope")
+
+
+def test_a_failed_authentication_is_logged_at_once_with_the_error_it_was_answered_with(client, issued, auth_records):
+    form_post(
+        client,
+        TOKEN_URL,
+        {"grant_type": "client_credentials"},
+        HTTP_AUTHORIZATION=basic_auth(issued.credential.client_id, wrong_secret()),
+    )
+    form_post(client, TOKEN_URL, {"grant_type": "client_credentials"}, HTTP_AUTHORIZATION="Basic %%%")
+
+    wrong, malformed = (record.auth for record in auth_records)
+    assert (wrong["outcome"], wrong["result"]) == ("failure", "invalid_client")
+    assert (malformed["outcome"], malformed["result"]) == ("failure", "invalid_client")
+
+
+def test_introspection_logs_its_authentication_once_with_result_ok(client, issued, every_record):
+    form_post(client, INTROSPECT_URL, {"token": "not-a-token"}, **client_auth(issued))
+
+    [record] = every_record
+    assert (record.auth["endpoint"], record.auth["outcome"], record.auth["result"]) == ("introspect", "success", "ok")
+
+
+def test_an_unexpected_error_after_authentication_still_logs_the_authentication(client, issued, auth_records):
+    with mock.patch("oauth.views.access_token_issue", side_effect=RuntimeError("boom")):
+        response = form_post(client, TOKEN_URL, {"grant_type": "client_credentials"}, **client_auth(issued))
+
+    assert response.status_code == 500
+    [record] = auth_records
+    assert (record.auth["outcome"], record.auth["result"]) == ("success", "server_error")
 
 
 def test_the_json_format_writes_one_object_per_record_with_the_authentication_fields(client, issued, auth_records):
