@@ -66,9 +66,10 @@ def credential_get(*, agent: Agent, credential_id: object) -> Credential:
         raise CredentialNotFound() from None
 
 
-# Every token request runs this one; its SQL is compiled once per connection.
+# Every token request runs this one; its SQL is compiled once per connection. client_id is
+# unique: no ORDER BY (the model's ordering would have PostgreSQL sort the one row).
 _credential_by_client_id = CompiledQuery(
-    Credential, lambda client_id: Credential.objects.select_related("agent").filter(client_id=client_id)
+    Credential, lambda client_id: Credential.objects.select_related("agent").filter(client_id=client_id).order_by()
 )
 
 
