@@ -11,6 +11,9 @@ Django's Redis cache, with fewer round trips where the token endpoint makes them
   it, with its expiry, when it is missing) and read other keys, in one round trip. The
   rate limits count every token request and read the failure counters of its address and
   client with it (oauth.throttling falls back to `incr`, `add` and `get_many` on other caches).
+- No memcached rules on keys: Django's caches warn about a key memcached would refuse (over
+  250 characters, or with spaces or control characters) by looking at every character of
+  every key on every call; Redis takes any key, so this backend does not look.
 
 Everything else is Django's.
 """
@@ -81,6 +84,9 @@ class RedisCache(django_redis.RedisCache):
     def __init__(self, server, params) -> None:
         super().__init__(server, params)
         self._class = RedisCacheClient
+
+    def validate_key(self, key: str) -> None:
+        """Accept every key: memcached's limits on keys are not Redis's."""
 
     def count_and_get_many(self, key: str, keys: list[str], *, timeout: int, version=None) -> tuple[int, dict]:
         """

@@ -354,7 +354,7 @@ class AuthenticationGuard:
     def ref(self) -> str:
         return client_ref(self.client_id)
 
-    @property
+    @functools.cached_property
     def limits(self) -> tuple[FailureLimit, FailureLimit, FailureLimit, FailureLimit]:
         """The failures of this address, of this clientId, of all, and of this pair of address and clientId."""
         per_client = settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT

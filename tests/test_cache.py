@@ -126,3 +126,15 @@ def test_count_and_get_many_counts_and_reads_in_one_round_trip(redis_cache, monk
     assert redis_cache.get("window") == 3  # a counter Django's own calls read and increment
     assert redis_cache.incr("window") == 4
     assert 0 < client.ttl(redis_cache.make_and_validate_key("window")) <= 30  # started with its expiry, kept
+
+
+def test_keys_memcached_would_refuse_are_redis_keys_and_raise_no_warning(redis_cache):
+    import warnings
+
+    long_key = "k" * 300
+    spaced = "a key with spaces"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Django's CacheKeyWarning would fail this
+        redis_cache.set(long_key, 1, timeout=30)
+        redis_cache.set(spaced, 2, timeout=30)
+        assert redis_cache.get_many([long_key, spaced]) == {long_key: 1, spaced: 2}
