@@ -1,10 +1,14 @@
 """
 Django's Redis cache, with fewer round trips where the token endpoint makes them.
 
-- One redis-py client per connection pool: Django's RedisCacheClient makes a new
-  `redis.Redis` for every cache call, and redis-py builds its table of response callbacks
-  (some 170 entries) in each one. A `redis.Redis` is safe to share between threads (each
-  command takes a connection from the pool).
+- One redis-py client per connection pool and thread, holding one connection of the pool:
+  Django's RedisCacheClient makes a new `redis.Redis` for every cache call, and redis-py
+  builds its table of response callbacks (some 170 entries) in each one; and a client that
+  borrows a connection from the pool for each command pays for the pool's bookkeeping and
+  its check that the connection has nothing left to read, each time. A thread keeps its
+  connection, made again once at once if the server closed it meanwhile (a restart, an
+  idle timeout), so a gunicorn worker holds as many as it has threads, the most it would
+  borrow at once anyway.
 - `incr` in one round trip: Django asks EXISTS and then INCRBY (two round trips, and not
   atomic); here one script does both, with Django's answer (ValueError for a missing key).
 - `count_and_get_many`, which Django's caches do not have: add one to a counter (starting
@@ -20,7 +24,11 @@ Everything else is Django's.
 
 from __future__ import annotations
 
+import threading
+
 from django.core.cache.backends import redis as django_redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 #: INCRBY only an existing key (so that a counter never outlives its expiry); nil when there is none.
 INCR_IF_EXISTS = """
@@ -50,33 +58,37 @@ return {count, redis.call('MGET', unpack(KEYS, 2))}
 class RedisCacheClient(django_redis.RedisCacheClient):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._clients: dict[int, object] = {}
-        self._scripts: dict[tuple[int, str], object] = {}
+        # A thread keeps its connection (get_client): one the server closed while it was idle
+        # (a restart, a timeout) is made again once, at once, instead of failing the call.
+        self._pool_options.setdefault("retry", Retry(NoBackoff(), 1))
+        self._local = threading.local()
+        self._scripts: dict[str, object] = {}
 
-    def _script(self, client, source: str):
-        """The script `source` on this client: EVALSHA, loading it once if Redis does not know it."""
-        script = self._scripts.get((id(client), source))
+    def _run(self, client, source: str, *, keys: list, args: list):
+        """Run the script `source` with this client: EVALSHA, loading it once if Redis does not know it."""
+        script = self._scripts.get(source)
         if script is None:
-            script = self._scripts.setdefault((id(client), source), client.register_script(source))
-        return script
+            script = self._scripts.setdefault(source, client.register_script(source))
+        return script(keys=keys, args=args, client=client)
 
     def get_client(self, key=None, *, write=False):
         pool = self._get_connection_pool(write)
-        client = self._clients.get(id(pool))
+        clients = self._local.__dict__
+        client = clients.get(id(pool))
         if client is None:
-            client = self._clients.setdefault(id(pool), self._client(connection_pool=pool))
+            client = clients[id(pool)] = self._client(connection_pool=pool, single_connection_client=True)
         return client
 
     def incr(self, key, delta):
         client = self.get_client(key, write=True)
-        value = self._script(client, INCR_IF_EXISTS)(keys=[key], args=[delta])
+        value = self._run(client, INCR_IF_EXISTS, keys=[key], args=[delta])
         if value is None:
             raise ValueError(f"Key '{key}' not found.")
         return value
 
     def count_and_get_many(self, key, keys, timeout):
         client = self.get_client(key, write=True)
-        count, values = self._script(client, COUNT_AND_MGET)(keys=[key, *keys], args=[max(1, int(timeout))])
+        count, values = self._run(client, COUNT_AND_MGET, keys=[key, *keys], args=[max(1, int(timeout))])
         return count, {k: self._serializer.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
 

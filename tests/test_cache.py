@@ -46,6 +46,29 @@ def test_every_call_shares_one_client_per_pool(redis_cache):
     assert client.get_client("a") is client.get_client("b", write=True)
 
 
+def test_each_thread_keeps_its_own_client_and_connection(redis_cache):
+    client = redis_cache._cache
+    mine = client.get_client("a")
+    theirs = []
+    worker = threading.Thread(target=lambda: theirs.append(client.get_client("a")))
+    worker.start()
+    worker.join()
+
+    assert theirs[0] is not mine
+    assert mine.connection is not None and mine.connection is not theirs[0].connection
+
+
+def test_a_connection_the_server_closed_is_made_again_on_the_next_call(redis_cache):
+    import redis
+
+    redis_cache.set("k", 1, timeout=30)
+    own = redis_cache._cache.get_client("k")
+    with redis.Redis.from_url(LOCATION) as admin:
+        assert admin.client_kill_filter(_id=own.client_id()) == 1
+
+    assert redis_cache.get("k") == 1
+
+
 def test_it_answers_as_djangos_does(redis_cache):
     assert redis_cache.add("k", 1, timeout=30) is True
     assert redis_cache.add("k", 2, timeout=30) is False
