@@ -7,6 +7,9 @@ times faster than RS256 with 2048- to 3072-bit keys, see bench/signing.py). RSA 
 ES256. The key id is the key's RFC 7638 thumbprint, so it never needs configuring. Keys
 that signed earlier tokens stay published and verifying while those tokens live
 (AGENTIDP_RETIRED_SIGNING_KEY_FILES).
+
+A key signs with joserfc's algorithm for it, under the protected header every token it
+signs shares, both worked out once per key rather than once per token.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import ECKey, RSAKey
+from joserfc.jws import JWSRegistry
+from joserfc.util import json_b64encode, urlsafe_b64encode
 
 MIN_RSA_BITS = 2048
+TOKEN_TYPE = "at+jwt"  # noqa: S105 (RFC 9068's JWT type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +39,31 @@ class SigningKey:
 
     def public_jwk(self) -> dict[str, Any]:
         return {**self.key.as_dict(private=False), "kid": self.kid, "use": "sig", "alg": self.algorithm}
+
+    @functools.cached_property
+    def jws_algorithm(self) -> JWSAlgModel:
+        """Return joserfc's algorithm for this key, checked against it once rather than on every signature."""
+        alg = JWSRegistry(algorithms=[self.algorithm]).get_alg(self.algorithm)
+        alg.check_key(self.key)
+        return alg
+
+    @functools.cached_property
+    def header_segment(self) -> bytes:
+        """
+        Return the base64url-encoded protected header of the access tokens this key signs.
+
+        It is the same for every token: typ, alg and kid, in the order joserfc's jwt.encode
+        writes them, validated by joserfc's header registry once.
+        """
+        header = {"typ": TOKEN_TYPE, "alg": self.algorithm, "kid": self.kid}
+        JWSRegistry(algorithms=[self.algorithm]).check_header(header)
+        return json_b64encode(header)
+
+    def sign(self, payload: bytes) -> str:
+        """Return the JWS Compact Serialization (RFC 7515 section 7.1) of `payload` under this key's header."""
+        signing_input = self.header_segment + b"." + urlsafe_b64encode(payload)
+        signature = self.jws_algorithm.sign(signing_input, self.key)
+        return (signing_input + b"." + urlsafe_b64encode(signature)).decode("ascii")
 
 
 def load_signing_key(pem: bytes) -> SigningKey:

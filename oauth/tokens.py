@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import time
 import uuid
@@ -29,12 +30,13 @@ from credentials import selectors
 from credentials.audit import Actor, audit_record
 from credentials.models import Agent, AuditEvent, Credential, TrustPolicy
 
-from .keys import get_signing_key, verification_keys
+from .keys import TOKEN_TYPE, get_signing_key, verification_keys
 from .models import RevokedToken
 
 logger = logging.getLogger(__name__)
 
-TOKEN_TYPE = "at+jwt"  # noqa: S105 (RFC 9068's JWT type)
+# Claims are serialised as joserfc's jwt.encode serialises them: compact, non-ASCII as UTF-8.
+_encode_claims = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # Our tokens stay under this, the largest (every scope an agent may hold, every resource a
 # token may name) included; anything longer is not worth parsing.
 MAX_TOKEN_LENGTH = 32768
@@ -130,8 +132,7 @@ def access_token_issue(
         "client_id": client_id,
         "scope": scope,
     }
-    header = {"alg": key.algorithm, "typ": TOKEN_TYPE, "kid": key.kid}
-    token = jwt.encode(header, claims, key.key, algorithms=[key.algorithm])
+    token = key.sign(_encode_claims(claims).encode())
     return IssuedAccessToken(access_token=token, expires_in=ttl, scope=scope)
 
 

@@ -4,10 +4,13 @@ import base64
 import hashlib
 import hmac
 import json
+import uuid
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from django.conf import settings
 from django.core.checks import Error
 from django.core.exceptions import ImproperlyConfigured
@@ -16,12 +19,13 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 from joserfc import jwt
 from joserfc.errors import BadSignatureError
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import KeySet, RSAKey, import_key
 
 from oauth.checks import check_signing_key
 from oauth.keys import generate_signing_key_pem, get_signing_key, load_signing_key
+from oauth.tokens import access_token_decode, access_token_issue
 from tests.conftest import token_for
-from tests.oauth.conftest import forge_token, is_active, unverified_header
+from tests.oauth.conftest import forge_token, is_active, unverified_claims, unverified_header
 
 JWKS_URL = "/.well-known/jwks.json"
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
@@ -41,6 +45,108 @@ def pem_of(private) -> str:
 
 def b64url(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def b64url_decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+@pytest.fixture(params=["ES256", "RS256"])
+def signing_pem(request) -> str:
+    """The PEM of a signing key of each algorithm AgentIdP signs with (RS256: the test settings' key)."""
+    if request.param == "RS256":
+        return settings.AGENTIDP_SIGNING_KEY
+    return generate_signing_key_pem("ES256").decode()
+
+
+def issue(**params) -> str:
+    defaults = {"agent_id": uuid.uuid4(), "client_id": "client-1", "scopes": ["reports:read", "reports:write"]}
+    return access_token_issue(**{**defaults, **params}).access_token
+
+
+def verify_with_cryptography(token: str, pem: str) -> None:
+    """Check a compact JWS's signature with cryptography alone, as a resource server without joserfc would."""
+    header, payload, signature = token.split(".")
+    signing_input = f"{header}.{payload}".encode("ascii")
+    raw = b64url_decode(signature)
+    public = serialization.load_pem_private_key(pem.encode(), password=None).public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        # JWS carries an ECDSA signature as r || s, 32 bytes each for P-256 (RFC 7518 section 3.4).
+        assert len(raw) == 64
+        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+        public.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+    else:
+        public.verify(raw, signing_input, padding.PKCS1v15(), hashes.SHA256())
+
+
+# --- the token's bytes: the same whichever way joserfc is asked to sign them --------------------
+
+
+def test_issued_token_verifies_with_joserfc_and_with_cryptography_alone(signing_pem):
+    with override_settings(AGENTIDP_SIGNING_KEY=signing_pem):
+        key = get_signing_key()
+        agent_id = uuid.uuid4()
+        token = issue(agent_id=agent_id, client_id="client-1")
+
+    decoded = jwt.decode(token, import_key(key.public_jwk()), algorithms=[key.algorithm])
+    verify_with_cryptography(token, signing_pem)
+    header, payload, _ = token.split(".")
+    assert b64url_decode(header) == json.dumps(
+        {"typ": "at+jwt", "alg": key.algorithm, "kid": key.kid}, separators=(",", ":")
+    ).encode("ascii")
+    assert decoded.header == {"typ": "at+jwt", "alg": key.algorithm, "kid": key.kid}
+    assert json.loads(b64url_decode(payload)) == decoded.claims
+    assert list(decoded.claims) == ["iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope"]
+    assert decoded.claims["sub"] == str(agent_id)
+    assert decoded.claims["client_id"] == "client-1"
+    assert decoded.claims["scope"] == "reports:read reports:write"
+
+
+def test_issued_token_fails_cryptographys_check_once_its_claims_change(signing_pem):
+    with override_settings(AGENTIDP_SIGNING_KEY=signing_pem):
+        header, payload, signature = issue().split(".")
+    claims = {**json.loads(b64url_decode(payload)), "scope": "admin"}
+    tampered = f"{header}.{b64url(claims)}.{signature}"
+
+    with pytest.raises(InvalidSignature):
+        verify_with_cryptography(tampered, signing_pem)
+
+
+def test_issued_token_has_the_header_and_payload_bytes_of_joserfcs_jwt_encode(signing_pem):
+    with override_settings(AGENTIDP_SIGNING_KEY=signing_pem):
+        key = get_signing_key()
+        token = issue(
+            scopes=["reports:read", "r\u00e9sum\u00e9s:read"], resources=["https://a.example", "https://b.example"]
+        )
+        claims = jwt.decode(token, key.key, algorithms=[key.algorithm]).claims
+        encoded = jwt.encode(
+            {"alg": key.algorithm, "typ": "at+jwt", "kid": key.kid}, claims, key.key, algorithms=[key.algorithm]
+        )
+        decoded_issued, decoded_encoded = access_token_decode(token), access_token_decode(encoded)
+
+    assert token.split(".")[:2] == encoded.split(".")[:2]
+    assert "r\u00e9sum\u00e9s:read".encode() in b64url_decode(token.split(".")[1])  # as UTF-8, not as \u escapes
+    assert decoded_issued == decoded_encoded == claims
+    if key.algorithm == "RS256":
+        # RSASSA-PKCS1-v1_5 is deterministic: the whole token is the same.
+        assert token == encoded
+
+
+def test_tokens_of_jwt_encode_and_of_the_issuer_stay_valid_once_the_key_is_loaded_again(signing_pem):
+    with override_settings(AGENTIDP_SIGNING_KEY=signing_pem):
+        key = get_signing_key()
+        claims = jwt.decode(issue(), key.key, algorithms=[key.algorithm]).claims
+        encoded = jwt.encode(
+            {"alg": key.algorithm, "typ": "at+jwt", "kid": key.kid}, claims, key.key, algorithms=[key.algorithm]
+        )
+        issued = issue()
+
+    # As in a new process: the same key, its header and algorithm worked out afresh.
+    with override_settings(AGENTIDP_SIGNING_KEY=signing_pem):
+        assert get_signing_key() is not key
+        assert access_token_decode(encoded) == claims
+        assert access_token_decode(issued)["jti"] == unverified_claims(issued)["jti"]
+        assert access_token_decode(issue()) is not None
 
 
 def test_access_token_header_is_at_jwt_signed_rs256_with_a_kid(client, issued):
