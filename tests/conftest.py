@@ -2,10 +2,11 @@ import base64
 from urllib.parse import urlencode
 
 import pytest
-from django.core.cache import cache
+from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
 from rest_framework.test import APIClient
 
 from credentials.services import IssuedCredential
+from credentials.verified import forget_all
 from tests.factories import AgentFactory, make_credential
 from tests.oidc_fixtures import loopback_key_urls, oidc_issuer, oidc_issuer_tls  # noqa: F401  (shared fixtures)
 from tests.vault_fixtures import _real_vault, owner, vault, vault_enabled  # noqa: F401  (shared fixtures)
@@ -13,10 +14,21 @@ from tests.vault_fixtures import _real_vault, owner, vault, vault_enabled  # noq
 
 @pytest.fixture(autouse=True)
 def _empty_cache():
-    """Start every test with an empty Django cache (it holds, say, the pause after a failed move on use)."""
-    cache.clear()
+    """
+    Start every test with an empty Django cache (it holds, say, the pause after a failed move on use)
+    and an empty verified-secret table in this process. In a test, `cache.clear()` empties both, as
+    if every process had started afresh.
+    """
+
+    def clear() -> None:
+        forget_all()
+        caches[DEFAULT_CACHE_ALIAS].clear()
+
+    clear()
+    object.__setattr__(cache, "clear", clear)  # on the proxy itself, whichever cache a test configures
     yield
-    cache.clear()
+    object.__delattr__(cache, "clear")
+    clear()
 
 
 @pytest.fixture

@@ -6,12 +6,16 @@ process and in others.
 
 How often a store is asked is counted by wrapping the backends' `verify` (the real one
 still runs) and, for Vault, by the test server's recorded reads. What the cache holds is
-read from the local-memory cache itself. The cross-process tests run two long-lived
+read from the local-memory cache itself, and from this process's table of digests. Another
+process is played by emptying that table (forget_all) and leaving the Django cache as it
+is; time passes on patched clocks. The cross-process tests run two long-lived
 AgentIdP processes (tests/credentials/cacheworker.py) on an installation of their own,
 once sharing Redis (CACHE_URL=redis://127.0.0.1:6379/15) and once each with its own
 local-memory cache.
 """
 
+import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -24,8 +28,11 @@ import select
 import socket
 import subprocess
 import sys
+import threading
+import time
 import types
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from io import StringIO
 from pathlib import Path
 from unittest import mock
@@ -34,17 +41,20 @@ import pytest
 from django.core.cache import cache
 from django.core.management import call_command
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
-from credentials import services
+from credentials import services, verified
 from credentials.clientauth.secret import credential_authenticate
 from credentials.models import Credential, GraceSecret
 from credentials.services import credential_delete, credential_rotate
-from credentials.verified import KEY_PREFIX
+from credentials.trust import Trusted, current_secret
+from credentials.verified import KEY_PREFIX, forget_all, remember_verified, verified_recently
 from oauth.keys import generate_signing_key_pem
 from tests.conftest import assert_logs_keep
 from tests.credentials.helpers import end_grace_periods, expire, reason
 from tests.factories import AgentFactory, make_credential, near_miss
 from tests.factories import wrong_secret as new_wrong_secret
+from vaultstore.backends import StoredSecret
 from vaultstore.backends.bcrypt import BcryptSecretBackend
 from vaultstore.backends.vault import VaultSecretBackend
 from vaultstore.exceptions import SecretReadError
@@ -108,6 +118,52 @@ def verified_entries(locmem_cache) -> dict[str, bytes]:
     return {key: value for key, value in inner.items() if KEY_PREFIX in key}
 
 
+def table() -> dict[str, float]:
+    """This process's verified digests: digest -> the time.monotonic() moment it stops being believed."""
+    return dict(verified._local)
+
+
+@contextlib.contextmanager
+def clocks() -> Iterator[Callable[[float], None]]:
+    """
+    Stop the clocks of the verified-secret table and of the local-memory cache; yield `move`,
+    which sets them to that many seconds after now.
+    """
+    wall, monotonic = time.time(), time.monotonic()
+    with (
+        mock.patch("django.core.cache.backends.locmem.time") as locmem_clock,
+        mock.patch("credentials.verified.time") as verified_clock,
+    ):
+
+        def move(seconds: float) -> None:
+            locmem_clock.time.return_value = verified_clock.time.return_value = wall + seconds
+            verified_clock.monotonic.return_value = monotonic + seconds
+
+        move(0)
+        yield move
+
+
+@contextlib.contextmanager
+def cache_reads() -> Iterator[list[str]]:
+    """Record the keys of the verified-secret cache that are read from the Django cache (the real read still runs)."""
+    read: list[str] = []
+    real = cache.get
+
+    def get(key, *args, **kwargs):
+        if key.startswith(KEY_PREFIX):
+            read.append(key)
+        return real(key, *args, **kwargs)
+
+    with mock.patch.object(cache, "get", side_effect=get):
+        yield read
+
+
+def a_trusted() -> Trusted:
+    """A trusted secret of a made-up credential: a name the verified-secret cache can key on."""
+    stored = StoredSecret(storage="bcrypt", secret_hash="$2b$04$" + secrets.token_hex(26))
+    return Trusted(uuid.uuid4(), stored, since=timezone.now())
+
+
 def row(issued) -> Credential:
     return Credential.objects.select_related("agent").get(pk=issued.credential.pk)
 
@@ -166,6 +222,7 @@ def test_with_the_cache_off_every_authentication_asks_the_store(issued, store_as
 
     assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret] * 3
     assert verified_entries(locmem) == {}
+    assert table() == {}
 
 
 def test_with_the_cache_off_every_authentication_reads_vault(vault_issued, vault, settings):
@@ -183,15 +240,21 @@ def test_with_the_cache_off_every_authentication_reads_vault(vault_issued, vault
 # --- what the cache holds ---------------------------------------------------------------------
 
 
-def test_the_cache_holds_a_keyed_digest_never_the_secret_nor_its_hash(issued, locmem):
+def test_the_cache_holds_a_keyed_digest_never_the_secret_nor_its_hash(issued, locmem, settings):
     secret, secret_hash = issued.client_secret, issued.credential.secret_hash
     assert verified_entries(locmem) == {}
+    before = time.time()
 
     credential_authenticate(client_id=issued.credential.client_id, client_secret=secret)
 
     [(key, pickled)] = verified_entries(locmem).items()
-    kept = pickle.loads(pickled)
+    kept, until = pickle.loads(pickled)
     assert isinstance(kept, str) and HEX_DIGEST.fullmatch(kept)
+    # The moment the lifetime ends, for every process that copies it.
+    lifetime = settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS
+    assert before + lifetime <= until <= time.time() + lifetime
+    # This process's table holds the same digest, and nothing else.
+    assert list(table()) == [kept]
     for value in (secret, secret_hash, issued.credential.client_id):
         assert value not in key and value.encode() not in pickled and value not in kept
     # Keyed: not a bare hash of the secret, which a copy of the cache would let anyone test guesses against.
@@ -214,7 +277,9 @@ def test_the_cache_holds_neither_a_vault_secret_nor_its_path(vault_issued, locme
     credential_authenticate(client_id=credential.client_id, client_secret=vault_issued.client_secret)
 
     [(key, pickled)] = verified_entries(locmem).items()
-    assert HEX_DIGEST.fullmatch(pickle.loads(pickled))
+    kept, _ = pickle.loads(pickled)
+    assert HEX_DIGEST.fullmatch(kept)
+    assert list(table()) == [kept]
     for value in (vault_issued.client_secret, credential.vault_path, str(credential.id)):
         assert value not in key and value.encode() not in pickled
 
@@ -237,8 +302,8 @@ def test_a_wrong_secret_for_a_warm_credential_asks_the_store_and_is_refused(issu
 def test_wrong_secrets_and_unknown_client_ids_add_no_cache_entries(issued, store_asked, locmem):
     client_id = issued.credential.client_id
     credential_authenticate(client_id=client_id, client_secret=issued.client_secret)
-    entries = verified_entries(locmem)
-    assert len(entries) == 1
+    entries, digests = verified_entries(locmem), table()
+    assert len(entries) == len(digests) == 1
     asked_for(store_asked.bcrypt)
 
     for _ in range(25):
@@ -247,6 +312,7 @@ def test_wrong_secrets_and_unknown_client_ids_add_no_cache_entries(issued, store
         assert reason(secrets.token_hex(16), issued.client_secret) == "unknown_client"
 
     assert verified_entries(locmem) == entries
+    assert table() == digests
     assert len(locmem._cache) == len(entries)  # nothing else was kept either
     assert len(asked_for(store_asked.bcrypt)) == 75  # each failure paid a verification (dummy ones included)
 
@@ -373,6 +439,224 @@ def test_a_secret_from_before_a_move_off_vault_and_back_is_refused(
     assert reason(credential.client_id, first) == "wrong_secret"
 
 
+# --- this process's table, in front of the Django cache ----------------------------------------
+
+
+def shared_entry(issued) -> tuple[str, tuple[str, float]]:
+    """The Django cache's key and value for the credential's current secret."""
+    key = verified._cache_key(current_secret(issued.credential))
+    return key, cache.get(key)
+
+
+def test_a_secret_this_process_verified_is_answered_without_reading_the_cache(issued, store_asked):
+    client_id, secret = issued.credential.client_id, issued.client_secret
+    credential_authenticate(client_id=client_id, client_secret=secret)
+    asked_for(store_asked.bcrypt)
+
+    with cache_reads() as read:
+        for _ in range(3):
+            assert credential_authenticate(client_id=client_id, client_secret=secret).pk == issued.credential.pk
+
+    assert read == []
+    assert asked_for(store_asked.bcrypt) == []
+
+
+def test_a_wrong_secret_reads_the_cache_whatever_the_table_holds(issued, store_asked):
+    # As an unknown clientId's does: a wrong secret costs the same whether this process knows the right one.
+    client_id = issued.credential.client_id
+    credential_authenticate(client_id=client_id, client_secret=issued.client_secret)
+    asked_for(store_asked.bcrypt)
+
+    with cache_reads() as read:
+        assert reason(client_id, wrong_secret(issued.client_secret)) == "wrong_secret"
+
+    assert read == [verified._cache_key(current_secret(issued.credential))]
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret]
+
+
+def test_a_digest_another_process_verified_is_believed_only_until_its_own_end(issued, store_asked, settings, locmem):
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 300
+    client_id, secret = issued.credential.client_id, issued.client_secret
+    with clocks() as move:
+        credential_authenticate(client_id=client_id, client_secret=secret)  # the store verifies it at 0...
+        asked_for(store_asked.bcrypt)
+        forget_all()  # ...in another process
+        move(200)
+        with cache_reads() as read:
+            assert credential_authenticate(client_id=client_id, client_secret=secret).pk == issued.credential.pk
+            move(299)
+            assert credential_authenticate(client_id=client_id, client_secret=secret).pk == issued.credential.pk
+        assert len(read) == 1  # copied from the Django cache at 200, then answered from the table
+        assert asked_for(store_asked.bcrypt) == []
+
+        move(301)  # 300 after the store's verification, not 300 after the copy
+
+        assert credential_authenticate(client_id=client_id, client_secret=secret).pk == issued.credential.pk
+        assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret]
+
+
+def test_an_entry_past_its_end_is_not_believed_though_the_cache_still_holds_it(issued, store_asked):
+    client_id, secret = issued.credential.client_id, issued.client_secret
+    credential_authenticate(client_id=client_id, client_secret=secret)
+    key, (digest, _) = shared_entry(issued)
+    cache.set(key, (digest, time.time() - 1), 300)  # kept longer by a cache whose clock lags
+    forget_all()
+    asked_for(store_asked.bcrypt)
+
+    credential_authenticate(client_id=client_id, client_secret=secret)
+
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret]
+    assert shared_entry(issued)[1][1] > time.time()  # the store's verification, kept afresh
+
+
+def test_a_copy_is_never_kept_longer_than_the_lifetime_from_now(issued, store_asked, settings):
+    lifetime = settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS
+    client_id, secret = issued.credential.client_id, issued.client_secret
+    credential_authenticate(client_id=client_id, client_secret=secret)
+    key, (digest, _) = shared_entry(issued)
+    cache.set(key, (digest, time.time() + 10 * lifetime), lifetime)  # written by a host whose clock runs ahead
+    forget_all()
+    asked_for(store_asked.bcrypt)
+
+    credential_authenticate(client_id=client_id, client_secret=secret)
+
+    assert asked_for(store_asked.bcrypt) == []
+    [(kept, until)] = table().items()
+    assert kept == digest
+    assert until <= time.monotonic() + lifetime
+
+
+def test_a_bare_digest_in_the_cache_is_not_believed(issued, store_asked):
+    # As an earlier version of AgentIdP kept it: without the moment it ends, nothing says when the store verified it.
+    client_id, secret = issued.credential.client_id, issued.client_secret
+    credential_authenticate(client_id=client_id, client_secret=secret)
+    key, (digest, _) = shared_entry(issued)
+    cache.set(key, digest, 300)
+    forget_all()
+    asked_for(store_asked.bcrypt)
+
+    with cache_reads() as read:
+        assert credential_authenticate(client_id=client_id, client_secret=secret).pk == issued.credential.pk
+
+    assert read == [key]
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret]
+    kept, until = shared_entry(issued)[1]  # written again, with its end
+    assert kept == digest and until > time.time()
+
+
+def test_the_table_answers_only_for_exactly_the_trusted_secret_and_the_secret(locmem):
+    trusted, secret = a_trusted(), secrets.token_urlsafe(32)
+    stored = trusted.stored
+    remember_verified(trusted=trusted, secret=secret)
+    assert verified_recently(trusted=trusted, secret=secret)
+    digests = table()
+    others = [
+        dataclasses.replace(trusted, stored=dataclasses.replace(stored, secret_hash=stored.secret_hash[:-1] + "x")),
+        dataclasses.replace(trusted, since=trusted.since + datetime.timedelta(microseconds=1)),
+        dataclasses.replace(trusted, credential_id=uuid.uuid4()),
+        dataclasses.replace(trusted, stored=dataclasses.replace(stored, storage="vault")),
+    ]
+
+    with cache_reads() as read:
+        for other in others:  # a rotation, a secret trusted again later, another credential, another store
+            assert not verified_recently(trusted=other, secret=secret)
+        assert not verified_recently(trusted=trusted, secret=secret + "x")
+
+    assert len(read) == len(others) + 1  # each missed in the table, and the Django cache was asked
+    assert table() == digests
+
+
+def test_with_the_lifetime_zero_nothing_is_kept_or_believed_anywhere(settings, locmem):
+    trusted, secret = a_trusted(), secrets.token_urlsafe(32)
+    remember_verified(trusted=trusted, secret=secret)
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 0
+
+    with cache_reads() as read:
+        assert not verified_recently(trusted=trusted, secret=secret)
+    later, later_secret = a_trusted(), secrets.token_urlsafe(32)
+    remember_verified(trusted=later, secret=later_secret)
+
+    assert read == []
+    assert len(table()) == len(verified_entries(locmem)) == 1  # only the one kept before
+    settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = 300
+    assert not verified_recently(trusted=later, secret=later_secret)
+
+
+def test_the_table_is_bounded_and_drops_what_has_ended_first(settings, monkeypatch, locmem):
+    monkeypatch.setattr(verified, "LOCAL_ENTRIES", 8)
+    lifetime = settings.AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS
+    secret = secrets.token_urlsafe(32)
+
+    def digest(trusted: Trusted) -> str:
+        return verified._digest(trusted, secret)
+
+    with clocks() as move:
+        early = [a_trusted() for _ in range(4)]
+        for trusted in early:
+            remember_verified(trusted=trusted, secret=secret)
+        move(lifetime / 2)
+        late = [a_trusted() for _ in range(7)]
+        for trusted in late[:4]:
+            remember_verified(trusted=trusted, secret=secret)
+        assert len(table()) == 8
+        move(lifetime + 1)  # the early ones have ended
+
+        for trusted in late[4:]:
+            remember_verified(trusted=trusted, secret=secret)
+        assert set(table()) == {digest(trusted) for trusted in late}
+        newest = a_trusted()
+        remember_verified(trusted=newest, secret=secret)
+        assert set(table()) == {digest(trusted) for trusted in [*late, newest]}
+
+        overflow = [a_trusted() for _ in range(50)]
+        for trusted in overflow:
+            remember_verified(trusted=trusted, secret=secret)
+            assert len(table()) <= 8
+        assert digest(overflow[-1]) in table()
+        assert digest(late[0]) not in table()  # the oldest went first
+
+
+def test_threads_keeping_and_reading_digests_keep_the_table_within_its_bound(monkeypatch, locmem):
+    monkeypatch.setattr(verified, "LOCAL_ENTRIES", 64)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(300):
+                trusted, secret = a_trusted(), secrets.token_urlsafe(8)
+                remember_verified(trusted=trusted, secret=secret)
+                verified_recently(trusted=trusted, secret=secret)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    assert 0 < len(table()) <= 64
+
+
+def test_a_hit_in_either_place_counts_as_a_hit(issued):
+    client_id, secret = issued.credential.client_id, issued.client_secret
+
+    def counted() -> tuple[float, float]:
+        return tuple(
+            REGISTRY.get_sample_value("agentidp_verified_secret_cache_total", {"result": result}) or 0.0
+            for result in ("hit", "miss")
+        )
+
+    hits, misses = counted()
+    credential_authenticate(client_id=client_id, client_secret=secret)  # a miss; the store verifies it
+    credential_authenticate(client_id=client_id, client_secret=secret)  # the table
+    forget_all()
+    credential_authenticate(client_id=client_id, client_secret=secret)  # the Django cache
+
+    assert counted() == (hits + 2, misses + 1)
+
+
 # --- Vault outages ----------------------------------------------------------------------------
 
 
@@ -398,13 +682,12 @@ def test_a_recently_verified_vault_credential_gets_tokens_while_vault_is_down(
         credential_authenticate(client_id=cold.credential.client_id, client_secret=cold.client_secret)
     assert asked_for(store_asked.vault) == [cold.credential.stored_secret] * 2
 
-    # Once the lifetime has run out (the local-memory cache's clock moved on), Vault is asked again.
-    later = timezone.now().timestamp()
-    with mock.patch("django.core.cache.backends.locmem.time") as clock:
-        clock.time.return_value = later + 59
+    # Once the lifetime has run out (the clocks moved on), Vault is asked again.
+    with clocks() as move:
+        move(59)
         assert token_response(warm.credential.client_id, warm.client_secret).status_code == 200
         assert asked_for(store_asked.vault) == []
-        clock.time.return_value = later + 61
+        move(61)
         assert token_response(warm.credential.client_id, warm.client_secret).status_code == 503
         assert asked_for(store_asked.vault) == [warm.credential.stored_secret]
 
@@ -424,6 +707,7 @@ def test_a_broken_cache_is_a_miss_and_the_store_is_asked(issued, store_asked, br
 
     with mock.patch.object(cache, broken, side_effect=ConnectionError("cache down")):
         for _ in range(2):
+            forget_all()  # as in a process that has not verified it itself: only the Django cache could answer
             assert credential_authenticate(client_id=client_id, client_secret=secret).pk == issued.credential.pk
         assert reason(client_id, wrong_secret(secret)) == "wrong_secret"
 
@@ -431,6 +715,18 @@ def test_a_broken_cache_is_a_miss_and_the_store_is_asked(issued, store_asked, br
     warnings = [r for r in caplog.records if r.name == "credentials.verified" and r.levelno == logging.WARNING]
     assert warnings and all(str(issued.credential.id) in r.getMessage() for r in warnings)
     assert_logs_keep(caplog, secret, wrong_secret(secret), issued.credential.secret_hash)
+
+
+def test_while_the_cache_is_down_this_process_answers_what_it_verified(issued, store_asked):
+    client_id, secret = issued.credential.client_id, issued.client_secret
+    down = ConnectionError("cache down")
+
+    with mock.patch.object(cache, "get", side_effect=down), mock.patch.object(cache, "set", side_effect=down):
+        for _ in range(3):
+            assert credential_authenticate(client_id=client_id, client_secret=secret).pk == issued.credential.pk
+        assert reason(client_id, wrong_secret(secret)) == "wrong_secret"
+
+    assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret] * 2  # the first, and the wrong one
 
 
 def free_port() -> int:
@@ -451,10 +747,14 @@ def test_an_unreachable_redis_is_a_miss_and_tokens_are_still_issued(
     }
 
     for _ in range(2):
+        forget_all()  # as in a process that has not verified it itself
         response = token_response(issued.credential.client_id, issued.client_secret)
         assert response.status_code == 200, response.content
-
     assert asked_for(store_asked.bcrypt) == [issued.credential.stored_secret] * 2
+
+    # What this process verified itself, its table still answers.
+    assert token_response(issued.credential.client_id, issued.client_secret).status_code == 200
+    assert asked_for(store_asked.bcrypt) == []
     assert "verified-secret cache unavailable" in caplog.text
     assert_logs_keep(caplog, issued.client_secret, issued.credential.secret_hash)
 
