@@ -60,6 +60,7 @@ from django.urls import reverse  # noqa: E402
 from joserfc import jwt  # noqa: E402
 from joserfc.jwk import ECKey  # noqa: E402
 
+from credentials import secretformat  # noqa: E402
 from credentials.models import Credential  # noqa: E402
 from credentials.services import (  # noqa: E402
     agent_create,
@@ -95,11 +96,16 @@ def seed_warm(*, name: str, count: int) -> dict:
 
 def seed_cold(*, storage: str, name: str, count: int, vault_out: Path | None) -> dict:
     agent = agent_create(acting=None, name=name, description=f"bench: cold {storage} credentials")
-    secrets = [generate_client_secret() for _ in range(count)]
     rows = [
-        Credential(agent=agent, client_id=generate_client_id(), description=f"bench cold {storage}")
+        Credential(
+            agent=agent,
+            client_id=generate_client_id(),
+            secret_ref=secretformat.new_secret_ref(),
+            description=f"bench cold {storage}",
+        )
         for _ in range(count)
     ]
+    secrets = [generate_client_secret(row.secret_ref) for row in rows]
     if storage == "bcrypt":
         backend = get_backend("bcrypt")
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # bcrypt releases the GIL
