@@ -55,6 +55,17 @@ def write_private(path: Path, data: object) -> None:
         json.dump(data, handle)
 
 
+def clean_environment() -> dict[str, str]:
+    """This machine's environment less anything AgentIdP reads, plus the project on PYTHONPATH."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(AGENTIDP_PREFIXES) and name not in AGENTIDP_NAMES
+    }
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
 class Orchestrator:
     """The resources of one run; `close` releases whatever was acquired."""
 
@@ -95,16 +106,6 @@ class Orchestrator:
         self.databases.append(name)
         return urlunsplit(urlsplit(self.args.postgres)._replace(path=f"/{name}"))
 
-    def clean_environment(self) -> dict[str, str]:
-        """This machine's environment less anything AgentIdP reads, plus the project on PYTHONPATH."""
-        env = {
-            name: value
-            for name, value in os.environ.items()
-            if not name.startswith(AGENTIDP_PREFIXES) and name not in AGENTIDP_NAMES
-        }
-        env["PYTHONPATH"] = str(ROOT)
-        return env
-
     def prepare_agentidp(self, settings: dict[str, str]) -> None:
         """
         A fresh database, AgentIdP's environment, a signing key, migrations, the cache and the Vault server.
@@ -117,7 +118,7 @@ class Orchestrator:
         self.log(f"PostgreSQL: fresh database {args.database}")
         database_url = self.create_database(args.database)
         (self.tmp / "static").mkdir()
-        env = self.clean_environment()
+        env = clean_environment()
         env.update(
             {
                 "DJANGO_SETTINGS_MODULE": "agentidp.settings",
@@ -277,7 +278,7 @@ class Orchestrator:
         self.loadgen = subprocess.Popen(
             [PYTHON, "-m", "bench.loadgen"],
             cwd=ROOT,
-            env=self.clean_environment(),
+            env=clean_environment(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -78,7 +78,7 @@ def main() -> None:
         child(args)
         return
     from bench.errors import BenchError
-    from bench.orchestrator import CONN_MAX_AGE
+    from bench.orchestrator import CONN_MAX_AGE, clean_environment
     from bench.servers import PYTHON, Redis
 
     with tempfile.TemporaryDirectory(prefix="agentidp-profile-") as tmp_name:
@@ -170,18 +170,6 @@ def callgrind_total(path: Path) -> int:
         if line.startswith("totals:"):
             return int(line.split()[1])
     raise ValueError(f"{path} has no totals")
-
-
-def clean_environment() -> dict[str, str]:
-    from bench.orchestrator import AGENTIDP_NAMES, AGENTIDP_PREFIXES
-
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(AGENTIDP_PREFIXES) and name not in AGENTIDP_NAMES
-    }
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def create_database(postgres: str, name: str, made: list[str]) -> str:
@@ -333,19 +321,19 @@ def profile(request, requests: int, top: int) -> None:
     for package, own in sorted(by_package.items(), key=lambda item: -item[1]):
         print(f"  {package:28} {own / requests * 1e6:7.1f}  {own / total:6.1%}")
     print(f"Functions by own time (top {top}):")
-    entries = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]
-    for (filename, line, function), (_, calls, own, cumulative, _) in entries:
-        where = filename.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
-        print(
-            f"  {own / requests * 1e6:6.1f} µs own {cumulative / requests * 1e6:7.1f} cum"
-            f"  {calls / requests:5.1f}×  {function} ({where}:{line})"
-        )
+    print_functions(stats, requests, top, by=2)
     print(f"Functions by cumulative time (top {top}):")
-    entries = sorted(stats.stats.items(), key=lambda item: -item[1][3])[:top]
-    for (filename, line, function), (_, calls, own, cumulative, _) in entries:
+    print_functions(stats, requests, top, by=3)
+
+
+def print_functions(stats, requests: int, top: int, *, by: int) -> None:
+    """The `top` functions by own time (by=2) or cumulative time (by=3), per request."""
+    for (filename, line, function), (_, calls, own, cumulative, _) in sorted(
+        stats.stats.items(), key=lambda item: -item[1][by]
+    )[:top]:
         where = filename.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
         print(
-            f"  {cumulative / requests * 1e6:7.1f} µs cum {own / requests * 1e6:6.1f} own"
+            f"  {own / requests * 1e6:7.1f} µs own {cumulative / requests * 1e6:7.1f} cum"
             f"  {calls / requests:5.1f}×  {function} ({where}:{line})"
         )
 

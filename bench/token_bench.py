@@ -26,7 +26,7 @@ import psycopg
 from bench import token_report
 from bench.machine import bcrypt_verify_seconds, note_disturbance
 from bench.options import shown, without_password
-from bench.orchestrator import CONN_MAX_AGE, Orchestrator
+from bench.orchestrator import CONN_MAX_AGE, Orchestrator, clean_environment
 from bench.servers import PYTHON, Shape
 from bench.stats import stats
 
@@ -227,7 +227,7 @@ def prepare_ceiling(orc: Orchestrator) -> tuple[dict[str, str], str]:
     orc.log(f"PostgreSQL: fresh database {database} for the ceiling project")
     url = orc.create_database(database)
     env = {
-        **orc.clean_environment(),
+        **clean_environment(),
         "DJANGO_SETTINGS_MODULE": "bench.ceiling.settings",
         "DATABASE_URL": url,
         "CONN_MAX_AGE": str(CONN_MAX_AGE),

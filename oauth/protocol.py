@@ -6,6 +6,7 @@ request parameters, client authentication (RFC 6749 section 2.3.1) and error res
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Collection
@@ -312,48 +313,23 @@ def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credent
             raise _invalid_client(exc.description, challenge=exc.challenge) from None
         raise OAuthError(exc.error, exc.description) from None
     guard = AuthenticationGuard.for_request(request, presented.client_id)
+    log = functools.partial(_log_attempt, request, presented=presented, ref=guard.ref)
     try:
         guard.check()
         credential = clientauth.authenticate(presented, store_allowed=guard.store_allowed)
     except (Throttled, clientauth.VerificationWithheld) as exc:
         throttled = exc if isinstance(exc, Throttled) else guard.withheld()
-        _log_attempt(
-            request,
-            outcome="throttled",
-            reason=throttled.limit,
-            result="rate_limited",
-            presented=presented,
-            ref=guard.ref,
-            level=logging.WARNING,
-        )
+        log(outcome="throttled", reason=throttled.limit, result="rate_limited", level=logging.WARNING)
         raise rate_limited(throttled) from None
     except clientauth.InvalidClient as exc:
         guard.failed()
-        _log_attempt(
-            request,
-            outcome="failure",
-            reason=exc.reason,
-            result="invalid_client",
-            presented=presented,
-            ref=guard.ref,
-            credential=exc.credential,
-        )
+        log(outcome="failure", reason=exc.reason, result="invalid_client", credential=exc.credential)
         raise _invalid_client("Client authentication failed.", challenge=presented.method.challenge) from None
     except clientauth.StoreUnavailable as exc:
-        _log_attempt(
-            request,
-            outcome="unavailable",
-            reason=exc.reason,
-            result="temporarily_unavailable",
-            presented=presented,
-            ref=guard.ref,
-            level=logging.WARNING,
-        )
+        log(outcome="unavailable", reason=exc.reason, result="temporarily_unavailable", level=logging.WARNING)
         raise _unavailable(exc.description, code=exc.code, retry_after=exc.retry_after) from None
     guard.succeeded()
-    _log_attempt(
-        request, outcome="success", reason="verified", presented=presented, ref=guard.ref, credential=credential
-    )
+    log(outcome="success", reason="verified", credential=credential)
     return credential
 
 
@@ -388,59 +364,28 @@ def authenticate_platform(request: HttpRequest, params: dict[str, str]) -> Trust
     token = federation.presented(assertion)
     claimed = token.claimed
     guard = AuthenticationGuard.for_request(request, claimed.ref)
+    log = functools.partial(_log_attempt, request, claimed=claimed, ref=guard.ref)
     try:
         guard.check()
         policy = federation.platform_identity(token)
     except federation.InvalidGrant as exc:
         if not guard.store_allowed:
             throttled = guard.withheld()
-            _log_attempt(
-                request,
-                outcome="throttled",
-                reason=throttled.limit,
-                result="rate_limited",
-                claimed=claimed,
-                ref=guard.ref,
-                level=logging.WARNING,
-            )
+            log(outcome="throttled", reason=throttled.limit, result="rate_limited", level=logging.WARNING)
             raise rate_limited(throttled) from None
         guard.failed()
-        _log_attempt(
-            request,
-            outcome="failure",
-            reason=exc.reason,
-            result="invalid_grant",
-            claimed=claimed,
-            ref=guard.ref,
-            policy=exc.policy,
-        )
+        log(outcome="failure", reason=exc.reason, result="invalid_grant", policy=exc.policy)
         raise OAuthError("invalid_grant", "The assertion is not accepted.") from None
     except Throttled as exc:
-        _log_attempt(
-            request,
-            outcome="throttled",
-            reason=exc.limit,
-            result="rate_limited",
-            claimed=claimed,
-            ref=guard.ref,
-            level=logging.WARNING,
-        )
+        log(outcome="throttled", reason=exc.limit, result="rate_limited", level=logging.WARNING)
         raise rate_limited(exc) from None
     except federation.KeysUnavailable as exc:
-        _log_attempt(
-            request,
-            outcome="unavailable",
-            reason=exc.reason,
-            result="temporarily_unavailable",
-            claimed=claimed,
-            ref=guard.ref,
-            level=logging.WARNING,
-        )
+        log(outcome="unavailable", reason=exc.reason, result="temporarily_unavailable", level=logging.WARNING)
         raise _unavailable(
             "The issuer's public keys cannot be fetched; try again shortly.",
             code="KEYS_UNAVAILABLE",
             retry_after=settings.AGENTIDP_KEY_REFRESH_MIN_SECONDS,
         ) from None
     guard.succeeded()
-    _log_attempt(request, outcome="success", reason="verified", claimed=claimed, ref=guard.ref, policy=policy)
+    log(outcome="success", reason="verified", policy=policy)
     return policy
