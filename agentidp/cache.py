@@ -8,7 +8,8 @@ Django's Redis cache, with fewer round trips where the token endpoint makes them
   its check that the connection has nothing left to read, each time. A thread keeps its
   connection, made again once at once if the server closed it meanwhile (a restart, an
   idle timeout), so a gunicorn worker holds as many as it has threads, the most it would
-  borrow at once anyway.
+  borrow at once anyway. A forked process (a worker of a gunicorn master that had used the
+  cache) makes its own.
 - `incr` in one round trip: Django asks EXISTS and then INCRBY (two round trips, and not
   atomic); here one script does both, with Django's answer (ValueError for a missing key).
 - `count_and_get_many`, which Django's caches do not have: add one to a counter (starting
@@ -24,6 +25,7 @@ Everything else is Django's.
 
 from __future__ import annotations
 
+import os
 import threading
 
 from django.core.cache.backends import redis as django_redis
@@ -74,9 +76,12 @@ class RedisCacheClient(django_redis.RedisCacheClient):
     def get_client(self, key=None, *, write=False):
         pool = self._get_connection_pool(write)
         clients = self._local.__dict__
-        client = clients.get(id(pool))
+        # By process too: a process forked from one that had a client (gunicorn's workers from
+        # its master) must not share that client's connection with its parent and siblings.
+        mine = (id(pool), os.getpid())
+        client = clients.get(mine)
         if client is None:
-            client = clients[id(pool)] = self._client(connection_pool=pool, single_connection_client=True)
+            client = clients[mine] = self._client(connection_pool=pool, single_connection_client=True)
         return client
 
     def incr(self, key, delta):

@@ -58,6 +58,29 @@ def test_each_thread_keeps_its_own_client_and_connection(redis_cache):
     assert mine.connection is not None and mine.connection is not theirs[0].connection
 
 
+def test_a_forked_process_makes_its_own_client_and_connection(redis_cache):
+    import os
+
+    redis_cache.set("k", 1, timeout=30)
+    parent = redis_cache._cache.get_client("k")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a gunicorn worker forked from a master that had used the cache
+        ok = False
+        try:
+            child = redis_cache._cache.get_client("k")
+            ok = child is not parent and child.connection is not parent.connection and redis_cache.get("k") == 1
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+
+    assert answer == b"1"
+    assert redis_cache.get("k") == 1  # the parent's connection is still its own
+
+
 def test_a_connection_the_server_closed_is_made_again_on_the_next_call(redis_cache):
     import redis
 
