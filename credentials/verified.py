@@ -27,7 +27,6 @@ they hold still ends with its lifetime.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import itertools
@@ -37,7 +36,7 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
-from django.utils.encoding import force_bytes
+from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
 from .metrics import VERIFIED_CACHE
@@ -63,16 +62,9 @@ def _cache_key(trusted: Trusted) -> str:
     return KEY_PREFIX + hashlib.sha256(trusted.name.encode()).hexdigest()
 
 
-@functools.lru_cache(maxsize=2)
-def _digest_key(secret_key: str | bytes) -> bytes:
-    """Derive the digests' key from SECRET_KEY as Django's salted_hmac does, once per SECRET_KEY."""
-    return hashlib.sha256(force_bytes(KEY_SALT) + force_bytes(secret_key)).digest()
-
-
 @sensitive_variables("secret")
 def _digest(trusted: Trusted, secret: str) -> str:
-    """salted_hmac(KEY_SALT, name + secret, algorithm="sha256"), in one call."""
-    return hmac.digest(_digest_key(settings.SECRET_KEY), f"{trusted.name}\x1e{secret}".encode(), "sha256").hex()
+    return salted_hmac(KEY_SALT, f"{trusted.name}\x1e{secret}", algorithm="sha256").hexdigest()
 
 
 def _lifetime() -> int:
