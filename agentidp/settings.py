@@ -276,6 +276,9 @@ if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
 # How long a secret a store verified is taken as verified without asking the store again
 # (credentials/verified.py). Rotation, deletion, expiry and suspension still act at once. 0: off.
 AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS = env.int("AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS", default=300)
+# How many credentials (with their agents) each process keeps, as read by clientId, for as long
+# as PostgreSQL's change token says nothing changed (credentials/rows.py). 0: every lookup reads.
+AGENTIDP_KEPT_CREDENTIAL_ROWS = env.int("AGENTIDP_KEPT_CREDENTIAL_ROWS", default=4096)
 
 # --- REST framework and OpenAPI -------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,7 +1,8 @@
 """
 Prometheus metrics of credentials: secret verifications by store and result, the
-verified-secret cache, the key cache of signed JWTs; and, counted from the database when
-/metrics is read, agents and credentials by status and kind, and the outboxes' depth and age.
+verified-secret cache, the credential rows each process keeps, the key cache of signed JWTs;
+and, counted from the database when /metrics is read, agents and credentials by status and
+kind, and the outboxes' depth and age.
 
 No label carries a value a client chose: stores, results and statuses are AgentIdP's own words.
 """
@@ -22,6 +23,12 @@ SECRET_VERIFICATIONS = Counter(
 VERIFIED_CACHE = Counter(
     "agentidp_verified_secret_cache_total",
     "Lookups in the verified-secret cache, by result (hit, miss).",
+    ["result"],
+)
+KEPT_ROWS = Counter(
+    "agentidp_kept_credential_rows_total",
+    "Lookups of a credential by clientId, by result: hit (the rows this process kept, unchanged since), "
+    "miss (read from the database).",
     ["result"],
 )
 KEY_CACHE = Counter(

@@ -300,6 +300,21 @@ class TrustPolicy(KeyLocation):
         return f"{self.issuer} {self.subject or self.subject_pattern or '(any subject)'}"
 
 
+class ChangeToken(models.Model):
+    """
+    One row, whose token the database changes whenever an agent or a credential changes.
+
+    PostgreSQL's triggers write it, in the transaction that makes the change, whoever makes it
+    (credentials.rows explains what counts and why); AgentIdP only reads it.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    token = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return "change token"
+
+
 class OutboxEntry(models.Model):
     """A job done after the transaction that queued it, retried with a growing delay until it succeeds."""
 

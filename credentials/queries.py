@@ -7,7 +7,8 @@ much CPU as sending the query and reading its row. A CompiledQuery runs the same
 values, with the values of each call put in the markers' places. Only the SQL text and the
 plan for turning rows into objects are kept; each call executes through the connection's
 own cursor (so query logging, execute_wrappers and transactions see it as any other query)
-and builds model instances, select_related ones included, the way QuerySet iteration does.
+and builds model instances, select_related ones and annotations included, the way QuerySet
+iteration does.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class _Plan:
     fields: slice
     init_list: list[str]
     related: list[Any]
+    annotations: tuple[tuple[str, int], ...]  # (attribute, column)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,8 @@ class CompiledQuery:
             obj = plan.model.from_db(using, plan.init_list, row[plan.fields])
             for populator in plan.related:
                 populator.populate(row, obj)
+            for attribute, position in plan.annotations:
+                setattr(obj, attribute, row[position])
             objects.append(obj)
         return objects
 
@@ -102,8 +106,8 @@ class CompiledQuery:
                 params.append(param)
         if sorted(found) != list(range(self.arguments)):
             raise ValueError("A CompiledQuery's queryset must use each of its values exactly once.")
-        if queryset._known_related_objects or compiler.annotation_col_map or queryset._prefetch_related_lookups:
-            raise ValueError("A CompiledQuery runs plain and select_related querysets only.")
+        if queryset._known_related_objects or queryset._prefetch_related_lookups:
+            raise ValueError("A CompiledQuery runs plain and select_related querysets, with annotations, only.")
         klass_info = compiler.klass_info
         select_fields = klass_info["select_fields"]
         fields = slice(select_fields[0], select_fields[-1] + 1)
@@ -116,4 +120,5 @@ class CompiledQuery:
             fields=fields,
             init_list=[column.target.attname for column, *_ in compiler.select[fields]],
             related=get_related_populators(klass_info, compiler.select, queryset.db),
+            annotations=tuple(compiler.annotation_col_map.items()),
         )

@@ -12,6 +12,7 @@ from credentials.errors import AgentNotFound, CredentialNotFound, TrustPolicyNot
 
 from .models import Agent, Credential, GraceKeys, GraceSecret, TrustPolicy
 from .queries import CompiledQuery
+from .rows import KeptCredentials, token_column
 
 # Longer than any client id AgentIdP makes; anything longer is not worth a query.
 MAX_CLIENT_ID_LENGTH = 64
@@ -68,17 +69,35 @@ def credential_get(*, agent: Agent, credential_id: object) -> Credential:
 
 # Every token request runs this one; its SQL is compiled once per connection. client_id is
 # unique: no ORDER BY (the model's ordering would have PostgreSQL sort the one row).
+# The change token comes with the rows, for the rows each process keeps (credentials.rows).
 _credential_by_client_id = CompiledQuery(
-    Credential, lambda client_id: Credential.objects.select_related("agent").filter(client_id=client_id).order_by()
+    Credential,
+    lambda client_id: (
+        Credential.objects.select_related("agent").filter(client_id=client_id).annotate(**token_column()).order_by()
+    ),
 )
 
 
-def credential_find_by_client_id(*, client_id: str) -> Credential | None:
-    """Return the credential with this clientId and its agent in one query, or None."""
-    if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH or not client_id.isprintable():
-        return None
+def _credential_read(client_id: str) -> Credential | None:
     found = _credential_by_client_id(client_id)  # client_id is unique
     return found[0] if found else None
+
+
+#: The rows each process keeps for credential_find_by_client_id (credentials.rows).
+kept_credentials = KeptCredentials(_credential_read)
+
+
+def credential_find_by_client_id(*, client_id: str) -> Credential | None:
+    """
+    Return the credential with this clientId and its agent as they are now, or None.
+
+    One query: the credential joined to its agent, or (on PostgreSQL, for a credential this
+    process read before) the database's change token alone, which says whether the rows it
+    kept are still the rows (credentials.rows).
+    """
+    if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH or not client_id.isprintable():
+        return None
+    return kept_credentials.find(client_id)
 
 
 def credential_active_count(*, agent: Agent) -> int:

@@ -5,6 +5,7 @@ import pytest
 from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
 from rest_framework.test import APIClient
 
+from credentials.selectors import kept_credentials
 from credentials.services import IssuedCredential
 from credentials.verified import forget_all
 from tests.factories import AgentFactory, make_credential
@@ -15,13 +16,14 @@ from tests.vault_fixtures import _real_vault, owner, vault, vault_enabled  # noq
 @pytest.fixture(autouse=True)
 def _empty_cache():
     """
-    Start every test with an empty Django cache (it holds, say, the pause after a failed move on use)
-    and an empty verified-secret table in this process. In a test, `cache.clear()` empties both, as
-    if every process had started afresh.
+    Start every test with an empty Django cache (it holds, say, the pause after a failed move on use),
+    and with no verified secrets and no credential rows kept in this process. In a test,
+    `cache.clear()` empties all three, as if every process had started afresh.
     """
 
     def clear() -> None:
         forget_all()
+        kept_credentials.forget_all()
         caches[DEFAULT_CACHE_ALIAS].clear()
 
     clear()

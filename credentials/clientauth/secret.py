@@ -218,6 +218,8 @@ def note_use(credential: Credential) -> None:
         Q(last_used_at__isnull=True) | Q(last_used_at__lte=since)
     ).update(last_used_at=now)
     credential.last_used_at = now
+    # The row this process keeps has the old moment: raised, or every request would write again.
+    selectors.kept_credentials.note_last_used(credential, now)
 
 
 #: Set (in the Django cache) while moves on use are paused after one failed.

@@ -17,6 +17,9 @@ environment the test gives it (DATABASE_URL of the installation's own database, 
     expire CLIENT_ID        the row's expires_at moves into the past (as tests.credentials.helpers.expire): {}
     suspend CLIENT_ID       agent_update(status="suspended"): {}
     reactivate CLIENT_ID    agent_update(status="active"): {}
+    rows_read               {"rows_read": int}: how many times the lookup by clientId read the rows
+                            from the database (rather than the rows the process kept) since the last
+                            rows_read
 
 A command that fails answers {"error": "..."} and the process keeps serving. EOF ends it.
 """
@@ -31,16 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentidp.settings")
 
 store_asked = 0
+rows_read = 0
 
 
-def count_calls(owner, name: str) -> None:
-    """Replace owner.name by a wrapper that counts its calls in `store_asked`."""
+def count_calls(owner, name: str, counter: str = "store_asked") -> None:
+    """Replace owner.name by a wrapper that counts its calls in the global `counter`."""
     original = getattr(owner, name)
 
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
-        global store_asked
-        store_asked += 1
+        globals()[counter] += 1
         return original(*args, **kwargs)
 
     setattr(owner, name, wrapper)
@@ -103,6 +106,10 @@ def answer(line: str) -> dict:
         return seed(int(args[0]))
     if command == "auth":
         return auth(args[0], args[1])
+    if command == "rows_read":
+        global rows_read
+        read, rows_read = rows_read, 0
+        return {"rows_read": read}
     return change(command, args[0])
 
 
@@ -115,6 +122,9 @@ def main() -> None:
 
     count_calls(BcryptSecretBackend, "verify")
     count_calls(VaultSecretBackend, "verify")
+    from credentials import selectors
+
+    count_calls(selectors.kept_credentials, "_load", "rows_read")
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         if not line.strip():

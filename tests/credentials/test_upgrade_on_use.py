@@ -364,13 +364,13 @@ def test_last_used_at_is_not_rewritten_within_its_resolution(issued, django_asse
 def test_last_used_at_is_rewritten_once_its_resolution_has_passed(issued):
     client_id = issued.credential.client_id
     assert authenticates(client_id, issued.client_secret)
-    long_ago = timezone.now() - Credential.LAST_USED_RESOLUTION - datetime.timedelta(seconds=1)
-    Credential.objects.filter(pk=issued.credential.pk).update(last_used_at=long_ago)
-    before = timezone.now()
+    first = last_used(issued)
+    later = first + Credential.LAST_USED_RESOLUTION + datetime.timedelta(seconds=1)
 
-    assert authenticates(client_id, issued.client_secret)
+    with mock.patch("django.utils.timezone.now", return_value=later):
+        assert authenticates(client_id, issued.client_secret)
 
-    assert before <= last_used(issued) <= timezone.now()
+    assert last_used(issued) == later
 
 
 def test_last_used_at_within_its_resolution_is_kept(issued):

@@ -18,23 +18,17 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
-import json
 import logging
-import os
 import pickle
 import re
 import secrets
-import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 import types
 import uuid
 from collections.abc import Callable, Iterator
 from io import StringIO
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -49,7 +43,6 @@ from credentials.models import Credential, GraceSecret
 from credentials.services import credential_delete, credential_rotate
 from credentials.trust import Trusted, current_secret
 from credentials.verified import KEY_PREFIX, forget_all, remember_verified, verified_recently
-from oauth.keys import generate_signing_key_pem
 from tests.conftest import assert_logs_keep
 from tests.credentials.helpers import end_grace_periods, expire, reason
 from tests.factories import AgentFactory, make_credential, near_miss
@@ -59,8 +52,6 @@ from vaultstore.backends.bcrypt import BcryptSecretBackend
 from vaultstore.backends.vault import VaultSecretBackend
 from vaultstore.exceptions import SecretReadError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-WORKER = Path(__file__).with_name("cacheworker.py")
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 15
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "verified-cache-tests"}}
@@ -774,83 +765,6 @@ def test_a_warm_token_request_costs_one_sql_query(issued, token_response, django
 # --- across processes -------------------------------------------------------------------------
 
 
-class Worker:
-    """One long-lived AgentIdP process (cacheworker.py): a command line in, a JSON line out."""
-
-    TIMEOUT = 30
-
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, str(WORKER)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log.open("w"),
-            text=True,
-            bufsize=1,
-        )
-
-    def _read(self) -> dict:
-        ready, _, _ = select.select([self.process.stdout], [], [], self.TIMEOUT)
-        line = self.process.stdout.readline() if ready else ""
-        assert line, f"worker {self.name} gave no answer; its stderr:\n{self.log.read_text()}"
-        return json.loads(line)
-
-    def started(self) -> "Worker":
-        assert self._read() == {"ready": True}
-        return self
-
-    def ask(self, *words: str) -> dict:
-        self.process.stdin.write(" ".join(words) + "\n")
-        self.process.stdin.flush()
-        answer = self._read()
-        assert "error" not in answer, (self.name, words[0], answer)
-        return answer
-
-    def auth(self, client_id: str, secret: str) -> dict:
-        return self.ask("auth", client_id, secret)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.close()
-                self.process.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self.process.stdout.close()
-
-
-@pytest.fixture
-def start_workers(installation_database, tmp_path):
-    """Start two workers (A and B) on the installation, with this CACHE_URL (None: local memory each)."""
-    started: list[Worker] = []
-
-    def start(cache_url: str | None) -> tuple[Worker, Worker]:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "DJANGO_SETTINGS_MODULE": "agentidp.settings",
-            "SECRET_KEY": "verified-cache-tests",
-            "DEBUG": "false",
-            "AGENTIDP_SIGNING_KEY": generate_signing_key_pem("RS256").decode(),
-            "AGENTIDP_BCRYPT_ROUNDS": "4",
-            "DATABASE_URL": installation_database,
-            "LOG_LEVEL": "WARNING",
-            "PYTHONUNBUFFERED": "1",
-            **({"CACHE_URL": cache_url} if cache_url else {}),
-        }
-        for name in ("A", "B"):
-            started.append(Worker(name, env, tmp_path / f"worker-{name}.log"))
-        return started[-2].started(), started[-1].started()
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
 def redis_listening() -> bool:
     try:
         socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=0.5).close()
@@ -873,16 +787,11 @@ def redis_db():
     client.close()
 
 
-def seed(worker: Worker) -> dict[str, dict]:
-    made = worker.ask("seed", "4")["credentials"]
-    return dict(zip(["rotated", "deleted", "expired", "suspended"], made, strict=True))
-
-
 def test_a_cache_shared_through_redis_warms_every_process_and_changes_refuse_on_the_very_next_request(
     start_workers, redis_db
 ):
     a, b = start_workers(f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
-    seeded = seed(a)
+    seeded = a.seed()
     for cred in seeded.values():
         assert a.auth(cred["clientId"], cred["clientSecret"]) == {"ok": True, "reason": None, "store_asked": 1}
         # B never saw this secret: A's verification, kept in Redis, answers it.
@@ -926,7 +835,7 @@ def test_with_a_local_memory_cache_each_process_keeps_its_own_and_a_change_in_on
     start_workers,
 ):
     a, b = start_workers(None)
-    seeded = seed(a)
+    seeded = a.seed()
     for cred in seeded.values():
         for worker in (a, b):  # each warms its own cache
             assert worker.auth(cred["clientId"], cred["clientSecret"]) == {"ok": True, "reason": None, "store_asked": 1}
