@@ -36,7 +36,6 @@ AGENTIDP_KEPT_CREDENTIAL_ROWS=0, every lookup reads the rows.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import itertools
 import threading
@@ -147,11 +146,21 @@ def _copy(instance: Model) -> Model:
     state.db = instance._state.db
     state.adding = False
     clone = object.__new__(type(instance))
-    clone.__dict__ = {
-        name: copy.deepcopy(value) if isinstance(value, (list, dict)) else value
-        for name, value in instance.__dict__.items()
-    }
-    clone._state = state
+    values = instance.__dict__.copy()
+    for name, value in values.items():
+        if type(value) is list or type(value) is dict:  # a JSON column's value
+            values[name] = _json_copy(value)
+    values["_state"] = state
+    clone.__dict__ = values
     for name, related in instance._state.fields_cache.items():
         state.fields_cache[name] = None if related is None else _copy(related)
     return clone
+
+
+def _json_copy(value):
+    """A copy of decoded JSON: lists and dicts copied all the way down, the rest is immutable."""
+    if type(value) is list:
+        return [_json_copy(item) for item in value]
+    if type(value) is dict:
+        return {key: _json_copy(item) for key, item in value.items()}
+    return value
