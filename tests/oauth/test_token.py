@@ -575,3 +575,32 @@ def test_unknown_client_and_wrong_secret_cost_the_same_queries_and_verifications
         costs[reason] = (len(queries), checks.call_count)
 
     assert costs["unknown_client"] == costs["wrong_secret"] == (2, 1)
+
+
+# --- the endpoints' view decorations -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["/api/v1/token", "/api/v1/token/introspect", "/api/v1/token/revoke"])
+def test_the_protocol_endpoints_are_csrf_exempt_and_keep_their_secrets_out_of_error_reports(url, client, db):
+    from django.http import HttpResponse
+    from django.urls import resolve
+    from django.views.debug import SafeExceptionReporterFilter
+
+    from oauth.views import OAuthEndpoint
+
+    assert resolve(url).func.csrf_exempt is True
+    seen = []
+    with mock.patch.object(OAuthEndpoint, "post", lambda self, request: seen.append(request) or HttpResponse()):
+        Client(enforce_csrf_checks=True).post(
+            url, {"client_secret": "s3cret", "client_assertion": "a", "assertion": "b", "token": "t", "scope": "x"}
+        )
+
+    [request] = seen  # CSRF did not refuse it
+    cleaned = SafeExceptionReporterFilter().get_post_parameters(request)
+    assert {name for name, value in cleaned.items() if value != "s3cret" and "*" in value} == {
+        "client_secret",
+        "client_assertion",
+        "assertion",
+        "token",
+    }
+    assert cleaned["scope"] == "x"
