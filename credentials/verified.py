@@ -17,9 +17,10 @@ without its moment is not believed. The table holds at most LOCAL_ENTRIES digest
 
 The cache key and the digest both name the trusted secret exactly (the credential, its
 storage, bcrypt hash or Vault path and version, and when the credential came to trust it),
-and every request reads the credential's row first, so a rotation (a new hash or version),
-a deletion (no row), an expiry or a suspension (checked on the row after verification)
-takes effect on the very next request in every process, whatever any process still holds.
+and every request looks the credential's row up first, as it is now (credentials.rows),
+so a rotation (a new hash or version), a deletion (no row), an expiry or a suspension
+(checked on the row after verification) takes effect on the very next request in every
+process, whatever any process still holds.
 Only successful verifications are kept: a wrong secret always pays the store's full price,
 and cannot grow either place. Emptying the Django cache does not empty the tables: what
 they hold still ends with its lifetime.

@@ -20,6 +20,7 @@ FAMILIES = {
     "agentidp_http_request_duration_seconds",
     "agentidp_secret_verifications",
     "agentidp_verified_secret_cache",
+    "agentidp_kept_credential_rows",
     "agentidp_key_cache",
     "agentidp_vault_request_seconds",
     "agentidp_vault_errors",
