@@ -41,13 +41,13 @@ class SecretParameterFilter(logging.Filter):
 
     AgentIdP refuses a client_secret in the query string, but the server's request line
     (runserver's `django.server` records, an access log) would still repeat it. The
-    record's message is formatted once here, redacted, and frozen.
+    record's message is formatted once here, redacted, and frozen: the formatter then reads
+    it as it is instead of formatting it again.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "=" in message:
-            redacted = redact_secret_parameters(message)
-            if redacted != message:
-                record.msg, record.args = redacted, None
+            message = redact_secret_parameters(message)
+        record.msg, record.args = message, None
         return True
