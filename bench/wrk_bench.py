@@ -28,6 +28,9 @@ from .servers import Shape
 from .token_bench import RATE_LIMITS, TOKEN_PATH, WARM_POOL, WORKERS, prepare_ceiling
 
 RESULTS_PREFIX = "wrk-"
+#: The exit status when the benchmark could not run (requests that failed make it 1 too).
+ERROR_STATUS = 1
+#: wrk's threads, fewer when there are fewer connections (wrk refuses more threads than connections).
 WRK_THREADS = 2
 WARM_UP_SECONDS = 3
 
@@ -71,10 +74,14 @@ def _parse(output: str) -> dict[str, Any]:
     }
 
 
+def _threads(connections: int) -> int:
+    return max(1, min(WRK_THREADS, connections))
+
+
 def _wrk(orc: Orchestrator, script: Path, *, seconds: float, measured: bool) -> dict[str, Any]:
     url = f"http://127.0.0.1:{orc.server.port}"
     command = [
-        "wrk", "--threads", str(WRK_THREADS), "--connections", str(orc.args.concurrency),
+        "wrk", "--threads", str(_threads(orc.args.concurrency)), "--connections", str(orc.args.concurrency),
         "--duration", f"{seconds:g}s", "--latency", "--script", str(script), url,
     ]  # fmt: skip
     before = CpuSnapshot.take(orc.cpu_pids()) if measured else None
@@ -143,7 +150,7 @@ def measure(orc: Orchestrator) -> dict[str, Any]:
     return {
         **orc.results_header(),
         "settings": {
-            "load_generator": f"wrk, {WRK_THREADS} threads, {args.concurrency} connections",
+            "load_generator": f"wrk, {_threads(args.concurrency)} threads, {args.concurrency} connections",
             "duration_s": args.duration,
             "gunicorn": shape.as_json(),
             "conn_max_age": CONN_MAX_AGE,
