@@ -11,6 +11,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 def escape_controls(text: str) -> str:
     """Write each control character as an escape (\\n, \\x1b, \\u2028), so no value can start a forged line."""
+    if text.isprintable():  # none of them is printable: nothing to escape (the usual line, at a fraction of the cost)
+        return text
     return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
@@ -32,6 +34,8 @@ _SECRET_PARAMETER = re.compile(
 
 def redact_secret_parameters(text: str) -> str:
     """Replace the value of every secret-bearing query parameter in `text` with [redacted]."""
+    if "?" not in text and "&" not in text:  # every parameter the pattern matches follows one of them
+        return text
     return _SECRET_PARAMETER.sub(r"\1[redacted]", text)
 
 

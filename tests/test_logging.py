@@ -60,6 +60,28 @@ def test_the_plain_format_escapes_control_characters_so_no_value_forges_a_line()
     )
 
 
+def test_escaping_and_redaction_skip_only_text_in_which_their_patterns_cannot_match():
+    from agentidp import logformat
+
+    # Every character of the Basic Multilingual Plane, alone and inside a line: the quick path
+    # (printable text) gives what the pattern gives.
+    for code in range(0x10000):
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        for text in (chr(code), f"outcome=success user_agent=a{chr(code)}b"):
+            expected = logformat._CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+            assert logformat.escape_controls(text) == expected, hex(code)
+    # A secret parameter always follows ? or &; without either there is nothing to redact.
+    for text in (
+        "GET /api/v1/token?client_secret=s3cret HTTP/1.1",
+        "GET /x?a=1&Client_Secret=s3cret&token=t HTTP/1.1",
+        "client authentication outcome=success client_secret=not-a-query-parameter",
+        "password=hunter2 secret=x",
+    ):
+        assert logformat.redact_secret_parameters(text) == logformat._SECRET_PARAMETER.sub(r"\1[redacted]", text)
+    assert "s3cret" not in logformat.redact_secret_parameters("GET /api/v1/token?client_secret=s3cret HTTP/1.1")
+
+
 def test_a_traceback_still_follows_the_escaped_message_on_its_own_lines():
     try:
         raise RuntimeError("boom")
