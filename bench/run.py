@@ -76,6 +76,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the load generator: bench/loadgen.py (every scenario), or wrk (the ceiling and bcrypt-warm only: "
         "bench/wrk_bench.py)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=positive(int),
+        default=5,
+        help="with wrk: each side's --duration in this many rounds, the ceiling and AgentIdP taking turns (default 5)",
+    )
     add_installation_arguments(
         parser, database="agentidp_bench", example_setting="AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS=0"
     )
