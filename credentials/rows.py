@@ -30,6 +30,12 @@ not change the token:
   process then writes once more than it had to); the process that writes a newer one raises
   its own kept copy (note_last_used).
 
+The token's one row is written by every change, so changes to agents and credentials commit
+one at a time, each holding that row's lock from its first change to its commit. A
+transaction that changes several of them locks them all before it changes the first
+(agent_delete does): it then never waits for another's row while holding the token's, which
+would be a deadlock with a transaction that holds that row and will change it.
+
 Only PostgreSQL has the triggers (migration 0015); on another database, and with
 AGENTIDP_KEPT_CREDENTIAL_ROWS=0, every lookup reads the rows.
 """

@@ -450,3 +450,32 @@ def test_a_rotation_during_verification_still_refuses_the_old_secret_when_vault_
     rotation.get()
     assert request.get() == 401
     assert_store_consistent(vault)
+
+
+def test_deleting_an_agent_waits_for_a_rotation_of_its_later_credential_without_a_deadlock(agent):
+    """
+    A deletion renews the change token (credentials.rows) in its transaction; a rotation of another
+    of the agent's credentials needs it too. The agent's deletion locks every credential first, so
+    it waits for the rotation before it holds the token, never while holding it.
+    """
+    from credentials.services import agent_delete
+
+    first, second = make_credential(agent).credential, make_credential(agent).credential
+    locked, release = threading.Event(), threading.Event()
+
+    def rotation_holding_the_second():
+        with transaction.atomic():
+            Credential.objects.select_for_update().get(pk=second.pk)  # as credential_rotate's lock
+            locked.set()
+            release.wait(PATIENCE_SECONDS)
+            Credential.objects.filter(pk=second.pk).update(description="rotated meanwhile")
+
+    rotation = InThread(rotation_holding_the_second)
+    assert locked.wait(PATIENCE_SECONDS)
+    deletion = InThread(lambda: agent_delete(acting=None, agent=agent))
+    wait_until(lambda: lock_waiters() >= 1, "the deletion waiting for the rotation's lock")
+    release.set()
+
+    assert rotation.result().error is None
+    assert deletion.result().error is None
+    assert not Credential.objects.filter(pk__in=[first.pk, second.pk]).exists()

@@ -153,7 +153,11 @@ def agent_delete(*, acting: Any, agent: Agent) -> None:
     """
     with transaction.atomic():
         agent = lock_agent(agent)
-        for credential in Credential.objects.filter(agent=agent).order_by("created_at", "id"):
+        # Every credential locked before the first is deleted: a deletion renews the database's
+        # change token (credentials.rows), whose row a rotation of a later credential needs too,
+        # so waiting for that rotation's row while holding the token would be a deadlock.
+        credentials = list(Credential.objects.select_for_update().filter(agent=agent).order_by("created_at", "id"))
+        for credential in credentials:
             credential_delete(acting=acting, credential=credential)
         for policy in TrustPolicy.objects.filter(agent=agent).order_by("created_at", "id"):
             trust_policy_delete(acting=acting, policy=policy)
