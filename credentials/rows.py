@@ -43,7 +43,6 @@ AGENTIDP_KEPT_CREDENTIAL_ROWS=0, every lookup reads the rows.
 from __future__ import annotations
 
 import datetime
-import itertools
 import threading
 from collections.abc import Callable
 
@@ -53,6 +52,7 @@ from django.db.models import Model
 from django.db.models.base import ModelState
 from django.db.models.expressions import RawSQL
 
+from .bounded import keep_bounded
 from .metrics import KEPT_ROWS
 from .models import ChangeToken, Credential
 
@@ -128,11 +128,7 @@ class KeptCredentials:
                 # later one): the database has changed since.
                 self._kept.clear()
                 self._token = token
-            self._kept.pop(client_id, None)  # then added last: the order is the order of writes
-            if len(self._kept) >= limit:
-                for oldest in list(itertools.islice(self._kept, max(1, limit // 8))):
-                    del self._kept[oldest]
-            self._kept[client_id] = (token, credential)
+            keep_bounded(self._kept, client_id, (token, credential), limit)
 
 
 def current_token(connection) -> int | None:

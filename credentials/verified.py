@@ -20,17 +20,15 @@ storage, bcrypt hash or Vault path and version, and when the credential came to 
 and every request looks the credential's row up first, as it is now (credentials.rows),
 so a rotation (a new hash or version), a deletion (no row), an expiry or a suspension
 (checked on the row after verification) takes effect on the very next request in every
-process, whatever any process still holds.
-Only successful verifications are kept: a wrong secret always pays the store's full price,
-and cannot grow either place. Emptying the Django cache does not empty the tables: what
-they hold still ends with its lifetime.
+process, whatever any process still holds. Only successful verifications are kept: a wrong
+secret always pays the store's full price, and cannot grow either place. Emptying the
+Django cache does not empty the tables: what they hold still ends with its lifetime.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import logging
 import threading
 import time
@@ -40,6 +38,7 @@ from django.core.cache import cache
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
+from .bounded import keep_bounded
 from .metrics import VERIFIED_CACHE
 from .trust import Trusted
 
@@ -142,13 +141,6 @@ def forget_all() -> None:
 
 
 def _keep_locally(digest: str, until: float) -> None:
+    now = time.monotonic()
     with _local_lock:
-        _local.pop(digest, None)  # then added last: the table's order is the order of writes
-        if len(_local) >= LOCAL_ENTRIES:
-            now = time.monotonic()
-            for expired in [kept for kept, end in _local.items() if end <= now]:
-                del _local[expired]
-            if len(_local) >= LOCAL_ENTRIES:
-                for oldest in list(itertools.islice(_local, max(1, LOCAL_ENTRIES // 8))):
-                    del _local[oldest]
-        _local[digest] = until
+        keep_bounded(_local, digest, until, LOCAL_ENTRIES, stale=lambda end: end <= now)
