@@ -316,7 +316,7 @@ def authenticate_client(request: HttpRequest, params: dict[str, str]) -> Credent
     log = functools.partial(_log_attempt, request, presented=presented, ref=guard.ref)
     try:
         guard.check()
-        credential = clientauth.authenticate(presented, store_allowed=guard.store_allowed)
+        credential = clientauth.authenticate(presented, store_allowed=lambda: guard.store_allowed)
     except (Throttled, clientauth.VerificationWithheld) as exc:
         throttled = exc if isinstance(exc, Throttled) else guard.withheld()
         log(outcome="throttled", reason=throttled.limit, result="rate_limited", level=logging.WARNING)

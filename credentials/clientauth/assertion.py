@@ -41,7 +41,9 @@ from .base import (
     MalformedClientAuth,
     Presented,
     ReplayCheckUnavailable,
+    StoreAllowed,
     VerificationWithheld,
+    store_always_allowed,
 )
 from .secret import NO_CREDENTIAL_ID, note_use
 
@@ -81,11 +83,11 @@ class PrivateKeyJWT(ClientAuthMethod):
             self, client_id, assertion, endpoint=settings.AGENTIDP_ISSUER + request.path, parsed=unverified
         )
 
-    def authenticate(self, presented: Presented, *, store_allowed: bool = True) -> Credential:
+    def authenticate(self, presented: Presented, *, store_allowed: StoreAllowed = store_always_allowed) -> Credential:
         return assertion_authenticate(presented, store_allowed=store_allowed)
 
 
-def assertion_authenticate(presented: Presented, *, store_allowed: bool = True) -> Credential:
+def assertion_authenticate(presented: Presented, *, store_allowed: StoreAllowed = store_always_allowed) -> Credential:
     """
     Return the key credential whose keys signed the presented assertion, or raise InvalidClient.
 
@@ -96,7 +98,7 @@ def assertion_authenticate(presented: Presented, *, store_allowed: bool = True) 
     credential (and its previous keys in their grace period), never from the assertion.
 
     An unknown clientId, or one of a secret credential, pays what a known one pays: one
-    signature check and the query for previous keys. With `store_allowed=False` (the client
+    signature check and the query for previous keys. When `store_allowed()` says no (the client
     is throttled) an assertion that does not verify is VerificationWithheld, not
     InvalidClient, as for a secret the cache does not vouch for; one that verifies is heard,
     since it cost no store and proves the private key. Raises KeysUnavailable when the
@@ -105,7 +107,7 @@ def assertion_authenticate(presented: Presented, *, store_allowed: bool = True) 
     try:
         return _authenticate(presented)
     except InvalidClient:
-        if not store_allowed:
+        if not store_allowed():
             raise VerificationWithheld() from None
         raise
 

@@ -6,12 +6,23 @@ request presents, and the typed failures the OAuth endpoints turn into their err
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
     from ..models import Credential
+
+
+#: Whether a store (bcrypt, Vault) may be asked to verify this request's proof: asked only once
+#: a store would be, since the answer may cost a read of the rate limits' counters.
+StoreAllowed = Callable[[], bool]
+
+
+def store_always_allowed() -> bool:
+    """The StoreAllowed of a request no limit applies to."""
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +69,7 @@ class ClientAuthMethod:
     def read(self, request: HttpRequest, params: dict[str, str]) -> Presented:
         raise NotImplementedError
 
-    def authenticate(self, presented: Presented, *, store_allowed: bool = True) -> Credential:
+    def authenticate(self, presented: Presented, *, store_allowed: StoreAllowed = store_always_allowed) -> Credential:
         raise NotImplementedError
 
 

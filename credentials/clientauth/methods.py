@@ -12,7 +12,7 @@ from urllib.parse import unquote_plus
 from django.http import HttpRequest
 
 from ..models import Credential
-from .base import ClientAuthMethod, MalformedClientAuth, Presented
+from .base import ClientAuthMethod, MalformedClientAuth, Presented, StoreAllowed, store_always_allowed
 from .secret import credential_authenticate
 
 BASIC_CHALLENGE = 'Basic realm="agentidp", charset="UTF-8"'
@@ -21,7 +21,7 @@ BASIC_CHALLENGE = 'Basic realm="agentidp", charset="UTF-8"'
 class ClientSecretMethod(ClientAuthMethod):
     """A method whose proof is the client secret, checked against the credential's stores."""
 
-    def authenticate(self, presented: Presented, *, store_allowed: bool = True) -> Credential:
+    def authenticate(self, presented: Presented, *, store_allowed: StoreAllowed = store_always_allowed) -> Credential:
         return credential_authenticate(
             client_id=presented.client_id, client_secret=presented.proof, store_allowed=store_allowed
         )

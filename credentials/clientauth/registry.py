@@ -18,7 +18,7 @@ from django.utils.module_loading import import_string
 from vaultstore.exceptions import SecretStoreError
 
 from ..models import Credential
-from .base import ClientAuthMethod, MalformedClientAuth, Presented, StoreUnavailable
+from .base import ClientAuthMethod, MalformedClientAuth, Presented, StoreAllowed, StoreUnavailable, store_always_allowed
 
 
 @functools.cache
@@ -87,7 +87,7 @@ def _challenge(in_use: tuple[ClientAuthMethod, ...]) -> str | None:
     return next((method.challenge for method in in_use if method.challenge), None)
 
 
-def authenticate(presented: Presented, *, store_allowed: bool = True) -> Credential:
+def authenticate(presented: Presented, *, store_allowed: StoreAllowed = store_always_allowed) -> Credential:
     """
     Return the credential that the presented credentials authenticate.
 

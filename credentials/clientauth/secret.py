@@ -25,12 +25,14 @@ from ..models import Credential
 from ..services import credential_move_to_default, credential_secret_missing
 from ..trust import Trusted, candidate_secrets, current_secret
 from ..verified import remember_verified, verified_recently
-from .base import InvalidClient, VerificationWithheld
+from .base import InvalidClient, StoreAllowed, VerificationWithheld, store_always_allowed
 
 logger = logging.getLogger(__name__)
 
 
-def credential_authenticate(*, client_id: str, client_secret: str, store_allowed: bool = True) -> Credential:
+def credential_authenticate(
+    *, client_id: str, client_secret: str, store_allowed: StoreAllowed = store_always_allowed
+) -> Credential:
     """
     Return the credential that this client id and secret authenticate, or raise InvalidClient.
 
@@ -51,9 +53,10 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
     as it is now: a rotation or deletion that committed during a slow verification
     refuses the request instead of letting the old secret through.
 
-    With `store_allowed=False` (the client is throttled) no store is asked: a secret the
-    verified-secret cache vouches for still authenticates, anything else raises
-    VerificationWithheld, an unknown client id included.
+    `store_allowed()` is asked once a store would be (the answer may cost a read of the rate
+    limits' counters, which a secret the verified-secret cache vouches for never needs). When
+    it says no (the client is throttled) no store is asked: a secret the cache vouches for
+    still authenticates, anything else raises VerificationWithheld, an unknown client id included.
     Raises SecretStoreError (SecretReadError) when the store that holds this credential's
     secret cannot answer: the token endpoint's 503 temporarily_unavailable, not invalid_client.
     Raises SecretMissing (a SecretReadError) when the store answers that it does not hold the
@@ -67,7 +70,7 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
         # Not a secret AgentIdP issues (a wrong checksum, say): refused before any lookup or
         # store, whichever client id it came with, so it tells unknown from known no more than
         # the text itself does.
-        if not store_allowed:
+        if not store_allowed():
             raise VerificationWithheld()
         raise InvalidClient("malformed_secret")
     credential = selectors.credential_find_by_client_id(client_id=client_id)
@@ -79,11 +82,12 @@ def credential_authenticate(*, client_id: str, client_secret: str, store_allowed
         verified_recently(
             trusted=Trusted(NO_CREDENTIAL_ID, StoredSecret(storage=backend.name), since=EPOCH), secret=client_secret
         )
-        if store_allowed:
+        allowed = store_allowed()
+        if allowed:
             SECRET_VERIFICATIONS.labels(backend.name, "dummy").inc()
             backend.verify_dummy(secret=client_secret)
         selectors.grace_secrets_live(credential_id=NO_CREDENTIAL_ID)
-        if not store_allowed:
+        if not allowed:
             raise VerificationWithheld()
         if credential is not None:
             raise InvalidClient("key_credential", credential=credential)
@@ -111,7 +115,9 @@ NO_CREDENTIAL_ID = uuid.UUID(int=0)
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
-def secret_matching(credential: Credential, secret: str, *, store_allowed: bool = True) -> tuple[Trusted | None, bool]:
+def secret_matching(
+    credential: Credential, secret: str, *, store_allowed: StoreAllowed = store_always_allowed
+) -> tuple[Trusted | None, bool]:
     """
     Return which of the credential's secrets `secret` is (the current one or a previous one in its grace
     period), and whether a store said so (False: the verified-secret cache did).
@@ -120,8 +126,9 @@ def secret_matching(credential: Credential, secret: str, *, store_allowed: bool 
     without asking it again (credentials.verified). A store that cannot answer does not
     stop the others from being asked (a bcrypt secret in its grace period still works
     while Vault is down); its error is raised only when nothing else matched, since the
-    secret might be the one it holds. Without `store_allowed`, only the cache is asked,
-    and VerificationWithheld is raised when it does not vouch for the secret.
+    secret might be the one it holds. `store_allowed()` is asked before the first store; when
+    it says no, only the cache is asked, and VerificationWithheld is raised when it does not
+    vouch for the secret.
 
     A secret the store says it does not hold (SecretMissing) is checked against the row as
     it is now (_secrets_lost): a deletion or rotation that committed meanwhile destroys the
@@ -130,12 +137,15 @@ def secret_matching(credential: Credential, secret: str, *, store_allowed: bool 
     """
     unavailable: SecretStoreError | None = None
     missing: list[Trusted] = []
+    allowed: bool | None = None  # asked once, when a store would be
     for trusted in candidate_secrets(credential):
         stored = trusted.stored
         if verified_recently(trusted=trusted, secret=secret):
             _secrets_lost(credential, missing)
             return trusted, False
-        if not store_allowed:
+        if allowed is None:
+            allowed = store_allowed()
+        if not allowed:
             continue
         try:
             matched = get_backend_for(stored).verify_trusted(stored=stored, secret=secret)
@@ -152,7 +162,9 @@ def secret_matching(credential: Credential, secret: str, *, store_allowed: bool 
             remember_verified(trusted=trusted, secret=secret)
             _secrets_lost(credential, missing)
             return trusted, True
-    if not store_allowed:
+    if allowed is None:
+        allowed = store_allowed()
+    if not allowed:
         raise VerificationWithheld()
     lost = _secrets_lost(credential, missing)
     if unavailable is not None:

@@ -11,7 +11,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
 from credentials import clientauth
-from credentials.clientauth.base import ClientAuthMethod, InvalidClient, Presented
+from credentials.clientauth.base import (
+    ClientAuthMethod,
+    InvalidClient,
+    Presented,
+    StoreAllowed,
+    store_always_allowed,
+)
 from credentials.models import Credential
 from tests.conftest import basic_auth, form_post
 from tests.oauth.conftest import INTROSPECT_URL, REVOKE_URL, TOKEN_URL, assert_oauth_error
@@ -35,7 +41,7 @@ class HeaderTestMethod(ClientAuthMethod):
     def read(self, request: HttpRequest, params: dict[str, str]) -> Presented:
         return Presented(self, request.META["HTTP_X_TEST_CLIENT"], "")
 
-    def authenticate(self, presented: Presented, *, store_allowed: bool = True) -> Credential:
+    def authenticate(self, presented: Presented, *, store_allowed: StoreAllowed = store_always_allowed) -> Credential:
         credential = Credential.objects.select_related("agent").filter(client_id=presented.client_id).first()
         if credential is None or presented.client_id not in self.vouched:
             raise InvalidClient("not_vouched", credential=credential)
@@ -103,7 +109,9 @@ def test_a_store_outage_reaches_the_caller_as_client_authentications_own_error(s
     from vaultstore.exceptions import SecretStoreUnavailable
 
     class DownMethod(HeaderTestMethod):
-        def authenticate(self, presented: Presented, *, store_allowed: bool = True) -> Credential:
+        def authenticate(
+            self, presented: Presented, *, store_allowed: StoreAllowed = store_always_allowed
+        ) -> Credential:
             raise SecretStoreUnavailable("Vault is sealed.", retry_after=7)
 
     request = rf.post(TOKEN_URL, HTTP_X_TEST_CLIENT=issued.credential.client_id)
