@@ -12,10 +12,11 @@ Django's Redis cache, with fewer round trips where the token endpoint makes them
   cache) makes its own.
 - `incr` in one round trip: Django asks EXISTS and then INCRBY (two round trips, and not
   atomic); here one script does both, with Django's answer (ValueError for a missing key).
-- `count_and_get_many`, which Django's caches do not have: add one to a counter (starting
-  it, with its expiry, when it is missing) and read other keys, in one round trip. The
-  rate limits count every token request and read the failure counters of its address and
-  client with it (oauth.throttling falls back to `incr`, `add` and `get_many` on other caches).
+- `count_and_get_many`, which Django's caches do not have: add to a counter (starting it,
+  with its expiry, when it is missing) and read other keys, in one round trip. The rate
+  limits count token requests (a process reserves several of an address's at once when it
+  is far from its ceiling) and read the failure counters of its address and client with
+  them (oauth.throttling falls back to `incr`, `add` and `get_many` on other caches).
 - No memcached rules on keys: Django's caches warn about a key memcached would refuse (over
   250 characters, or with spaces or control characters) by looking at every character of
   every key on every call; Redis takes any key, so this backend does not look.
@@ -41,14 +42,14 @@ return false
 """
 
 
-#: INCRBY 1, or SET 1 with the expiry ARGV[1] when the key is missing; then MGET the other keys.
+#: INCRBY ARGV[2], or SET ARGV[2] with the expiry ARGV[1] when the key is missing; then MGET the other keys.
 COUNT_AND_MGET = """
 local count
 if redis.call('EXISTS', KEYS[1]) == 1 then
-    count = redis.call('INCRBY', KEYS[1], 1)
+    count = redis.call('INCRBY', KEYS[1], ARGV[2])
 else
-    redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
-    count = 1
+    count = tonumber(ARGV[2])
+    redis.call('SET', KEYS[1], count, 'EX', ARGV[1])
 end
 if #KEYS == 1 then
     return {count, {}}
@@ -91,9 +92,9 @@ class RedisCacheClient(django_redis.RedisCacheClient):
             raise ValueError(f"Key '{key}' not found.")
         return value
 
-    def count_and_get_many(self, key, keys, timeout):
+    def count_and_get_many(self, key, keys, timeout, delta=1):
         client = self.get_client(key, write=True)
-        count, values = self._run(client, COUNT_AND_MGET, keys=[key, *keys], args=[max(1, int(timeout))])
+        count, values = self._run(client, COUNT_AND_MGET, keys=[key, *keys], args=[max(1, int(timeout)), int(delta)])
         return count, {k: self._serializer.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
 
@@ -105,12 +106,14 @@ class RedisCache(django_redis.RedisCache):
     def validate_key(self, key: str) -> None:
         """Accept every key: memcached's limits on keys are not Redis's."""
 
-    def count_and_get_many(self, key: str, keys: list[str], *, timeout: int, version=None) -> tuple[int, dict]:
+    def count_and_get_many(
+        self, key: str, keys: list[str], *, timeout: int, delta: int = 1, version=None
+    ) -> tuple[int, dict]:
         """
-        Add one to the counter `key` (1, expiring in `timeout` seconds, when missing) and
-        return its new value with the values of `keys` that exist, in one round trip.
+        Add `delta` to the counter `key` (`delta`, expiring in `timeout` seconds, when missing)
+        and return its new value with the values of `keys` that exist, in one round trip.
         """
         counter = self.make_and_validate_key(key, version=version)
         key_map = {self.make_and_validate_key(name, version=version): name for name in keys}
-        count, found = self._cache.count_and_get_many(counter, list(key_map), timeout)
+        count, found = self._cache.count_and_get_many(counter, list(key_map), timeout, delta)
         return count, {key_map[name]: value for name, value in found.items()}

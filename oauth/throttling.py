@@ -27,6 +27,16 @@ verified-secret cache vouches for is always heard (it costs no store work). Only
 address has not proven lately waits. Each limit reached writes one audit event per window
 and key, never one per refusal.
 
+A process counts an address's token requests in the cache one at a time near its ceiling,
+and far from it reserves several at once (up to LEASE_MOST, at most a sixteenth of what is
+left, growing only while the address keeps it busy): a request on a reserved slot costs no
+cache call. Reserved slots are counted when reserved, so no more requests than the ceiling
+allows are ever heard; at worst an address is refused a few early while another process
+still holds slots it reserved. The failure counters and the marks of known addresses are
+read with each reservation, and otherwise only once they matter: before a store would be
+asked, or when the authentication fails. A secret the verified-secret cache vouches for,
+under the ceiling, needs neither.
+
 If the cache fails, the limits are not applied (logged): they protect the service, and
 must not become the way to take it down.
 
@@ -41,6 +51,8 @@ import dataclasses
 import functools
 import logging
 import math
+import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -52,6 +64,7 @@ from django.utils.crypto import salted_hmac
 
 from credentials import selectors
 from credentials.audit import audit_record
+from credentials.bounded import keep_bounded
 from credentials.models import AuditEvent
 
 from .addresses import client_address
@@ -88,21 +101,21 @@ def _key(kind: str, value: str, window: int) -> str:
     return f"{KEY_PREFIX}{kind}:{value}:{window}"
 
 
-def _count(kind: str, value: str) -> int:
-    """Add one to a counter of this window and return the new count (0 when the cache fails)."""
+def _count(kind: str, value: str, delta: int = 1) -> int:
+    """Add `delta` to a counter of this window and return the new count (0 when the cache fails)."""
     length, window, _ = _window()
     key = _key(kind, value, window)
     try:
         try:
-            return cache.incr(key)  # one round trip once the window has begun
-        except ValueError:  # the window's first failure (or the counter was evicted)
-            if cache.add(key, 1, timeout=length + 1):
-                return 1
+            return cache.incr(key, delta)  # one round trip once the window has begun
+        except ValueError:  # the window's first count (or the counter was evicted)
+            if cache.add(key, delta, timeout=length + 1):
+                return delta
             try:
-                return cache.incr(key)  # another process began the window meanwhile
+                return cache.incr(key, delta)  # another process began the window meanwhile
             except ValueError:  # evicted between add and incr
-                cache.set(key, 1, timeout=length + 1)
-                return 1
+                cache.set(key, delta, timeout=length + 1)
+                return delta
     except Exception as exc:
         logger.warning("rate limit counter unavailable; not limiting kind=%s error=%s", kind, type(exc).__name__)
         return 0
@@ -123,18 +136,20 @@ def counters_read(*keys: tuple[str, str]) -> dict[tuple[str, str], int]:
     return {names[name]: int(count) for name, count in found.items()}
 
 
-def count_and_read(kind: str, value: str, *keys: tuple[str, str]) -> tuple[int, dict[tuple[str, str], int]]:
+def count_and_read(
+    kind: str, value: str, *keys: tuple[str, str], delta: int = 1
+) -> tuple[int, dict[tuple[str, str], int]]:
     """
-    Add one to a counter of this window and read counters as counters_read does: in one
+    Add `delta` to a counter of this window and read counters as counters_read does: in one
     cache call where the cache can (agentidp.cache), in two elsewhere ((0, {}) when the cache fails).
     """
     combined = getattr(cache, "count_and_get_many", None)
     if combined is None:
-        return _count(kind, value), counters_read(*keys)
+        return _count(kind, value, delta), counters_read(*keys)
     length, window, _ = _window()
     names = _names(keys, window)
     try:
-        count, found = combined(_key(kind, value, window), list(names), timeout=length + 1)
+        count, found = combined(_key(kind, value, window), list(names), timeout=length + 1, delta=delta)
     except Exception as exc:
         logger.warning("rate limit counters unavailable; not limiting kind=%s error=%s", kind, type(exc).__name__)
         return 0, {}
@@ -146,13 +161,15 @@ def known_mark(value: str) -> tuple[str, str]:
     return ("known", value)
 
 
-def known_remember(*marks: tuple[str, str]) -> None:
-    """Keep these marks for AGENTIDP_KNOWN_ADDRESS_SECONDS (logged, not raised, when the cache fails)."""
+def known_remember(*marks: tuple[str, str]) -> bool:
+    """Keep these marks for AGENTIDP_KNOWN_ADDRESS_SECONDS; False when the cache failed (logged, not raised)."""
     try:
         for kind, value in marks:
             cache.set(_key(kind, value, 0), 1, timeout=settings.AGENTIDP_KNOWN_ADDRESS_SECONDS)
     except Exception as exc:
         logger.warning("could not remember a known address error=%s", type(exc).__name__)
+        return False
+    return True
 
 
 def window_limit(kind: str, value: str, *, limit: int, address: str) -> None:
@@ -264,6 +281,108 @@ def _reached(limit: str, *, address: str, client_id: str | None = None) -> None:
     )
 
 
+#: The most of an address's token requests a process reserves at once.
+LEASE_MOST = 64
+#: ... and at most this fraction of what is left under its ceiling (1/16): near it, each request counts alone.
+LEASE_SHARE_OF_REST = 16
+#: How many addresses' reservations (and seen marks) a process keeps.
+LEASES_KEPT = 4096
+
+
+@dataclasses.dataclass
+class _Lease:
+    """The slots of one address's request counter that this process reserved in one window."""
+
+    window: int
+    next: int  # the next slot to hand out
+    last: int  # the last one reserved (next > last: none left)
+    size: int  # how many the last reservation took
+    count: int  # the counter's value the cache answered it with
+
+
+class _Reserved:
+    """
+    What a process holds of the shared counters: each address's reserved slots, and the
+    marks of known addresses it saw or wrote in the current window.
+
+    A slot is a request's number in its address's window, as the shared counter would have
+    given it: the first reservation of a window takes one; each that follows one used up
+    takes twice as many, up to LEASE_MOST and a sixteenth of what the counter left under the
+    ceiling when last asked. So an address far from its ceiling costs one cache call in up
+    to 64 requests, and one near it a call for each, counted exactly. A forked process
+    starts with nothing: its parent's slots are its parent's.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._leases: dict[str, _Lease] = {}
+        self._marks: dict[str, int] = {}
+        os.register_at_fork(after_in_child=self.forget_all)
+
+    def take(self, address: str, window: int) -> int | None:
+        """The next slot this process reserved for `address` in `window`, or None (the cache must be asked)."""
+        with self._lock:
+            lease = self._leases.get(address)
+            if lease is None or lease.window != window or lease.next > lease.last:
+                return None
+            lease.next += 1
+            return lease.next - 1
+
+    def size(self, address: str, window: int, ceiling: int) -> int:
+        """How many slots to reserve now."""
+        with self._lock:
+            lease = self._leases.get(address)
+        if lease is None or lease.window != window:
+            return 1
+        return max(1, min(LEASE_MOST, lease.size * 2, (ceiling - lease.count) // LEASE_SHARE_OF_REST))
+
+    def reserved(self, address: str, window: int, count: int, size: int) -> int:
+        """Keep the `size` slots up to `count` the cache counted; return the first, for the request that asked."""
+        with self._lock:
+            keep_bounded(
+                self._leases,
+                address,
+                _Lease(window=window, next=count - size + 2, last=count, size=size, count=count),
+                LEASES_KEPT,
+                stale=lambda lease: lease.window != window,
+            )
+        return count - size + 1
+
+    def mark_seen(self, name: str, window: int) -> None:
+        """Note that the known-address mark `name` exists in this window (read, or written by this process)."""
+        with self._lock:
+            keep_bounded(self._marks, name, window, LEASES_KEPT, stale=lambda seen: seen != window)
+
+    def mark_unseen(self, name: str, window: int) -> bool:
+        with self._lock:
+            return self._marks.get(name) != window
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._leases.clear()
+            self._marks.clear()
+
+
+reserved = _Reserved()
+
+
+def _request_slot(address: str, *keys: tuple[str, str]) -> tuple[int, dict[tuple[str, str], int] | None]:
+    """
+    Count one token request of `address` against its ceiling: return its slot, with the
+    counters `keys` when they were read in the same call (None: the slot was reserved
+    before, and nothing was read). Slot 0: the cache failed, and nothing limits.
+    """
+    window = _window()[1]
+    slot = reserved.take(address, window)
+    if slot is not None:
+        return slot, None
+    size = reserved.size(address, window, settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS)
+    count, counts = count_and_read("requests", address, *keys, delta=size)
+    if count <= 0:
+        return 0, counts
+    return reserved.reserved(address, window, count, size), counts
+
+
 #: Set on a token request not yet counted against its address's ceiling (token_request_counted).
 UNCOUNTED_ATTRIBUTE = "_agentidp_uncounted"
 
@@ -300,7 +419,8 @@ def _count_token_request(request: HttpRequest) -> None:
     if limit <= 0:
         return
     address = client_address(request)
-    _over_ceiling(address, _count("requests", address), lambda: bool(counters_read(_known_address_mark(address))))
+    slot, _ = _request_slot(address)
+    _over_ceiling(address, slot, lambda: bool(counters_read(_known_address_mark(address))))
 
 
 def _over_ceiling(address: str, count: int, address_known: Callable[[], bool]) -> bool:
@@ -325,26 +445,48 @@ class AuthenticationGuard:
     """
     The failure limits for one client authentication: check before verifying, record after.
 
-    `check()` decides whether a store may be asked (`store_allowed`). An address that
-    authenticated this clientId lately always may, until this pair's own failures reach
-    their limit. Otherwise not when the address's failures are over their limit (whoever
-    else shares it: a NAT, a cluster's egress), nor when the clientId's are, nor when all
-    failures are over theirs and this address has not authenticated any clientId lately.
-    Withholding the store never refuses a secret the verified-secret cache vouches for:
-    only what needs store work to be believed waits. A request over its address's ceiling
-    is refused outright unless this pair is heard.
+    `check()` counts the request against its address's ceiling, and `store_allowed` says
+    whether a store may be asked. An address that authenticated this clientId lately always
+    may, until this pair's own failures reach their limit. Otherwise not when the address's
+    failures are over their limit (whoever else shares it: a NAT, a cluster's egress), nor
+    when the clientId's are, nor when all failures are over theirs and this address has not
+    authenticated any clientId lately. Withholding the store never refuses a secret the
+    verified-secret cache vouches for: only what needs store work to be believed waits. A
+    request over its address's ceiling is refused outright unless this pair is heard.
+
+    A request counted on a slot this process had reserved, under the ceiling, has read no
+    counters: they are read when `store_allowed`, `known_to_client` or `known_address` is
+    first asked (before a store, or after a failure), never for a secret the cache vouches for.
     """
 
     address: str
     client_id: str
     #: The request checked: its count against its address's ceiling may wait for this check.
     request: HttpRequest | None = dataclasses.field(default=None, repr=False)
-    store_allowed: bool = True
-    #: This address authenticated this clientId lately / any clientId lately.
-    known_to_client: bool = False
-    known_address: bool = False
     #: Which limit withheld the store (when store_allowed is False).
     limit: str = ""
+    _store_allowed: bool = dataclasses.field(default=True, init=False, repr=False)
+    _known_to_client: bool = dataclasses.field(default=False, init=False, repr=False)
+    _known_address: bool = dataclasses.field(default=False, init=False, repr=False)
+    #: check() left the counters unread: they are read when first needed.
+    _unread: bool = dataclasses.field(default=False, init=False, repr=False)
+
+    @property
+    def store_allowed(self) -> bool:
+        self._read_if_unread()
+        return self._store_allowed
+
+    @property
+    def known_to_client(self) -> bool:
+        """This address authenticated this clientId lately."""
+        self._read_if_unread()
+        return self._known_to_client
+
+    @property
+    def known_address(self) -> bool:
+        """This address authenticated some clientId lately."""
+        self._read_if_unread()
+        return self._known_address
 
     @classmethod
     def for_request(cls, request: HttpRequest, client_id: str) -> AuthenticationGuard:
@@ -372,14 +514,11 @@ class AuthenticationGuard:
             ),
         )
 
-    def check(self) -> None:
+    @property
+    def _keys(self) -> tuple[tuple[str, str], ...]:
+        """What check() reads: the counters, and what this address authenticated lately."""
         per_address, per_client, total, pair = self.limits
-        uncounted = self.request is not None and getattr(self.request, UNCOUNTED_ATTRIBUTE, False)
-        if not (uncounted or per_address.on or per_client.on or total.on):
-            return
-        # One cache call for all: the counters, what this address authenticated lately, and
-        # the request's count against its ceiling when that is still to be made.
-        keys = (
+        return (
             per_address.key,
             per_client.key,
             total.key,
@@ -387,24 +526,51 @@ class AuthenticationGuard:
             self._known_to_client_key,
             self._known_address_key,
         )
-        if uncounted:
-            setattr(self.request, UNCOUNTED_ATTRIBUTE, False)
-            count, counts = count_and_read("requests", self.address, *keys)
-        else:
-            count, counts = None, counters_read(*keys)
-        self.known_to_client = bool(counts.get(self._known_to_client_key))
-        self.known_address = self.known_to_client or bool(counts.get(self._known_address_key))
-        over_ceiling = count is not None and _over_ceiling(self.address, count, lambda: self.known_address)
-        if self.known_to_client and not pair.over(counts):
+
+    def check(self) -> None:
+        per_address, per_client, total, _ = self.limits
+        uncounted = self.request is not None and getattr(self.request, UNCOUNTED_ATTRIBUTE, False)
+        if not (uncounted or per_address.on or per_client.on or total.on):
+            return
+        if not uncounted:
+            self._decide(counters_read(*self._keys), count=None)
+            return
+        # One cache call for all when one is made: the request's count against its ceiling,
+        # the counters, and what this address authenticated lately.
+        setattr(self.request, UNCOUNTED_ATTRIBUTE, False)
+        slot, counts = _request_slot(self.address, *self._keys)
+        if counts is None:  # a slot this process had reserved
+            if slot <= settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS:
+                self._unread = True  # under the ceiling: the counters matter only if a store would be asked
+                return
+            counts = counters_read(*self._keys)
+        self._decide(counts, count=slot)
+
+    def _read_if_unread(self) -> None:
+        if self._unread:
+            self._unread = False
+            self._decide(counters_read(*self._keys), count=None)
+
+    def _decide(self, counts: dict[tuple[str, str], int], *, count: int | None) -> None:
+        """Apply the limits to the counters read (and to the request's `count` against its ceiling, if given)."""
+        per_address, per_client, total, pair = self.limits
+        window = _window()[1]
+        for key in (self._known_to_client_key, self._known_address_key):
+            if counts.get(key):
+                reserved.mark_seen(key[1], window)
+        self._known_to_client = bool(counts.get(self._known_to_client_key))
+        self._known_address = self._known_to_client or bool(counts.get(self._known_address_key))
+        over_ceiling = count is not None and _over_ceiling(self.address, count, lambda: self._known_address)
+        if self._known_to_client and not pair.over(counts):
             return  # this address proved this clientId lately: no neighbour's failures or flood silence it
         if over_ceiling:
             raise refusal("address_requests")
         for limit in (per_address, per_client, pair):
             if limit.over(counts):
-                self.store_allowed, self.limit = False, limit.name
+                self._store_allowed, self.limit = False, limit.name
                 return
-        if total.over(counts) and not self.known_address:
-            self.store_allowed, self.limit = False, total.name
+        if total.over(counts) and not self._known_address:
+            self._store_allowed, self.limit = False, total.name
 
     def withheld(self) -> Throttled:
         """The refusal when the store could not be asked and the cache did not vouch for the secret."""
@@ -422,19 +588,32 @@ class AuthenticationGuard:
             _reached(pair.name, address=self.address, client_id=self.client_id)
 
     def succeeded(self) -> None:
-        """Remember that this address authenticated the clientId (each mark written once, not on every success)."""
+        """
+        Remember that this address authenticated the clientId: each mark written when the
+        counters read showed it missing or, when none were read, when this process has not
+        seen or written it in this window; not on every success.
+        """
         if not any(limit.on for limit in self.limits) and settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS <= 0:
             return
-        known_remember(
-            *(
+        window = _window()[1]
+        if self._unread:
+            missing = [
+                key
+                for key in (self._known_to_client_key, self._known_address_key)
+                if reserved.mark_unseen(key[1], window)
+            ]
+        else:
+            missing = [
                 key
                 for key, known in (
-                    (self._known_to_client_key, self.known_to_client),
-                    (self._known_address_key, self.known_address),
+                    (self._known_to_client_key, self._known_to_client),
+                    (self._known_address_key, self._known_address),
                 )
                 if not known
-            )
-        )
+            ]
+        if missing and known_remember(*missing):
+            for key in missing:
+                reserved.mark_seen(key[1], window)
 
     @property
     def _known_to_client_key(self) -> tuple[str, str]:

@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 from credentials.selectors import kept_credentials
 from credentials.services import IssuedCredential
 from credentials.verified import forget_all
+from oauth import throttling
 from tests.factories import AgentFactory, make_credential
 from tests.oidc_fixtures import loopback_key_urls, oidc_issuer, oidc_issuer_tls  # noqa: F401  (shared fixtures)
 from tests.vault_fixtures import _real_vault, owner, vault, vault_enabled  # noqa: F401  (shared fixtures)
@@ -24,6 +25,7 @@ def _empty_cache():
     def clear() -> None:
         forget_all()
         kept_credentials.forget_all()
+        throttling.reserved.forget_all()
         caches[DEFAULT_CACHE_ALIAS].clear()
 
     clear()

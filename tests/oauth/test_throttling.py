@@ -28,11 +28,15 @@ ATTACKER, OWNER, ELSEWHERE = "203.0.113.66", "198.51.100.7", "192.0.2.44"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def limits(settings):
-    """Small limits, one per kind, so that tests reach them in a few requests."""
+@pytest.fixture(params=[0, 1_000_000], ids=["no ceiling", "ceiling far off"])
+def limits(request, settings):
+    """
+    Small limits, one per kind, so that tests reach them in a few requests; with no ceiling
+    per address, and with one far off (each process then reserves its slots in batches, and
+    reads the failure counters only when a store would be asked or an authentication failed).
+    """
     settings.AGENTIDP_RATE_LIMIT_WINDOW_SECONDS = 60
-    settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 0
+    settings.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = request.param
     settings.AGENTIDP_AUTH_FAILURES_PER_ADDRESS = 0
     settings.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 0
     settings.AGENTIDP_AUTH_FAILURES_TOTAL = 0
@@ -326,6 +330,88 @@ def test_the_token_endpoint_refuses_an_address_that_authenticated_nothing_over_i
 
     [event] = rate_limit_events()
     assert event.details == {"limit": "address_requests", "address": ATTACKER, "windowSeconds": 60}
+
+
+def window_begun(settings) -> None:
+    """Wait for a fresh window if this one is about to end, so that a test counts in one."""
+    length = settings.AGENTIDP_RATE_LIMIT_WINDOW_SECONDS
+    left = length - time.time() % length
+    if left < 15:
+        time.sleep(left)
+
+
+def requests_counted(address: str) -> int:
+    """The shared counter of `address`'s token requests in this window, as every process sees it."""
+    from django.core.cache import cache
+
+    window = int(time.time() // max(1, throttling.settings.AGENTIDP_RATE_LIMIT_WINDOW_SECONDS))
+    return cache.get(throttling._key("requests", address, window)) or 0
+
+
+def test_far_from_its_ceiling_a_process_reserves_an_addresss_requests_in_growing_batches(
+    client, issued, limits, settings, flushed_redis, monkeypatch
+):
+    from django.core.cache import cache
+
+    use_redis(settings, AGENTIDP_REDIS)
+    limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 100_000
+    limits.AGENTIDP_AUTH_FAILURES_PER_CLIENT = 10
+    window_begun(settings)
+    assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+    commands = commands_sent(monkeypatch, cache._cache.get_client())
+
+    for _ in range(39):
+        assert token(client, issued.credential.client_id, issued.client_secret, OWNER).status_code == 200
+
+    # Reserved 1, 2, 4, 8, 16 and 32 at a time: six cache calls for forty requests, each reading
+    # the limits with the reservation; the requests on reserved slots made none.
+    assert commands == ["EVALSHA"] * 5
+    assert requests_counted(OWNER) == 63
+    monkeypatch.undo()
+    commands = commands_sent(monkeypatch, cache._cache.get_client())
+    # A failure on a reserved slot reads the limits before the store is asked, and counts itself.
+    assert token(client, issued.credential.client_id, WRONG, OWNER).status_code == 401
+    assert commands.index("MGET") < commands.index("EVALSHA")  # the limits read, then the failure counted
+    assert requests_counted(OWNER) == 63
+
+
+def test_near_its_ceiling_an_address_is_counted_request_by_request_and_never_heard_past_it(
+    client, issued, limits, settings, flushed_redis
+):
+    import redis as redis_py
+
+    use_redis(settings, AGENTIDP_REDIS)
+    limits.AGENTIDP_TOKEN_REQUESTS_PER_ADDRESS = 40
+    window_begun(settings)
+    for _ in range(5):
+        assert form_post(client, TOKEN_URL, {}, REMOTE_ADDR=ATTACKER).status_code == 400
+    assert requests_counted(ATTACKER) == 5  # reserved 1, 2 and 2: a sixteenth of what is left, at most
+    # Another process hears 30 requests of the address meanwhile.
+    other = redis_py.Redis.from_url(settings.CACHES["default"]["LOCATION"])
+    [name] = [key for key in other.keys("*") if b"requests" in key]
+    other.incrby(name, 30)
+    other.close()
+
+    heard = 0
+    while form_post(client, TOKEN_URL, {}, REMOTE_ADDR=ATTACKER).status_code == 400:
+        heard += 1
+        assert heard <= 40
+    assert heard == 5  # 5 + 30 + 5: the ceiling, and not one more
+    assert requests_counted(ATTACKER) == 41
+    [event] = rate_limit_events()
+    assert event.details == {"limit": "address_requests", "address": ATTACKER, "windowSeconds": 60}
+
+
+def test_a_forked_process_does_not_take_its_parents_reserved_slots(limits):
+    throttling.reserved.reserved("192.0.2.1", 7, 10, 4)
+    assert throttling.reserved.take("192.0.2.1", 7) == 8
+    pid = os.fork()
+    if pid == 0:  # the child: nothing reserved
+        os._exit(0 if throttling.reserved.take("192.0.2.1", 7) is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert throttling.reserved.take("192.0.2.1", 7) == 9
+    assert throttling.reserved.take("192.0.2.1", 8) is None  # another window
 
 
 @pytest.mark.parametrize("vouched_by", ["verified-secret cache", "known address"])
