@@ -354,6 +354,7 @@ class _Reserved:
             keep_bounded(self._marks, name, window, LEASES_KEPT, stale=lambda seen: seen != window)
 
     def mark_unseen(self, name: str, window: int) -> bool:
+        """Whether this process has neither seen nor written the mark `name` in this window."""
         with self._lock:
             return self._marks.get(name) != window
 
