@@ -241,6 +241,15 @@ class Orchestrator:
         env = {**self.env, **self.vault_env, "DJANGO_SETTINGS_MODULE": settings_module}
         self.serve(name, application="agentidp.wsgi:application", env=env, shape=shape, ready_path="/healthz")
 
+    @contextlib.contextmanager
+    def serving(self, server: Gunicorn):
+        """Point the windows opened meanwhile at `server`, an application served beside the current one."""
+        current, self.server = self.server, server
+        try:
+            yield
+        finally:
+            self.server = current
+
     def stop_server(self) -> None:
         if self.server is not None:
             self.server.stop()

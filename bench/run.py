@@ -80,7 +80,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--rounds",
         type=positive(int),
         default=5,
-        help="with wrk: each side's --duration in this many rounds, the ceiling and AgentIdP taking turns (default 5)",
+        help="each warm secret scenario's --duration (wrk: each side's) in this many rounds, taking turns with "
+        "the ceiling's (default 5)",
     )
     add_installation_arguments(
         parser, database="agentidp_bench", example_setting="AGENTIDP_VERIFIED_SECRET_CACHE_SECONDS=0"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import secrets
+import statistics
 from typing import Any
 
 import psutil
@@ -27,7 +28,7 @@ from bench import token_report
 from bench.machine import bcrypt_verify_seconds, note_disturbance
 from bench.options import shown, without_password
 from bench.orchestrator import CONN_MAX_AGE, Orchestrator, clean_environment
-from bench.servers import PYTHON, Shape
+from bench.servers import PYTHON, Gunicorn, Shape
 from bench.stats import stats
 
 RESULTS_PREFIX = ""
@@ -47,6 +48,9 @@ WARMUP_PASSES_PER_WORKER = 10
 #: The scenarios whose target compares them with a warm secret request, and the one they are compared with.
 SIGNED_JWT_SCENARIOS = ("private_key_jwt", "jwt-bearer")
 WARM_SECRET_SCENARIO = "bcrypt-warm"
+#: The scenarios whose target is their rate against the ceiling's: measured in --rounds rounds
+#: that take turns with the ceiling, so that both meet the same stretch of a machine whose speed drifts.
+TAKING_TURNS = ("bcrypt-warm", "vault-warm")
 #: Requests per scenario in the diagnostic pass, and its time limit per scenario.
 DIAGNOSTIC_REQUESTS = 20
 DIAGNOSTIC_MAX_SECONDS = 120.0
@@ -144,25 +148,35 @@ def measure(orc: Orchestrator) -> dict[str, Any]:
     passes = 1 if orc.cache == "redis" else WARMUP_PASSES_PER_WORKER * WORKERS
 
     orc.log(f"Serving the ceiling project under gunicorn ({shape.describe()}, CONN_MAX_AGE={CONN_MAX_AGE})")
-    orc.serve(
-        "ceiling", application="bench.ceiling.wsgi:application", env=ceiling_env, shape=shape, ready_path=ceiling_path
+    # Served beside AgentIdP for the whole run: the warm secret scenarios take turns with it.
+    ceiling = Gunicorn(
+        name="ceiling", application="bench.ceiling.wsgi:application", env=ceiling_env, shape=shape, logs=orc.tmp
     )
-    rows = [measure_scenario(orc, SCENARIOS["ceiling"], pools, path=ceiling_path, passes=passes)]
-    orc.log(f"Serving AgentIdP under gunicorn ({shape.describe()}, CONN_MAX_AGE={CONN_MAX_AGE}, cache {orc.cache})")
-    orc.serve_agentidp(shape)
-    for name in names[1:]:
-        scenario = SCENARIOS[name]
-        if scenario.single_use:  # as many as the ceiling's rate could use, with the cold pools' margin
-            count = math.ceil(args.duration * rows[0]["rps"] * COLD_POOL_MARGIN)
-            count += COLD_POOL_EXTRA_PER_CLIENT * args.concurrency
-            mint_assertions(orc, scenario, pools, count=count, warmup=WARM_POOL * warm_up_passes(scenario, passes))
-        elif scenario.order == "once" and scenario.pool not in pools:
-            seed_cold_pool(orc, scenario.pool, pools, ceiling_rps=rows[0]["rps"], verify_s=verify_s)
-        rows.append(measure_scenario(orc, scenario, pools, path=TOKEN_PATH, passes=passes))
+    ceiling.start(ceiling_path)
+    try:
+        with orc.serving(ceiling):
+            rows = [measure_scenario(orc, SCENARIOS["ceiling"], pools, path=ceiling_path, passes=passes)]
+        orc.log(f"Serving AgentIdP under gunicorn ({shape.describe()}, CONN_MAX_AGE={CONN_MAX_AGE}, cache {orc.cache})")
+        orc.serve_agentidp(shape)
+        for name in names[1:]:
+            scenario = SCENARIOS[name]
+            if scenario.single_use:  # as many as the ceiling's rate could use, with the cold pools' margin
+                count = math.ceil(args.duration * rows[0]["rps"] * COLD_POOL_MARGIN)
+                count += COLD_POOL_EXTRA_PER_CLIENT * args.concurrency
+                mint_assertions(orc, scenario, pools, count=count, warmup=WARM_POOL * warm_up_passes(scenario, passes))
+            elif scenario.order == "once" and scenario.pool not in pools:
+                seed_cold_pool(orc, scenario.pool, pools, ceiling_rps=rows[0]["rps"], verify_s=verify_s)
+            if name in TAKING_TURNS:
+                rows.append(measure_in_turns(orc, scenario, pools, ceiling, ceiling_path=ceiling_path, passes=passes))
+            else:
+                rows.append(measure_scenario(orc, scenario, pools, path=TOKEN_PATH, passes=passes))
+    finally:
+        ceiling.stop()
     metrics = metrics_seen(orc)
     warm_secret = next((row for row in rows if row["scenario"] == WARM_SECRET_SCENARIO), None)
     for row in rows:
-        row["ratio_to_ceiling"] = round(row["rps"] / rows[0]["rps"], 3) if rows[0]["rps"] else None
+        if "round_ratios" not in row:
+            row["ratio_to_ceiling"] = round(row["rps"] / rows[0]["rps"], 3) if rows[0]["rps"] else None
         row["p50_ratio_to_warm_secret"] = p50_ratio(row, warm_secret)
 
     soak = None
@@ -314,6 +328,47 @@ def measure_scenario(
     duration: float | None = None, max_requests: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run one scenario's window; return its row of results."""
+    window = run_window(orc, scenario, pools, path=path, passes=passes, duration=duration, max_requests=max_requests)
+    return scenario_row(scenario, [window])
+
+
+def measure_in_turns(
+    orc: Orchestrator, scenario: Scenario, pools: dict, ceiling: Gunicorn, *, ceiling_path: str, passes: int
+) -> dict[str, Any]:
+    """
+    Run a scenario's --duration in --rounds windows that take turns with the ceiling's (the
+    ceiling first, then the scenario first, ...); return its row with each round's ratio of
+    the two rates, and their median as its ratio to the ceiling.
+    """
+    rounds, seconds = orc.args.rounds, orc.args.duration / orc.args.rounds
+    windows: dict[str, list[dict[str, Any]]] = {"ceiling": [], scenario.name: []}
+    for number in range(rounds):
+        for side in ("ceiling", scenario.name) if number % 2 == 0 else (scenario.name, "ceiling"):
+            if side == "ceiling":
+                with orc.serving(ceiling):
+                    window = run_window(orc, SCENARIOS["ceiling"], pools, path=ceiling_path, passes=passes,
+                                        duration=seconds)  # fmt: skip
+            else:
+                window = run_window(orc, scenario, pools, path=TOKEN_PATH, passes=passes, duration=seconds)
+            windows[side].append(window)
+    rate = lambda window: len(window["records"]) / window["result"]["elapsed_s"]  # noqa: E731
+    ratios = [
+        round(rate(own) / rate(base), 3)
+        for own, base in zip(windows[scenario.name], windows["ceiling"], strict=True)
+        if rate(base)
+    ]
+    row = scenario_row(scenario, windows[scenario.name])
+    row["ceiling_rps_rounds"] = [round(rate(base), 1) for base in windows["ceiling"]]
+    row["round_ratios"] = ratios
+    row["ratio_to_ceiling"] = statistics.median(ratios) if len(ratios) == rounds else None
+    return row
+
+
+def run_window(
+    orc: Orchestrator, scenario: Scenario, pools: dict, *, path: str, passes: int,
+    duration: float | None = None, max_requests: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One window of a scenario on the application being served (Orchestrator.window's answer)."""
     args = orc.args
     duration = args.duration if duration is None else duration
     orc.log(f"Scenario {scenario.name}: {scenario.description} ({duration:g} s, {args.concurrency} clients)")
@@ -321,12 +376,20 @@ def measure_scenario(
         scenario, path=path, concurrency=args.concurrency, duration=duration, max_requests=max_requests,
         passes=warm_up_passes(scenario, passes),
     )  # fmt: skip
-    window = orc.window(job, pool_credentials(pools, scenario.pool))
-    result, cpu = window["result"], window["cpu_s"]
-    elapsed = result["elapsed_s"]
-    figures = stats(window["records"], elapsed)
+    return orc.window(job, pool_credentials(pools, scenario.pool))
+
+
+def scenario_row(scenario: Scenario, windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A scenario's row of results from its windows: their requests and CPU together, the RSS after the last."""
+    records = [record for window in windows for record in window["records"]]
+    elapsed = round(sum(window["result"]["elapsed_s"] for window in windows), 3)
+    cpu = {group: round(sum(window["cpu_s"][group] for window in windows), 3) for group in windows[0]["cpu_s"]}
+    figures = stats(records, elapsed)
     requests = figures["requests"]
-    vault_calls = window["vault_calls"]
+    vault_calls = sum(window["vault_calls"] for window in windows)
+    redis_calls = None if any(w["redis_calls"] is None for w in windows) else sum(w["redis_calls"] for w in windows)
+    handling = [window["vault_handling_ms"] for window in windows]
+    vault_handling_ms = None if None in handling else sum(handling)
     row = {
         "scenario": scenario.name,
         "description": scenario.description,
@@ -338,18 +401,16 @@ def measure_scenario(
         "errors": requests - figures["statuses"].get(str(scenario.expected_status), 0),
         "latency_ms": figures["latency_ms"],
         "vault_calls_per_request": round(vault_calls / requests, 3) if requests else None,
-        "redis_calls_per_request": (
-            round(window["redis_calls"] / requests, 3) if window["redis_calls"] is not None and requests else None
-        ),
+        "redis_calls_per_request": round(redis_calls / requests, 3) if redis_calls is not None and requests else None,
         "vault_handling_ms_per_call": (
-            round(window["vault_handling_ms"] / vault_calls, 3) if window["vault_handling_ms"] and vault_calls else None
+            round(vault_handling_ms / vault_calls, 3) if vault_handling_ms and vault_calls else None
         ),
         "cpu_s": cpu,
         "server_cpu_ms_per_request": round(cpu["gunicorn"] / requests * 1000, 3) if requests else None,
         "loadgen_core_share": round(cpu["loadgen"] / elapsed, 3) if elapsed else None,
-        "worker_rss_mb": window["worker_rss_mb"],
-        "warmup": window["warmup"],
-        "pool_exhausted": result["pool_exhausted"],
+        "worker_rss_mb": windows[-1]["worker_rss_mb"],
+        "warmup": windows[0]["warmup"],
+        "pool_exhausted": any(window["result"]["pool_exhausted"] for window in windows),
     }
     if row["pool_exhausted"]:
         print(f"    the pool of never-used credentials ran out after {requests} requests", flush=True)
@@ -396,6 +457,7 @@ def settings(orc: Orchestrator, names: list[str], verify_s: float, passes: int, 
         "bcrypt_verify_ms": round(verify_s * 1000, 3),
         "warm_pool": WARM_POOL,
         "warmup_passes": passes,
+        "rounds": {"scenarios": list(TAKING_TURNS), "count": args.rounds},
         "gunicorn": shape.as_json(),
         "conn_max_age": CONN_MAX_AGE,
         "debug": False,

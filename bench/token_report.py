@@ -152,6 +152,13 @@ def render_table(rows: list[dict], settings: dict) -> str:
             "/".join(f"{mb:.0f}" for mb in row["worker_rss_mb"]),
         ])  # fmt: skip
     lines = [header, *table(COLUMNS, cells)]
+    for row in rows:
+        if "round_ratios" in row:
+            shown = " ".join(f"{ratio:.2f}" for ratio in row["round_ratios"])
+            lines.append(
+                f"x ceil of {row['scenario']}: the median of {len(row['round_ratios'])} rounds' ratios ({shown}), "
+                "each round the ceiling and the scenario in turn"
+            )
     lines.append(
         "p50 x bw: the scenario's p50 over bcrypt-warm's (a warm secret request). "
         "errors: responses whose status was not the scenario's expected one (401 for wrong-secret and unknown-client); "
