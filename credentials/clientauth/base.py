@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 #: Whether a store (bcrypt, Vault) may be asked to verify this request's proof: asked only once
-#: a store would be, since the answer may cost a read of the rate limits' counters.
+#: a store would be, since the answer may cost a read of the rate limits' counters. It gives
+#: the same answer each time it is asked for one request (the rate limits read once).
 StoreAllowed = Callable[[], bool]
 
 

@@ -137,15 +137,12 @@ def secret_matching(
     """
     unavailable: SecretStoreError | None = None
     missing: list[Trusted] = []
-    allowed: bool | None = None  # asked once, when a store would be
     for trusted in candidate_secrets(credential):
         stored = trusted.stored
         if verified_recently(trusted=trusted, secret=secret):
             _secrets_lost(credential, missing)
             return trusted, False
-        if allowed is None:
-            allowed = store_allowed()
-        if not allowed:
+        if not store_allowed():
             continue
         try:
             matched = get_backend_for(stored).verify_trusted(stored=stored, secret=secret)
@@ -162,9 +159,7 @@ def secret_matching(
             remember_verified(trusted=trusted, secret=secret)
             _secrets_lost(credential, missing)
             return trusted, True
-    if allowed is None:
-        allowed = store_allowed()
-    if not allowed:
+    if not store_allowed():
         raise VerificationWithheld()
     lost = _secrets_lost(credential, missing)
     if unavailable is not None:
