@@ -241,6 +241,12 @@ class Orchestrator:
         env = {**self.env, **self.vault_env, "DJANGO_SETTINGS_MODULE": settings_module}
         self.serve(name, application="agentidp.wsgi:application", env=env, shape=shape, ready_path="/healthz")
 
+    @staticmethod
+    def in_turns(rounds: int, first: str, second: str):
+        """The sides of `rounds` rounds that take turns: first then second, then second then first, ..."""
+        for number in range(rounds):
+            yield from (first, second) if number % 2 == 0 else (second, first)
+
     @contextlib.contextmanager
     def serving(self, server: Gunicorn):
         """Point the windows opened meanwhile at `server`, an application served beside the current one."""

@@ -342,15 +342,14 @@ def measure_in_turns(
     """
     rounds, seconds = orc.args.rounds, orc.args.duration / orc.args.rounds
     windows: dict[str, list[dict[str, Any]]] = {"ceiling": [], scenario.name: []}
-    for number in range(rounds):
-        for side in ("ceiling", scenario.name) if number % 2 == 0 else (scenario.name, "ceiling"):
-            if side == "ceiling":
-                with orc.serving(ceiling):
-                    window = run_window(orc, SCENARIOS["ceiling"], pools, path=ceiling_path, passes=passes,
-                                        duration=seconds)  # fmt: skip
-            else:
-                window = run_window(orc, scenario, pools, path=TOKEN_PATH, passes=passes, duration=seconds)
-            windows[side].append(window)
+    for side in orc.in_turns(rounds, "ceiling", scenario.name):
+        if side == "ceiling":
+            with orc.serving(ceiling):
+                window = run_window(orc, SCENARIOS["ceiling"], pools, path=ceiling_path, passes=passes,
+                                    duration=seconds)  # fmt: skip
+        else:
+            window = run_window(orc, scenario, pools, path=TOKEN_PATH, passes=passes, duration=seconds)
+        windows[side].append(window)
     rate = lambda window: len(window["records"]) / window["result"]["elapsed_s"]  # noqa: E731
     ratios = [
         round(rate(own) / rate(base), 3)

@@ -194,10 +194,9 @@ def measure(orc: Orchestrator) -> dict[str, Any]:
             f"wrk: the ceiling and bcrypt-warm in turn, {args.rounds} rounds of {seconds:g} s each, "
             f"{args.concurrency} connections"
         )
-        for number in range(args.rounds):
-            for name in list(sides) if number % 2 == 0 else reversed(list(sides)):
-                server, script = sides[name]
-                rounds[name].append(_wrk(orc, server, script, seconds=seconds, measured=True))
+        for name in orc.in_turns(args.rounds, *sides):
+            server, script = sides[name]
+            rounds[name].append(_wrk(orc, server, script, seconds=seconds, measured=True))
     finally:
         ceiling.stop()
     ratios = [
